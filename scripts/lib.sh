@@ -1,0 +1,50 @@
+# scripts/lib.sh — helpers the scripts share. Source it; set `me` first (the prefix of messages).
+
+say() { printf '%s: %s\n' "$me" "$*" >&2; }
+die() { printf '%s: error: %s\n' "$me" "$*" >&2; exit 1; }
+
+# Where downloads, builds and runtime state live, outside the repository.
+cache="${SAGASHOP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sagashop}"
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+  local port
+  for _ in $(seq 1 50); do
+    port=$((20000 + RANDOM % 30000))
+    port_open "$port" || { printf '%s\n' "$port"; return 0; }
+  done
+  die "found no free port on 127.0.0.1 after 50 tries"
+}
+
+# pid_alive PIDFILE PATTERN: print the PID in PIDFILE if that process still runs and its command
+# line matches PATTERN (PIDs get reused, so a live PID alone proves nothing).
+pid_alive() {
+  local pid
+  [[ -f "$1" ]] || return 1
+  pid=$(<"$1")
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2" || return 1
+  printf '%s\n' "$pid"
+}
+
+# stop_pid PID NAME SECONDS: SIGTERM, wait up to SECONDS, then SIGKILL.
+stop_pid() {
+  local pid=$1 name=$2 seconds=$3
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 $((seconds * 4))); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.25
+  done
+  say "$name ignored SIGTERM for ${seconds}s; sending SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+# start_detached PIDFILE LOGFILE COMMAND...: run COMMAND in its own session (it outlives this
+# shell and signals sent to our process group), appending its output to LOGFILE.
+start_detached() {
+  local pidfile=$1 logfile=$2
+  shift 2
+  setsid nohup "$@" >>"$logfile" 2>&1 </dev/null &
+  printf '%s\n' "$!" >"$pidfile"
+}
