@@ -1,0 +1,284 @@
+//! Kafka client setup: one validated configuration, the client settings every service shares.
+//!
+//! The settings here carry the design's promises: producers are idempotent with `acks=all` (an
+//! acknowledged write survives and is never duplicated by a client retry); consumers read only
+//! committed transactional data and store offsets only after processing.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::util::Timeout;
+
+use crate::Error;
+
+/// How sagashop reaches Kafka. Every service and tool takes these flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaConfig {
+    /// Kafka bootstrap servers, comma-separated `host:port` (`scripts/kafka up` prints one).
+    #[arg(
+        long = "kafka-bootstrap-servers",
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub bootstrap_servers: String,
+
+    /// Extra librdkafka properties, `key=value`, comma-separated; applied last, so they override
+    /// sagashop's defaults (e.g. `security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512`).
+    #[arg(
+        long = "kafka-property",
+        env = "KAFKA_CLIENT_PROPERTIES",
+        value_delimiter = ',',
+        value_parser = parse_property
+    )]
+    pub properties: Vec<(String, String)>,
+
+    /// The client id the broker logs and quotas see; services append their own name.
+    #[arg(
+        long = "kafka-client-id",
+        env = "KAFKA_CLIENT_ID",
+        default_value = "sagashop"
+    )]
+    pub client_id: String,
+
+    /// How long a publish may wait for the broker's acknowledgement before it fails
+    /// (librdkafka `message.timeout.ms`). The HTTP edge answers 503 when it runs out.
+    #[arg(
+        long = "kafka-delivery-timeout",
+        env = "KAFKA_DELIVERY_TIMEOUT",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    pub delivery_timeout: Duration,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self::new("127.0.0.1:9092")
+    }
+}
+
+fn parse_property(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("expected `key=value`, found {raw:?}")),
+    }
+}
+
+impl KafkaConfig {
+    /// A configuration for `bootstrap_servers` with every other setting at its default.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            properties: Vec::new(),
+            client_id: "sagashop".to_owned(),
+            delivery_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Checks the settings without contacting the broker; the error names the setting.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |reason: String| Error::InvalidConfig {
+            setting: "KAFKA_BOOTSTRAP_SERVERS",
+            reason,
+        };
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(invalid("it is empty".to_owned()));
+        }
+        for server in self.bootstrap_servers.split(',').map(str::trim) {
+            let port = server
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            match port {
+                Some((host, Ok(port))) if !host.is_empty() && port > 0 => {}
+                _ => return Err(invalid(format!("{server:?} is not `host:port`"))),
+            }
+        }
+        if self.delivery_timeout.is_zero() {
+            return Err(Error::InvalidConfig {
+                setting: "KAFKA_DELIVERY_TIMEOUT",
+                reason: "it must be longer than zero".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn base(&self, role: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", format!("{}-{role}", self.client_id))
+            // Route librdkafka's own log lines through `tracing` at their severity.
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+        config
+    }
+
+    fn finish(&self, mut config: ClientConfig) -> ClientConfig {
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// A producer whose acknowledged writes are durable and never duplicated by client retries.
+    pub fn producer(&self, role: &str) -> ClientConfig {
+        let mut config = self.base(role);
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", millis(self.delivery_timeout))
+            // A few milliseconds of batching buys throughput at a latency the edge can afford.
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4");
+        self.finish(config)
+    }
+
+    /// A transactional producer (exactly-once processing); `transactional_id` must be stable
+    /// across restarts of the same logical producer so that the broker fences its zombies.
+    pub fn transactional_producer(&self, role: &str, transactional_id: &str) -> ClientConfig {
+        let mut config = self.producer(role);
+        config
+            .set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", "60000");
+        self.finish(config)
+    }
+
+    /// A consumer in `group_id` that sees only committed data and stores offsets only after the
+    /// caller has processed a record (`enable.auto.offset.store=false`).
+    pub fn consumer(&self, role: &str, group_id: &str) -> ClientConfig {
+        let mut config = self.base(role);
+        config
+            .set("group.id", group_id)
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        self.finish(config)
+    }
+
+    /// An admin client configuration.
+    pub fn admin(&self, role: &str) -> ClientConfig {
+        let config = self.base(role);
+        self.finish(config)
+    }
+
+    /// Creates an admin client.
+    pub fn admin_client(&self, role: &str) -> Result<AdminClient<DefaultClientContext>, Error> {
+        self.admin(role).create().map_err(|cause| Error::Client {
+            what: "admin",
+            cause,
+        })
+    }
+
+    /// Asks the cluster for its metadata: proof the broker answers. Runs off the async executor
+    /// because librdkafka's metadata call blocks.
+    pub async fn probe(&self, timeout: Duration) -> Result<ClusterInfo, Error> {
+        let config = self.admin("probe");
+        let bootstrap = self.bootstrap_servers.clone();
+        let unreachable = move |cause: KafkaError| Error::Unreachable {
+            bootstrap: bootstrap.clone(),
+            cause,
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config.create()?;
+            let metadata = consumer.fetch_metadata(None, Timeout::After(timeout))?;
+            let mut topics: Vec<_> = metadata
+                .topics()
+                .iter()
+                .filter(|t| !t.name().starts_with("__"))
+                .map(|t| (t.name().to_owned(), t.partitions().len()))
+                .collect();
+            topics.sort();
+            Ok(ClusterInfo {
+                brokers: metadata
+                    .brokers()
+                    .iter()
+                    .map(|b| format!("{}:{}", b.host(), b.port()))
+                    .collect(),
+                topics,
+            })
+        })
+        .await
+        .map_err(|join| Error::Internal(format!("the metadata probe panicked: {join}")))?;
+        result.map_err(unreachable)
+    }
+}
+
+/// What [`KafkaConfig::probe`] learnt about the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfo {
+    /// `host:port` of every broker.
+    pub brokers: Vec<String>,
+    /// Every non-internal topic and its partition count, sorted by name.
+    pub topics: Vec<(String, usize)>,
+}
+
+pub(crate) fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get<'a>(config: &'a ClientConfig, key: &str) -> Option<&'a str> {
+        config.get(key)
+    }
+
+    #[test]
+    fn producers_are_idempotent_and_wait_for_all_replicas() {
+        let config = KafkaConfig::new("127.0.0.1:1").producer("order");
+        assert_eq!(get(&config, "enable.idempotence"), Some("true"));
+        assert_eq!(get(&config, "acks"), Some("all"));
+        assert_eq!(get(&config, "message.timeout.ms"), Some("10000"));
+        assert_eq!(get(&config, "client.id"), Some("sagashop-order"));
+    }
+
+    #[test]
+    fn consumers_read_committed_and_store_offsets_by_hand() {
+        let config = KafkaConfig::new("127.0.0.1:1").consumer("payment", "payment-group");
+        assert_eq!(get(&config, "isolation.level"), Some("read_committed"));
+        assert_eq!(get(&config, "enable.auto.offset.store"), Some("false"));
+        assert_eq!(get(&config, "group.id"), Some("payment-group"));
+    }
+
+    #[test]
+    fn user_properties_override_defaults() {
+        let mut kafka = KafkaConfig::new("127.0.0.1:1");
+        kafka.properties = vec![parse_property("linger.ms = 50").unwrap()];
+        assert_eq!(get(&kafka.producer("x"), "linger.ms"), Some("50"));
+        assert!(parse_property("no-equals-sign").is_err());
+        assert!(parse_property("=value").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        for bad in ["", "localhost", "host:notaport", ":9092", "a:1,b"] {
+            let err = KafkaConfig::new(bad).validate().unwrap_err();
+            assert!(
+                err.to_string().contains("KAFKA_BOOTSTRAP_SERVERS"),
+                "{bad:?}: {err}"
+            );
+        }
+        KafkaConfig::new("127.0.0.1:9092,[::1]:9093,kafka.local:9094")
+            .validate()
+            .unwrap();
+        let zero = KafkaConfig {
+            delivery_timeout: Duration::ZERO,
+            ..KafkaConfig::default()
+        };
+        assert!(
+            zero.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("KAFKA_DELIVERY_TIMEOUT")
+        );
+    }
+}

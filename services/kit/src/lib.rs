@@ -1,0 +1,70 @@
+//! The event runtime every sagashop service is built on.
+//!
+//! It sits between the services' domain code and Kafka: [`kafka`] turns one validated
+//! [`KafkaConfig`] into producer, consumer and admin clients whose settings carry the design's
+//! delivery promises; [`headers`] maps the contracts' envelope metadata onto record headers;
+//! [`admin`] creates the topics a service needs; [`telemetry`] sets up logging.
+
+pub mod admin;
+pub mod headers;
+pub mod kafka;
+pub mod telemetry;
+
+pub use kafka::{ClusterInfo, KafkaConfig};
+
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// What can go wrong in the runtime. Messages say what to do next where there is something to do.
+///
+/// librdkafka's errors are shown inline as `cause` rather than chained as a `source`: their
+/// `Display` already includes the error code that their `source()` would repeat.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is unusable; found before any connection is made.
+    #[error("invalid setting {setting}: {reason}")]
+    InvalidConfig {
+        /// The environment variable (or flag) at fault.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The broker does not answer.
+    #[error(
+        "Kafka at {bootstrap} is unreachable ({cause}): start it with `scripts/kafka up` \
+         or set KAFKA_BOOTSTRAP_SERVERS"
+    )]
+    Unreachable {
+        /// The bootstrap servers tried.
+        bootstrap: String,
+        /// librdkafka's account.
+        cause: KafkaError,
+    },
+    /// librdkafka refused a client configuration.
+    #[error("could not create the Kafka {what} client: {cause}")]
+    Client {
+        /// Which client: producer, consumer, admin.
+        what: &'static str,
+        /// librdkafka's account.
+        cause: KafkaError,
+    },
+    /// An admin request failed as a whole.
+    #[error("Kafka could not {action}: {cause}")]
+    Admin {
+        /// What we asked for.
+        action: &'static str,
+        /// librdkafka's account.
+        cause: KafkaError,
+    },
+    /// The broker refused to create a topic.
+    #[error("Kafka refused to create topic `{topic}`: {code}")]
+    TopicRefused {
+        /// The topic.
+        topic: String,
+        /// The broker's error code.
+        code: RDKafkaErrorCode,
+    },
+    /// A bug or an environment fault (a panicked blocking task, say).
+    #[error("internal error: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,84 @@
+//! The command line: flags and environment, with `--help` as the documentation.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sagashop_kit::KafkaConfig;
+use sagashop_kit::telemetry::LogFormat;
+
+/// sysexits: a bad command line or setting.
+pub(crate) const EX_USAGE: u8 = 64;
+/// sysexits: a service we need (Kafka) is unavailable.
+pub(crate) const EX_UNAVAILABLE: u8 = 69;
+/// sysexits: an internal error.
+pub(crate) const EX_SOFTWARE: u8 = 70;
+/// sysexits: a file could not be written.
+pub(crate) const EX_CANTCREAT: u8 = 73;
+/// sysexits: writing the output failed.
+pub(crate) const EX_IOERR: u8 = 74;
+
+/// sagashop: an event-driven order saga on Apache Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "sagashop", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
+    pub(crate) log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Check that Kafka answers, and list its brokers and topics.
+    Doctor {
+        /// Kafka connection.
+        #[command(flatten)]
+        kafka: KafkaConfig,
+        /// How long to wait for the broker to answer.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Write the JSON Schema of every event and command version into a directory.
+    Schemas {
+        /// The directory to write into (created if missing).
+        #[arg(long, default_value = "services/contracts/schemas")]
+        out: PathBuf,
+    },
+}
+
+/// Prints a clap error and picks the exit code: 0 for `--help`/`--version`, 64 otherwise.
+pub(crate) fn usage_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    // Printing can only fail when stdout/stderr are closed; nothing useful is left to do then.
+    let _ = error.print();
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::SUCCESS,
+        _ => ExitCode::from(EX_USAGE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_malformed_kafka_property_is_a_usage_error() {
+        let err =
+            Cli::try_parse_from(["sagashop", "doctor", "--kafka-property", "nope"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+}

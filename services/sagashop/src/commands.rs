@@ -1,0 +1,57 @@
+//! What each subcommand does.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use sagashop_kit::{ClusterInfo, KafkaConfig};
+
+use crate::cli::{Command, EX_CANTCREAT, EX_IOERR, EX_UNAVAILABLE, EX_USAGE};
+
+/// A failed command: the error to print and the exit code to leave with.
+pub(crate) struct Failure {
+    pub(crate) error: anyhow::Error,
+    pub(crate) code: u8,
+}
+
+fn fail(code: u8) -> impl FnOnce(anyhow::Error) -> Failure {
+    move |error| Failure { error, code }
+}
+
+pub(crate) async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Doctor { kafka, timeout } => doctor(&kafka, timeout).await,
+        Command::Schemas { out } => schemas(&out).map_err(fail(EX_CANTCREAT)),
+    }
+}
+
+async fn doctor(kafka: &KafkaConfig, timeout: Duration) -> Result<(), Failure> {
+    kafka.validate().map_err(|e| fail(EX_USAGE)(e.into()))?;
+    let info = kafka
+        .probe(timeout)
+        .await
+        .map_err(|e| fail(EX_UNAVAILABLE)(e.into()))?;
+    report(&mut std::io::stdout().lock(), kafka, &info).map_err(|e| fail(EX_IOERR)(e.into()))
+}
+
+fn report(out: &mut impl Write, kafka: &KafkaConfig, info: &ClusterInfo) -> std::io::Result<()> {
+    writeln!(out, "kafka: {} answers", kafka.bootstrap_servers)?;
+    writeln!(out, "brokers: {}", info.brokers.join(", "))?;
+    writeln!(out, "topics: {}", info.topics.len())?;
+    for (name, partitions) in &info.topics {
+        writeln!(out, "  {name} ({partitions} partitions)")?;
+    }
+    Ok(())
+}
+
+fn schemas(out: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let entries = sagashop_contracts::catalogue();
+    for entry in &entries {
+        entry
+            .write_to(out)
+            .with_context(|| format!("writing {} into {}", entry.file_name(), out.display()))?;
+    }
+    tracing::info!(count = entries.len(), dir = %out.display(), "wrote JSON Schemas");
+    Ok(())
+}

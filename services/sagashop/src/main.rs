@@ -1,0 +1,39 @@
+//! `sagashop`: one binary for every sagashop service and tool.
+//!
+//! Kubernetes runs one service per container (`sagashop <service>`); developers run tools such
+//! as `sagashop doctor` (is Kafka there?) and `sagashop schemas` (export the event contracts).
+//! This file only parses, sets up logging, runs the command and maps its outcome to an exit code.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::Cli;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return cli::usage_error(&e),
+    };
+    if let Err(e) = sagashop_kit::telemetry::init(cli.log_format) {
+        #[allow(
+            clippy::print_stderr,
+            reason = "logging is not set up, stderr is all there is"
+        )]
+        {
+            eprintln!("sagashop: {e}");
+        }
+        return ExitCode::from(cli::EX_SOFTWARE);
+    }
+    match commands::run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            tracing::error!("{:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}
