@@ -28,6 +28,10 @@ pid_alive() {
   printf '%s\n' "$pid"
 }
 
+# started_alive PIDFILE: whether the process we just started still runs. Right after the fork its
+# command line is still this script's, so only liveness counts here, not pid_alive's pattern.
+started_alive() { [[ -f "$1" ]] && kill -0 "$(<"$1")" 2>/dev/null; }
+
 # stop_pid PID NAME SECONDS: SIGTERM, wait up to SECONDS, then SIGKILL.
 stop_pid() {
   local pid=$1 name=$2 seconds=$3
