@@ -1,6 +1,5 @@
 //! The real Kafka broker, as a fixture.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use rdkafka::consumer::StreamConsumer;
@@ -8,7 +7,7 @@ use rdkafka::producer::FutureProducer;
 use sagashop_kit::KafkaConfig;
 use sagashop_kit::admin::{TopicSpec, create_topics};
 
-use crate::unique_name;
+use crate::{cache_dir, unique_name};
 
 const START_ONE: &str = "run the tests through `scripts/test`, or start a broker with `scripts/kafka up` \
      (and export the KAFKA_BOOTSTRAP_SERVERS it prints)";
@@ -69,10 +68,6 @@ impl TestKafka {
 
 /// The bootstrap address of the broker `scripts/kafka up` started, from its state directory.
 fn scripts_kafka_bootstrap() -> Option<String> {
-    let cache = std::env::var_os("SAGASHOP_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("sagashop")))
-        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/sagashop")))?;
-    let port = std::fs::read_to_string(cache.join("kafka-run/port")).ok()?;
+    let port = std::fs::read_to_string(cache_dir()?.join("kafka-run/port")).ok()?;
     Some(format!("127.0.0.1:{}", port.trim()))
 }
