@@ -1,0 +1,249 @@
+//! Publishing: records leave only with the broker's acknowledgement, or with an error that says
+//! whether trying later can help.
+
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sagashop_contracts::{Contract, EncodeError, Envelope};
+
+use crate::{Error, KafkaConfig, headers};
+
+/// A record ready to publish: payload already encoded, headers already rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Destination topic.
+    pub topic: String,
+    /// Record key (the order id); `None` only for records that belong to no entity.
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub payload: Vec<u8>,
+    /// Record headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Outgoing {
+    /// An envelope bound for `topic`.
+    pub fn event<T: Contract>(topic: &str, envelope: &Envelope<T>) -> Result<Self, EncodeError> {
+        Ok(Self {
+            topic: topic.to_owned(),
+            key: Some(envelope.key.clone().into_bytes()),
+            payload: envelope.encode_payload()?,
+            headers: envelope
+                .metadata
+                .to_headers()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+                .collect(),
+        })
+    }
+
+    fn kafka_headers(&self) -> OwnedHeaders {
+        self.headers
+            .iter()
+            .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value.as_slice()),
+                })
+            })
+    }
+}
+
+/// Where an acknowledged record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// The partition.
+    pub partition: i32,
+    /// The offset.
+    pub offset: i64,
+}
+
+/// Why a record was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Kafka cannot take the record now (brokers unreachable, local queue full, delivery timed
+    /// out). Nothing was acknowledged; trying later may succeed. The HTTP edge answers 503.
+    #[error("Kafka is unavailable, `{topic}` did not acknowledge the record: {cause}")]
+    Unavailable {
+        /// The destination topic.
+        topic: String,
+        /// librdkafka's account.
+        cause: KafkaError,
+    },
+    /// Kafka refused the record for good (too large, unknown topic, not authorised).
+    #[error("Kafka refused the record for `{topic}`: {cause}")]
+    Rejected {
+        /// The destination topic.
+        topic: String,
+        /// librdkafka's account.
+        cause: KafkaError,
+    },
+    /// The payload could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+impl PublishError {
+    /// Whether waiting and trying again may help.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+
+    fn classify(topic: &str, cause: KafkaError) -> Self {
+        use RDKafkaErrorCode as C;
+        let transient = matches!(
+            cause.rdkafka_error_code(),
+            Some(
+                C::QueueFull
+                    | C::MessageTimedOut
+                    | C::BrokerTransportFailure
+                    | C::AllBrokersDown
+                    | C::Resolve
+                    | C::NetworkException
+                    | C::RequestTimedOut
+                    | C::NotEnoughReplicas
+                    | C::NotEnoughReplicasAfterAppend
+                    | C::LeaderNotAvailable
+                    | C::NotLeaderForPartition
+                    | C::OperationTimedOut
+            )
+        );
+        let topic = topic.to_owned();
+        if transient {
+            Self::Unavailable { topic, cause }
+        } else {
+            Self::Rejected { topic, cause }
+        }
+    }
+}
+
+/// An idempotent, `acks=all` producer.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// A publisher with the settings of [`KafkaConfig::producer`]; `role` names it to the broker.
+    pub fn new(config: &KafkaConfig, role: &str) -> Result<Self, Error> {
+        let producer = config
+            .producer(role)
+            .create()
+            .map_err(|cause| Error::Client {
+                what: "producer",
+                cause,
+            })?;
+        Ok(Self { producer })
+    }
+
+    /// Publishes an envelope to `topic`, keyed by its key; returns once the broker acknowledged.
+    pub async fn publish<T: Contract>(
+        &self,
+        topic: &str,
+        envelope: &Envelope<T>,
+    ) -> Result<Delivered, PublishError> {
+        let mut record = FutureRecord::to(topic)
+            .key(envelope.key.as_bytes())
+            .headers(headers::to_headers(&envelope.metadata));
+        let payload = envelope.encode_payload()?;
+        record = record.payload(&payload);
+        self.deliver(topic, record).await
+    }
+
+    /// Publishes one prepared record.
+    pub async fn send(&self, out: &Outgoing) -> Result<Delivered, PublishError> {
+        self.deliver(&out.topic, Self::record(out)).await
+    }
+
+    /// Publishes every record with all of them in flight at once; records for one partition
+    /// keep their order (they are enqueued in order and the producer is idempotent). Returns
+    /// the first error after every record has an answer.
+    pub async fn send_all(&self, outs: &[Outgoing]) -> Result<Vec<Delivered>, PublishError> {
+        let mut pending = Vec::with_capacity(outs.len());
+        for out in outs {
+            let enqueued = self
+                .producer
+                .send_result(Self::record(out))
+                .map_err(|(cause, _)| PublishError::classify(&out.topic, cause));
+            pending.push((out, enqueued));
+        }
+        let mut delivered = Vec::with_capacity(outs.len());
+        let mut first_error = None;
+        for (out, enqueued) in pending {
+            let result = match enqueued {
+                Ok(future) => Self::answer(&out.topic, future.await),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(d) => delivered.push(d),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(delivered), Err)
+    }
+
+    fn record(out: &Outgoing) -> FutureRecord<'_, [u8], [u8]> {
+        let record = FutureRecord::to(&out.topic)
+            .payload(out.payload.as_slice())
+            .headers(out.kafka_headers());
+        match &out.key {
+            Some(key) => record.key(key.as_slice()),
+            None => record,
+        }
+    }
+
+    async fn deliver<K, P>(
+        &self,
+        topic: &str,
+        record: FutureRecord<'_, K, P>,
+    ) -> Result<Delivered, PublishError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        // A full local queue is "unavailable" at once rather than a wait: the edge answers 503
+        // instead of piling up requests.
+        let future = self
+            .producer
+            .send_result(record)
+            .map_err(|(cause, _)| PublishError::classify(topic, cause))?;
+        Self::answer(topic, future.await)
+    }
+
+    fn answer(
+        topic: &str,
+        answer: Result<
+            rdkafka::producer::future_producer::OwnedDeliveryResult,
+            futures::channel::oneshot::Canceled,
+        >,
+    ) -> Result<Delivered, PublishError> {
+        match answer {
+            Ok(Ok(delivery)) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((cause, _))) => Err(PublishError::classify(topic, cause)),
+            // The producer was dropped with the record in its queue.
+            Err(_) => Err(PublishError::Unavailable {
+                topic: topic.to_owned(),
+                cause: KafkaError::Canceled,
+            }),
+        }
+    }
+
+    /// Waits up to `timeout` for every queued record to be acknowledged (before shutdown).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        use rdkafka::producer::Producer;
+        self.producer.flush(timeout)
+    }
+}
