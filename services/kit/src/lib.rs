@@ -4,13 +4,29 @@
 //! [`KafkaConfig`] into producer, consumer and admin clients whose settings carry the design's
 //! delivery promises; [`headers`] maps the contracts' envelope metadata onto record headers;
 //! [`admin`] creates the topics a service needs; [`telemetry`] sets up logging.
+//!
+//! Services publish with a [`Publisher`] (acknowledged or a typed error; "unavailable" is what
+//! the HTTP edge turns into 503) and consume with a [`Processor`] running a [`Router`] of typed
+//! handlers: ordered per key, concurrent across keys, offsets committed only through the last
+//! contiguous finished record, transient failures retried with backoff ([`retry`]), everything
+//! else sent to a dead-letter topic ([`dlq`]).
 
 pub mod admin;
+pub mod dlq;
 pub mod headers;
 pub mod kafka;
+pub mod offsets;
+pub mod processor;
+pub mod publisher;
+pub mod retry;
+pub mod router;
 pub mod telemetry;
 
 pub use kafka::{ClusterInfo, KafkaConfig};
+pub use processor::{Processor, ProcessorConfig, Stats, StatsSnapshot};
+pub use publisher::{Delivered, Outgoing, PublishError, Publisher};
+pub use retry::RetryPolicy;
+pub use router::{HandlerError, HandlerResult, Record, Router};
 
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;

@@ -1,0 +1,406 @@
+//! The consume loop: at-least-once, strictly ordered per key, concurrent across keys.
+//!
+//! Records of one key (one order) run one after another, in offset order; records of different
+//! keys run concurrently (up to `concurrency` handlers at once, `max_in_flight` records received
+//! but unfinished, after which fetching pauses). An offset is stored for commit only when every
+//! record before it in its partition has finished, so a crash never skips a record.
+//!
+//! Failures escalate per record: a transient error is retried in place with exponential backoff
+//! and jitter; a permanent error, an exhausted retry budget, a panicking handler or an unreadable
+//! record goes to the dead-letter topic with its original bytes and `dlq-*` headers. Either way
+//! the record counts as finished, so a poison message never blocks its partition. Records
+//! with an `event-type` no handler knows are acknowledged and counted.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::dlq::dead_letter;
+use crate::offsets::OffsetTracker;
+use crate::publisher::{Outgoing, PublishError, Publisher};
+use crate::retry::RetryPolicy;
+use crate::router::{HandlerError, Record, Route, Router};
+use crate::{Error, KafkaConfig};
+
+/// How a processor consumes.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    /// The consumer group.
+    pub group_id: String,
+    /// Handlers running at once.
+    pub concurrency: usize,
+    /// Records received but not finished before fetching pauses.
+    pub max_in_flight: usize,
+    /// In-place retry of transient failures.
+    pub retry: RetryPolicy,
+    /// Where records the runtime gives up on go.
+    pub dead_letter_topic: String,
+    /// How long shutdown waits for in-flight records before abandoning them (uncommitted, so
+    /// they are redelivered).
+    pub drain_timeout: Duration,
+}
+
+impl ProcessorConfig {
+    /// Defaults for `group_id` dead-lettering to `dead_letter_topic`.
+    pub fn new(group_id: impl Into<String>, dead_letter_topic: impl Into<String>) -> Self {
+        Self {
+            group_id: group_id.into(),
+            concurrency: 16,
+            max_in_flight: 1024,
+            retry: RetryPolicy::default(),
+            dead_letter_topic: dead_letter_topic.into(),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters of what a processor did; read them at any time.
+#[derive(Debug, Default)]
+pub struct Stats {
+    handled: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    unknown: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatsSnapshot {
+    /// Records a handler finished.
+    pub handled: u64,
+    /// Retries of transient failures.
+    pub retried: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Records with an event type no handler knows, acknowledged.
+    pub unknown: u64,
+}
+
+impl Stats {
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            handled: self.handled.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            unknown: self.unknown.load(Ordering::Relaxed),
+        }
+    }
+
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Records of one ordering key in one partition run in sequence. Keyless records are their own
+/// key (by offset): they have no order to keep.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct KeyId {
+    topic: String,
+    partition: i32,
+    key: Result<Vec<u8>, i64>,
+}
+
+impl KeyId {
+    fn of(record: &Record) -> Self {
+        Self {
+            topic: record.topic.clone(),
+            partition: record.partition,
+            key: record.key.clone().ok_or(record.offset),
+        }
+    }
+}
+
+/// What one record's task needs.
+struct Shared {
+    router: Router,
+    publisher: Publisher,
+    config: ProcessorConfig,
+    permits: Semaphore,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+}
+
+/// A consumer group member running a [`Router`].
+pub struct Processor {
+    consumer: Arc<StreamConsumer>,
+    shared: Arc<Shared>,
+}
+
+impl Processor {
+    /// Creates the consumer and subscribes to every topic the router handles.
+    pub fn new(
+        kafka: &KafkaConfig,
+        config: ProcessorConfig,
+        router: Router,
+        publisher: Publisher,
+    ) -> Result<Self, Error> {
+        if config.concurrency == 0 || config.max_in_flight == 0 {
+            return Err(Error::InvalidConfig {
+                setting: "concurrency",
+                reason: "concurrency and max in-flight must be at least 1".to_owned(),
+            });
+        }
+        let consumer: StreamConsumer = kafka
+            .consumer(&config.group_id, &config.group_id)
+            .create()
+            .map_err(|cause| Error::Client {
+                what: "consumer",
+                cause,
+            })?;
+        let topics = router.topics();
+        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topic_refs)
+            .map_err(|cause| Error::Client {
+                what: "consumer",
+                cause,
+            })?;
+        let permits = Semaphore::new(config.concurrency);
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            shared: Arc::new(Shared {
+                router,
+                publisher,
+                config,
+                permits,
+                stats: Arc::default(),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The processor's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.shared.stats)
+    }
+
+    /// Consumes until `shutdown` is cancelled, then drains in-flight records (up to the drain
+    /// timeout), commits what finished and leaves the group.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let mut state = LoopState::default();
+        let max_in_flight = self.shared.config.max_in_flight;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(done) = state.tasks.join_next() => self.finished(&mut state, done)?,
+                received = self.consumer.recv(), if state.in_flight < max_in_flight => match received {
+                    Ok(message) => self.accept(&mut state, Record::from_message(&message)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error; continuing");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        self.drain(state).await
+    }
+
+    fn accept(&self, state: &mut LoopState, record: Record) {
+        state.in_flight += 1;
+        state
+            .trackers
+            .entry((record.topic.clone(), record.partition))
+            .or_default()
+            .start(record.offset);
+        let key = KeyId::of(&record);
+        match state.waiting.get_mut(&key) {
+            // The key is busy: the record waits behind its predecessors.
+            Some(queue) => queue.push_back(record),
+            None => {
+                state.waiting.insert(key.clone(), VecDeque::new());
+                self.spawn(state, key, record);
+            }
+        }
+    }
+
+    fn spawn(&self, state: &mut LoopState, key: KeyId, record: Record) {
+        let shared = Arc::clone(&self.shared);
+        state.tasks.spawn(async move {
+            let offset = record.offset;
+            process(&shared, record).await;
+            (key, offset)
+        });
+    }
+
+    fn finished(
+        &self,
+        state: &mut LoopState,
+        done: Result<(KeyId, i64), tokio::task::JoinError>,
+    ) -> Result<(), Error> {
+        // `process` catches handler panics, so a failed join is a bug in the runtime itself;
+        // without its offset the partition could never commit again, so stop loudly.
+        let (key, offset) =
+            done.map_err(|e| Error::Internal(format!("a record task failed: {e}")))?;
+        state.in_flight -= 1;
+        if let Some(tracker) = state.trackers.get_mut(&(key.topic.clone(), key.partition))
+            && let Some(through) = tracker.finish(offset)
+            && let Err(e) = self
+                .consumer
+                .store_offset(&key.topic, key.partition, through)
+        {
+            // After a rebalance took the partition away; its new owner re-reads from the last
+            // commit (at-least-once).
+            tracing::debug!(topic = %key.topic, partition = key.partition, error = %e, "offset not stored");
+        }
+        let next = state.waiting.get_mut(&key).and_then(VecDeque::pop_front);
+        match next {
+            Some(record) => self.spawn(state, key, record),
+            None => {
+                state.waiting.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn drain(self, mut state: LoopState) -> Result<(), Error> {
+        self.shared.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + self.shared.config.drain_timeout;
+        while state.in_flight > 0 {
+            match tokio::time::timeout_at(deadline, state.tasks.join_next()).await {
+                Ok(Some(done)) => self.finished(&mut state, done)?,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        abandoned = state.in_flight,
+                        "drain timeout: abandoning in-flight records; they are not committed and will be redelivered"
+                    );
+                    state.tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        let consumer = Arc::clone(&self.consumer);
+        // A synchronous commit blocks on the broker: keep it off the executor.
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
+                .await
+                .map_err(|e| Error::Internal(format!("the final commit panicked: {e}")))?;
+        if let Err(e) = committed {
+            // Nothing stored since the last commit is the common case; anything else is
+            // redelivered after restart.
+            tracing::debug!(error = %e, "final commit");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct LoopState {
+    in_flight: usize,
+    trackers: HashMap<(String, i32), OffsetTracker>,
+    waiting: HashMap<KeyId, VecDeque<Record>>,
+    tasks: JoinSet<(KeyId, i64)>,
+}
+
+/// Handles one record to the end: handled, or dead-lettered, or (on shutdown) abandoned.
+async fn process(shared: &Shared, record: Record) {
+    let (error, attempts) = match shared.router.route(record.clone()) {
+        Err(decode) => (decode.to_string(), 0),
+        Ok(Route::Unknown { event_type }) => {
+            tracing::debug!(topic = %record.topic, offset = record.offset, %event_type, "no handler; acknowledged");
+            Stats::bump(&shared.stats.unknown);
+            return;
+        }
+        Ok(Route::Handler(call)) => {
+            let mut attempt = 1;
+            loop {
+                let result = {
+                    // The semaphore is never closed, so acquire cannot fail; if it did, running
+                    // without a permit is better than dropping the record.
+                    let _permit = shared.permits.acquire().await.ok();
+                    AssertUnwindSafe(call.call())
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(HandlerError::Permanent("the handler panicked".into()))
+                        })
+                };
+                let error = match result {
+                    Ok(outputs) => match publish(shared, &outputs).await {
+                        Ok(()) => {
+                            Stats::bump(&shared.stats.handled);
+                            return;
+                        }
+                        Err(e) => HandlerError::Permanent(format!(
+                            "publishing the handler's output failed: {e}"
+                        )),
+                    },
+                    Err(e) => e,
+                };
+                if error.is_transient() && shared.config.retry.retries_after(attempt) {
+                    tracing::info!(topic = %record.topic, offset = record.offset, attempt, %error, "transient failure; retrying");
+                    Stats::bump(&shared.stats.retried);
+                    tokio::time::sleep(shared.config.retry.backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+                // An unreadable payload never reached the handler: zero attempts.
+                let attempts = if matches!(error, HandlerError::Decode(_)) {
+                    0
+                } else {
+                    attempt
+                };
+                break (error.to_string(), attempts);
+            }
+        }
+    };
+    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, attempts, %error, "dead-lettering record");
+    let letter = dead_letter(
+        &record,
+        &shared.config.dead_letter_topic,
+        &shared.config.group_id,
+        &error,
+        attempts,
+    );
+    // A dead letter is the last copy we will keep: if Kafka refuses it, say so and keep trying
+    // (the key stalls, nothing is lost) until shutdown abandons it for redelivery.
+    if let Err(e) = publish(shared, std::slice::from_ref(&letter)).await {
+        tracing::error!(error = %e, topic = %letter.topic, "the dead-letter topic refused the record");
+        retry_until_shutdown(shared, &letter).await;
+    }
+    Stats::bump(&shared.stats.dead_lettered);
+}
+
+/// Publishes outputs; waits out Kafka outages (with backoff) rather than failing the record.
+async fn publish(shared: &Shared, outputs: &[Outgoing]) -> Result<(), PublishError> {
+    let outage = RetryPolicy {
+        max_attempts: u32::MAX,
+        initial_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(5),
+    };
+    let mut attempt = 1;
+    loop {
+        match shared.publisher.send_all(outputs).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_unavailable() && !shared.shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, attempt, "Kafka unavailable while publishing; waiting");
+                tokio::time::sleep(outage.backoff(attempt)).await;
+                attempt = attempt.saturating_add(1);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn retry_until_shutdown(shared: &Shared, letter: &Outgoing) {
+    let mut attempt = 1;
+    while !shared.shutdown.is_cancelled() {
+        tokio::time::sleep(RetryPolicy::default().backoff(attempt.min(8))).await;
+        if publish(shared, std::slice::from_ref(letter)).await.is_ok() {
+            return;
+        }
+        attempt += 1;
+    }
+    // Shutdown: wait to be aborted by the drain deadline, so the record is never marked done.
+    std::future::pending::<()>().await;
+}

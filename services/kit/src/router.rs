@@ -1,0 +1,193 @@
+//! Routing consumed records to typed handlers by topic and `event-type`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use rdkafka::Message;
+use rdkafka::message::Headers;
+use sagashop_contracts::{Contract, DecodeError, Envelope, Metadata};
+
+use crate::publisher::Outgoing;
+
+/// A consumed record, detached from the consumer so it can move between tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub payload: Option<Vec<u8>>,
+    /// Record headers, in order.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Record {
+    /// Copies a consumed message.
+    pub fn from_message<M: Message>(message: &M) -> Self {
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers: message
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The envelope metadata in the headers.
+    pub fn metadata(&self) -> Result<Metadata, DecodeError> {
+        Metadata::from_headers(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
+    }
+}
+
+/// Why a handler did not finish a record.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Trying again may succeed (a dependency timed out): retried with backoff, then
+    /// dead-lettered when the attempts run out.
+    #[error("{0}")]
+    Transient(String),
+    /// Trying again cannot succeed (a business rule forbids it): dead-lettered at once.
+    #[error("{0}")]
+    Permanent(String),
+    /// The record is not a readable message: dead-lettered at once, never retried.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+impl HandlerError {
+    /// Whether the runtime may try the record again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
+/// What a handler returns: the records to publish because of the one it handled.
+pub type HandlerResult = Result<Vec<Outgoing>, HandlerError>;
+
+type BoxFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+type ErasedHandler = Arc<dyn Fn(Record, Metadata) -> BoxFuture + Send + Sync>;
+
+/// What the router found for a record.
+pub enum Route {
+    /// A handler: call it.
+    Handler(Box<RouteCall>),
+    /// No handler for this topic and event type: acknowledge and count it.
+    Unknown {
+        /// The record's `event-type`.
+        event_type: String,
+    },
+}
+
+/// A record bound to its handler, ready to be called (again, on retry).
+pub struct RouteCall {
+    handler: ErasedHandler,
+    record: Record,
+    metadata: Metadata,
+}
+
+impl RouteCall {
+    /// Runs the handler once.
+    pub async fn call(&self) -> HandlerResult {
+        (self.handler)(self.record.clone(), self.metadata.clone()).await
+    }
+}
+
+/// Handlers by (topic, event type).
+#[derive(Default, Clone)]
+pub struct Router {
+    routes: HashMap<String, HashMap<&'static str, ErasedHandler>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let routes = self
+            .routes
+            .iter()
+            .flat_map(|(topic, types)| types.keys().map(move |t| (topic, t)));
+        f.debug_set().entries(routes).finish()
+    }
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Routes records of `T` on `topic` to `handler`, which receives the decoded envelope.
+    ///
+    /// Panics when the same (topic, event type) is registered twice: that is a wiring bug.
+    #[must_use]
+    pub fn on<T, F, Fut>(mut self, topic: &str, handler: F) -> Self
+    where
+        T: Contract + Send + 'static,
+        F: Fn(Envelope<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let erased: ErasedHandler = Arc::new(move |record: Record, metadata: Metadata| {
+            let handler = Arc::clone(&handler);
+            Box::pin(async move {
+                let envelope = Envelope::<T>::decode(
+                    record.key.as_deref(),
+                    metadata,
+                    record.payload.as_deref(),
+                )?;
+                handler(envelope).await
+            })
+        });
+        let previous = self
+            .routes
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(T::EVENT_TYPE, erased);
+        assert!(
+            previous.is_none(),
+            "two handlers for `{}` on topic `{topic}`",
+            T::EVENT_TYPE
+        );
+        self
+    }
+
+    /// The topics with at least one handler, sorted.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<_> = self.routes.keys().cloned().collect();
+        topics.sort();
+        topics
+    }
+
+    /// Finds the handler for a record. Unreadable headers are a [`DecodeError`].
+    pub fn route(&self, record: Record) -> Result<Route, DecodeError> {
+        let metadata = record.metadata()?;
+        let handler = self
+            .routes
+            .get(&record.topic)
+            .and_then(|types| types.get(metadata.event_type.as_str()))
+            .map(Arc::clone);
+        Ok(match handler {
+            Some(handler) => Route::Handler(Box::new(RouteCall {
+                handler,
+                record,
+                metadata,
+            })),
+            None => Route::Unknown {
+                event_type: metadata.event_type,
+            },
+        })
+    }
+}
