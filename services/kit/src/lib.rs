@@ -14,7 +14,9 @@
 pub mod admin;
 pub mod dlq;
 pub mod headers;
+pub mod http;
 pub mod kafka;
+pub mod monitor;
 pub mod offsets;
 pub mod processor;
 pub mod publisher;
@@ -22,7 +24,9 @@ pub mod retry;
 pub mod router;
 pub mod telemetry;
 
+pub use http::ops_router;
 pub use kafka::{ClusterInfo, KafkaConfig};
+pub use monitor::{Monitor, ReadyFlag};
 pub use processor::{Processor, ProcessorConfig, Stats, StatsSnapshot};
 pub use publisher::{Delivered, Outgoing, PublishError, Publisher};
 pub use retry::RetryPolicy;

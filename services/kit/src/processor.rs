@@ -18,12 +18,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::dlq::dead_letter;
+use crate::monitor::{GroupLabels, HandlerLabels, Monitor, ReadyFlag, seconds};
 use crate::offsets::OffsetTracker;
 use crate::publisher::{Outgoing, PublishError, Publisher};
 use crate::retry::RetryPolicy;
@@ -126,22 +130,65 @@ struct Shared {
     config: ProcessorConfig,
     permits: Semaphore,
     stats: Arc<Stats>,
+    monitor: Monitor,
     shutdown: CancellationToken,
+}
+
+impl Shared {
+    fn labels(&self, record: &Record) -> HandlerLabels {
+        HandlerLabels {
+            group: self.config.group_id.clone(),
+            topic: record.topic.clone(),
+        }
+    }
+}
+
+/// The consumer's view of group membership: ready once the group assigned us partitions.
+struct GroupContext {
+    group: String,
+    ready: ReadyFlag,
+    monitor: Monitor,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let labels = GroupLabels {
+            group: self.group.clone(),
+        };
+        self.monitor.runtime.rebalances.get_or_create(&labels).inc();
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(group = %self.group, partitions = partitions.count(), "partitions assigned");
+                self.ready.set(true);
+            }
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(group = %self.group, partitions = partitions.count(), "partitions revoked");
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(group = %self.group, error = %e, "rebalance failed");
+            }
+        }
+    }
 }
 
 /// A consumer group member running a [`Router`].
 pub struct Processor {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<GroupContext>>,
     shared: Arc<Shared>,
 }
 
 impl Processor {
-    /// Creates the consumer and subscribes to every topic the router handles.
+    /// Creates the consumer and subscribes to every topic the router handles. It reports to
+    /// `monitor` and declares the component `consumer:<group>`, ready once the group has
+    /// assigned it partitions.
     pub fn new(
         kafka: &KafkaConfig,
         config: ProcessorConfig,
         router: Router,
         publisher: Publisher,
+        monitor: &Monitor,
     ) -> Result<Self, Error> {
         if config.concurrency == 0 || config.max_in_flight == 0 {
             return Err(Error::InvalidConfig {
@@ -149,9 +196,14 @@ impl Processor {
                 reason: "concurrency and max in-flight must be at least 1".to_owned(),
             });
         }
-        let consumer: StreamConsumer = kafka
+        let context = GroupContext {
+            group: config.group_id.clone(),
+            ready: monitor.component(format!("consumer:{}", config.group_id)),
+            monitor: monitor.clone(),
+        };
+        let consumer: StreamConsumer<GroupContext> = kafka
             .consumer(&config.group_id, &config.group_id)
-            .create()
+            .create_with_context(context)
             .map_err(|cause| Error::Client {
                 what: "consumer",
                 cause,
@@ -173,6 +225,7 @@ impl Processor {
                 config,
                 permits,
                 stats: Arc::default(),
+                monitor: monitor.clone(),
                 shutdown: CancellationToken::new(),
             }),
         })
@@ -309,6 +362,12 @@ async fn process(shared: &Shared, record: Record) {
         Ok(Route::Unknown { event_type }) => {
             tracing::debug!(topic = %record.topic, offset = record.offset, %event_type, "no handler; acknowledged");
             Stats::bump(&shared.stats.unknown);
+            shared
+                .monitor
+                .runtime
+                .unknown
+                .get_or_create(&shared.labels(&record))
+                .inc();
             return;
         }
         Ok(Route::Handler(call)) => {
@@ -318,17 +377,31 @@ async fn process(shared: &Shared, record: Record) {
                     // The semaphore is never closed, so acquire cannot fail; if it did, running
                     // without a permit is better than dropping the record.
                     let _permit = shared.permits.acquire().await.ok();
-                    AssertUnwindSafe(call.call())
+                    let started = tokio::time::Instant::now();
+                    let result = AssertUnwindSafe(call.call())
                         .catch_unwind()
                         .await
                         .unwrap_or_else(|_| {
                             Err(HandlerError::Permanent("the handler panicked".into()))
-                        })
+                        });
+                    shared
+                        .monitor
+                        .runtime
+                        .handler_seconds
+                        .get_or_create(&shared.labels(&record))
+                        .observe(seconds(started.elapsed()));
+                    result
                 };
                 let error = match result {
                     Ok(outputs) => match publish(shared, &outputs).await {
                         Ok(()) => {
                             Stats::bump(&shared.stats.handled);
+                            shared
+                                .monitor
+                                .runtime
+                                .handled
+                                .get_or_create(&shared.labels(&record))
+                                .inc();
                             return;
                         }
                         Err(e) => HandlerError::Permanent(format!(
@@ -340,6 +413,12 @@ async fn process(shared: &Shared, record: Record) {
                 if error.is_transient() && shared.config.retry.retries_after(attempt) {
                     tracing::info!(topic = %record.topic, offset = record.offset, attempt, %error, "transient failure; retrying");
                     Stats::bump(&shared.stats.retried);
+                    shared
+                        .monitor
+                        .runtime
+                        .retried
+                        .get_or_create(&shared.labels(&record))
+                        .inc();
                     tokio::time::sleep(shared.config.retry.backoff(attempt)).await;
                     attempt += 1;
                     continue;
@@ -369,6 +448,12 @@ async fn process(shared: &Shared, record: Record) {
         retry_until_shutdown(shared, &letter).await;
     }
     Stats::bump(&shared.stats.dead_lettered);
+    shared
+        .monitor
+        .runtime
+        .dead_lettered
+        .get_or_create(&shared.labels(&record))
+        .inc();
 }
 
 /// Publishes outputs; waits out Kafka outages (with backoff) rather than failing the record.

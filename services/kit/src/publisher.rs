@@ -8,6 +8,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagashop_contracts::{Contract, EncodeError, Envelope};
 
+use crate::monitor::{Monitor, TopicLabels, seconds};
 use crate::{Error, KafkaConfig, headers};
 
 /// A record ready to publish: payload already encoded, headers already rendered.
@@ -123,6 +124,7 @@ impl PublishError {
 #[derive(Clone)]
 pub struct Publisher {
     producer: FutureProducer,
+    monitor: Option<Monitor>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -141,7 +143,30 @@ impl Publisher {
                 what: "producer",
                 cause,
             })?;
-        Ok(Self { producer })
+        Ok(Self {
+            producer,
+            monitor: None,
+        })
+    }
+
+    /// Reports publish latency per topic to `monitor`.
+    #[must_use]
+    pub fn observed(mut self, monitor: &Monitor) -> Self {
+        self.monitor = Some(monitor.clone());
+        self
+    }
+
+    fn observe(&self, topic: &str, started: tokio::time::Instant) {
+        if let Some(monitor) = &self.monitor {
+            let labels = TopicLabels {
+                topic: topic.to_owned(),
+            };
+            monitor
+                .runtime
+                .publish_seconds
+                .get_or_create(&labels)
+                .observe(seconds(started.elapsed()));
+        }
     }
 
     /// Publishes an envelope to `topic`, keyed by its key; returns once the broker acknowledged.
@@ -167,6 +192,7 @@ impl Publisher {
     /// keep their order (they are enqueued in order and the producer is idempotent). Returns
     /// the first error after every record has an answer.
     pub async fn send_all(&self, outs: &[Outgoing]) -> Result<Vec<Delivered>, PublishError> {
+        let started = tokio::time::Instant::now();
         let mut pending = Vec::with_capacity(outs.len());
         for out in outs {
             let enqueued = self
@@ -182,6 +208,9 @@ impl Publisher {
                 Ok(future) => Self::answer(&out.topic, future.await),
                 Err(e) => Err(e),
             };
+            if result.is_ok() {
+                self.observe(&out.topic, started);
+            }
             match result {
                 Ok(d) => delivered.push(d),
                 Err(e) => {
@@ -213,11 +242,14 @@ impl Publisher {
     {
         // A full local queue is "unavailable" at once rather than a wait: the edge answers 503
         // instead of piling up requests.
+        let started = tokio::time::Instant::now();
         let future = self
             .producer
             .send_result(record)
             .map_err(|(cause, _)| PublishError::classify(topic, cause))?;
-        Self::answer(topic, future.await)
+        let delivered = Self::answer(topic, future.await)?;
+        self.observe(topic, started);
+        Ok(delivered)
     }
 
     fn answer(

@@ -21,8 +21,8 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use sagashop_contracts::Envelope;
 use sagashop_contracts::events::{SagaStepChanged, StepPhase};
 use sagashop_kit::{
-    HandlerError, KafkaConfig, Outgoing, Processor, ProcessorConfig, Publisher, RetryPolicy,
-    Router, Stats,
+    HandlerError, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig, Publisher,
+    RetryPolicy, Router, Stats,
 };
 use sagashop_testkit::{TestKafka, eventually, unique_name};
 use tokio::sync::Notify;
@@ -50,6 +50,7 @@ fn step(key: &str, seq: u32) -> Envelope<SagaStepChanged> {
 
 struct Running {
     stats: Arc<Stats>,
+    monitor: Monitor,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), sagashop_kit::Error>>,
 }
@@ -66,13 +67,17 @@ impl Running {
 }
 
 fn start(kafka: &TestKafka, config: ProcessorConfig, router: Router) -> Running {
-    let publisher = Publisher::new(&kafka.config, "test").unwrap();
-    let processor = Processor::new(&kafka.config, config, router, publisher).unwrap();
+    let monitor = Monitor::new();
+    let publisher = Publisher::new(&kafka.config, "test")
+        .unwrap()
+        .observed(&monitor);
+    let processor = Processor::new(&kafka.config, config, router, publisher, &monitor).unwrap();
     let stats = processor.stats();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(processor.run(shutdown.clone()));
     Running {
         stats,
+        monitor,
         shutdown,
         task,
     }
@@ -354,6 +359,16 @@ async fn poison_records_go_to_the_dead_letter_topic_without_blocking_their_key()
     .await;
     let s = running.stats.snapshot();
     assert_eq!((s.dead_lettered, s.unknown, s.retried), (4, 1, 2));
+    let metrics = running.monitor.encode();
+    let labels = format!(r#"{{group="{group}",topic="{topic}"}}"#);
+    for line in [
+        format!("sagashop_messages_dead_lettered_total{labels} 4"),
+        format!("sagashop_messages_unknown_total{labels} 1"),
+        format!("sagashop_messages_retried_total{labels} 2"),
+        format!(r#"sagashop_publish_duration_seconds_count{{topic="{dlq}"}} 4"#),
+    ] {
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
 
     let reader = kafka.consumer(&unique_name("poison-dlq"));
     reader.subscribe(&[&dlq]).unwrap();

@@ -1,0 +1,249 @@
+//! What a service shows about itself: Prometheus metrics and readiness, served by [`crate::http`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-handler metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandlerLabels {
+    /// The consumer group.
+    pub group: String,
+    /// The topic consumed.
+    pub topic: String,
+}
+
+/// Labels of per-topic metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    /// The topic.
+    pub topic: String,
+}
+
+/// Labels of per-group metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    /// The consumer group.
+    pub group: String,
+}
+
+/// Latency buckets from 0.5 ms to ~16 s.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LatencyBuckets;
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    }
+}
+
+/// The runtime's metrics.
+#[derive(Debug, Clone)]
+pub(crate) struct RuntimeMetrics {
+    pub(crate) handled: Family<HandlerLabels, Counter>,
+    pub(crate) retried: Family<HandlerLabels, Counter>,
+    pub(crate) dead_lettered: Family<HandlerLabels, Counter>,
+    pub(crate) unknown: Family<HandlerLabels, Counter>,
+    pub(crate) handler_seconds: Family<HandlerLabels, Histogram, LatencyBuckets>,
+    pub(crate) publish_seconds: Family<TopicLabels, Histogram, LatencyBuckets>,
+    pub(crate) rebalances: Family<GroupLabels, Counter>,
+}
+
+/// Metrics and readiness of one process; clone it into every part that reports.
+#[derive(Clone)]
+pub struct Monitor {
+    registry: Arc<Mutex<Registry>>,
+    pub(crate) runtime: RuntimeMetrics,
+    components: Arc<Mutex<BTreeMap<String, bool>>>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("components", &self.components)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Monitor {
+    /// A monitor with the runtime's metrics registered under the `sagashop_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sagashop");
+        let runtime = RuntimeMetrics {
+            handled: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            unknown: Family::default(),
+            handler_seconds: Family::new_with_constructor(LatencyBuckets),
+            publish_seconds: Family::new_with_constructor(LatencyBuckets),
+            rebalances: Family::default(),
+        };
+        registry.register(
+            "messages_handled",
+            "Records a handler finished",
+            runtime.handled.clone(),
+        );
+        registry.register(
+            "messages_retried",
+            "In-place retries of transient handler failures",
+            runtime.retried.clone(),
+        );
+        registry.register(
+            "messages_dead_lettered",
+            "Records sent to the dead-letter topic",
+            runtime.dead_lettered.clone(),
+        );
+        registry.register(
+            "messages_unknown",
+            "Records with an event type no handler knows, acknowledged",
+            runtime.unknown.clone(),
+        );
+        registry.register(
+            "handler_duration_seconds",
+            "Time a handler took per attempt",
+            runtime.handler_seconds.clone(),
+        );
+        registry.register(
+            "publish_duration_seconds",
+            "Time from send to the broker's acknowledgement",
+            runtime.publish_seconds.clone(),
+        );
+        registry.register(
+            "consumer_rebalances",
+            "Partition assignments and revocations",
+            runtime.rebalances.clone(),
+        );
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            runtime,
+            components: Arc::default(),
+        }
+    }
+
+    /// Registers a service's own metric.
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .register(name, help, metric);
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+
+    /// Declares a component that must be ready before the process is; it starts not ready.
+    pub fn component(&self, name: impl Into<String>) -> ReadyFlag {
+        let name = name.into();
+        self.components
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.clone(), false);
+        ReadyFlag {
+            name,
+            components: Arc::clone(&self.components),
+        }
+    }
+
+    /// The components that are not ready yet; empty means the process is ready.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.components
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, ready)| !**ready)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+/// One component's readiness.
+#[derive(Debug, Clone)]
+pub struct ReadyFlag {
+    name: String,
+    components: Arc<Mutex<BTreeMap<String, bool>>>,
+}
+
+impl ReadyFlag {
+    /// Marks the component ready or not.
+    pub fn set(&self, ready: bool) {
+        self.components
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(self.name.clone(), ready);
+    }
+}
+
+pub(crate) fn seconds(elapsed: Duration) -> f64 {
+    elapsed.as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_is_ready_only_when_every_component_is() {
+        let monitor = Monitor::new();
+        assert!(
+            monitor.not_ready().is_empty(),
+            "no components: nothing to wait for"
+        );
+        let consumer = monitor.component("consumer:payment");
+        let store = monitor.component("store:balances");
+        assert_eq!(monitor.not_ready(), ["consumer:payment", "store:balances"]);
+        consumer.set(true);
+        store.set(true);
+        assert!(monitor.not_ready().is_empty());
+        store.set(false);
+        assert_eq!(monitor.not_ready(), ["store:balances"]);
+    }
+
+    #[test]
+    fn metrics_are_encoded_with_their_labels() {
+        let monitor = Monitor::new();
+        let labels = HandlerLabels {
+            group: "payment".into(),
+            topic: "payment.commands.v1".into(),
+        };
+        monitor.runtime.handled.get_or_create(&labels).inc_by(3);
+        monitor
+            .runtime
+            .handler_seconds
+            .get_or_create(&labels)
+            .observe(0.002);
+        let text = monitor.encode();
+        assert!(
+            text.contains(
+                r#"sagashop_messages_handled_total{group="payment",topic="payment.commands.v1"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE sagashop_handler_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+}
