@@ -90,26 +90,30 @@ impl Monitor {
             publish_seconds: Family::new_with_constructor(LatencyBuckets),
             rebalances: Family::default(),
         };
-        registry.register(
-            "messages_handled",
-            "Records a handler finished",
-            runtime.handled.clone(),
-        );
-        registry.register(
-            "messages_retried",
-            "In-place retries of transient handler failures",
-            runtime.retried.clone(),
-        );
-        registry.register(
-            "messages_dead_lettered",
-            "Records sent to the dead-letter topic",
-            runtime.dead_lettered.clone(),
-        );
-        registry.register(
-            "messages_unknown",
-            "Records with an event type no handler knows, acknowledged",
-            runtime.unknown.clone(),
-        );
+        for (name, help, family) in [
+            (
+                "messages_handled",
+                "Records a handler finished",
+                &runtime.handled,
+            ),
+            (
+                "messages_retried",
+                "In-place retries of transient handler failures",
+                &runtime.retried,
+            ),
+            (
+                "messages_dead_lettered",
+                "Records sent to the dead-letter topic",
+                &runtime.dead_lettered,
+            ),
+            (
+                "messages_unknown",
+                "Records with an event type no handler knows, acknowledged",
+                &runtime.unknown,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         registry.register(
             "handler_duration_seconds",
             "Time a handler took per attempt",
