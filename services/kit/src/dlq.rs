@@ -1,8 +1,19 @@
 //! Dead letters: a record the runtime gave up on, kept with everything needed to understand and
 //! replay it — the original key, bytes and headers, plus where it came from and why it failed.
+//!
+//! [`dead_letter`] builds one; [`read_dead_letters`] reads a dead-letter topic back (what
+//! `sagashop dlq list|show` print) and [`DeadLetter::replay`] turns one into the original record
+//! again (what `sagashop dlq replay` publishes).
+
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::publisher::Outgoing;
 use crate::router::Record;
+use crate::{Error, KafkaConfig};
 
 /// Header names the runtime adds to a dead letter.
 pub mod header {
@@ -56,4 +67,145 @@ pub fn dead_letter(
         payload: record.payload.clone().unwrap_or_default(),
         headers,
     }
+}
+
+/// A record read back from a dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The dead letter itself: its partition, offset, key, bytes and every header.
+    pub record: Record,
+}
+
+impl DeadLetter {
+    /// The value of a header as text, if present and UTF-8 (the last one wins).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.record
+            .headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The topic the record was consumed from.
+    pub fn original_topic(&self) -> Option<&str> {
+        self.header(header::ORIGINAL_TOPIC)
+    }
+
+    /// The original record, bound for `to` (default: the topic it came from), without the
+    /// `dlq-*` headers: key, bytes and the other headers as they were.
+    pub fn replay(&self, to: Option<&str>) -> Result<Outgoing, Error> {
+        let topic = to
+            .or_else(|| self.original_topic())
+            .ok_or_else(|| Error::InvalidConfig {
+                setting: "--to",
+                reason: format!(
+                    "dead letter at offset {} has no {} header: name the topic to replay to",
+                    self.record.offset,
+                    header::ORIGINAL_TOPIC
+                ),
+            })?;
+        Ok(Outgoing {
+            topic: topic.to_owned(),
+            key: self.record.key.clone(),
+            payload: self.record.payload.clone().unwrap_or_default(),
+            headers: self
+                .record
+                .headers
+                .iter()
+                .filter(|(name, _)| !name.starts_with("dlq-"))
+                .map(|(name, value)| (name.clone(), value.clone().unwrap_or_default()))
+                .collect(),
+        })
+    }
+}
+
+/// Reads every record of `topic` that exists now, partition by partition in offset order.
+///
+/// Bounded: each partition is read up to the high watermark seen at the start, so records
+/// dead-lettered meanwhile are left for the next call. Uses no consumer group offsets.
+pub async fn read_dead_letters(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<DeadLetter>, Error> {
+    let mut config = kafka.consumer("dlq-reader", "sagashop-dlq-reader");
+    config
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted");
+    let topic = topic.to_owned();
+    let reading = tokio::task::spawn_blocking(move || -> Result<Vec<DeadLetter>, Error> {
+        let client = |cause| Error::Client {
+            what: "consumer",
+            cause,
+        };
+        let consumer: BaseConsumer = config.create().map_err(client)?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(client)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .ok_or_else(|| Error::InvalidConfig {
+                setting: "--topic",
+                reason: format!("topic `{topic}` does not exist"),
+            })?;
+        let mut assignment = TopicPartitionList::new();
+        let mut ends = Vec::new();
+        for partition in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, partition, timeout)
+                .map_err(client)?;
+            if high > low {
+                assignment
+                    .add_partition_offset(&topic, partition, Offset::Offset(low))
+                    .map_err(client)?;
+                ends.push((partition, high));
+            }
+        }
+        let mut letters = Vec::new();
+        if ends.is_empty() {
+            return Ok(letters);
+        }
+        consumer.assign(&assignment).map_err(client)?;
+        let deadline = std::time::Instant::now() + timeout;
+        // Done when every partition's position (the next offset to read) reached the end seen at
+        // the start. Positions also move past transaction markers, which are never delivered.
+        let done = |consumer: &BaseConsumer| -> Result<bool, Error> {
+            let positions = consumer.position().map_err(client)?;
+            Ok(ends.iter().all(|(partition, high)| {
+                matches!(
+                    positions.find_partition(&topic, *partition).map(|p| p.offset()),
+                    Some(Offset::Offset(position)) if position >= *high
+                )
+            }))
+        };
+        while !done(&consumer)? {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::Internal(format!(
+                    "reading `{topic}` took longer than {timeout:?}"
+                )));
+            }
+            if let Some(message) = consumer.poll(left.min(Duration::from_millis(200))) {
+                let message = message.map_err(client)?;
+                let beyond_start = ends
+                    .iter()
+                    .any(|(p, high)| *p == message.partition() && message.offset() >= *high);
+                if !beyond_start {
+                    letters.push(DeadLetter {
+                        record: Record::from_message(&message),
+                    });
+                }
+            }
+        }
+        letters.sort_by_key(|l| (l.record.partition, l.record.offset));
+        Ok(letters)
+    });
+    reading
+        .await
+        .map_err(|e| Error::Internal(format!("the dead-letter reader panicked: {e}")))?
 }

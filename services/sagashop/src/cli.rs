@@ -44,11 +44,58 @@ pub(crate) enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Inspect and redrive the records a consumer gave up on.
+    Dlq {
+        /// Kafka connection.
+        #[command(flatten)]
+        kafka: KafkaConfig,
+        /// The dead-letter topic.
+        #[arg(long, global = true, env = "SAGASHOP_DLQ_TOPIC")]
+        topic: Option<String>,
+        /// How long reading the topic may take.
+        #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// What to do with the dead letters.
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Write the JSON Schema of every event and command version into a directory.
     Schemas {
         /// The directory to write into (created if missing).
         #[arg(long, default_value = "services/contracts/schemas")]
         out: PathBuf,
+    },
+}
+
+/// `sagashop dlq` actions.
+#[derive(Debug, Subcommand)]
+pub(crate) enum DlqAction {
+    /// One line per dead letter: where it came from, how often it was tried, why it failed.
+    List,
+    /// One dead letter in full: key, every header, the payload.
+    Show {
+        /// Its partition in the dead-letter topic.
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        /// Its offset in the dead-letter topic.
+        #[arg(long)]
+        offset: i64,
+    },
+    /// Publish dead letters again to the topic they came from (or `--to`), with their original
+    /// key, bytes and headers; the consumer then handles them like new records.
+    Replay {
+        /// The partition of the one to replay.
+        #[arg(long, default_value_t = 0, conflicts_with = "all")]
+        partition: i32,
+        /// The offset of the one to replay.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        offset: Option<i64>,
+        /// Replay every dead letter in the topic.
+        #[arg(long)]
+        all: bool,
+        /// Publish to this topic instead of the original one.
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 

@@ -14,7 +14,7 @@ pub(crate) struct Failure {
     pub(crate) code: u8,
 }
 
-fn fail(code: u8) -> impl FnOnce(anyhow::Error) -> Failure {
+pub(crate) fn fail(code: u8) -> impl FnOnce(anyhow::Error) -> Failure {
     move |error| Failure { error, code }
 }
 
@@ -22,6 +22,12 @@ pub(crate) async fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Doctor { kafka, timeout } => doctor(&kafka, timeout).await,
         Command::Schemas { out } => schemas(&out).map_err(fail(EX_CANTCREAT)),
+        Command::Dlq {
+            kafka,
+            topic,
+            timeout,
+            action,
+        } => crate::dlq::run(&kafka, topic, timeout, action).await,
     }
 }
 

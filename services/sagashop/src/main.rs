@@ -6,6 +6,7 @@
 
 mod cli;
 mod commands;
+mod dlq;
 
 use std::process::ExitCode;
 
