@@ -124,7 +124,7 @@ impl KeyId {
 }
 
 /// What one record's task needs.
-struct Shared {
+pub(crate) struct Shared {
     router: Router,
     publisher: Publisher,
     config: ProcessorConfig,
@@ -355,20 +355,23 @@ struct LoopState {
     tasks: JoinSet<(KeyId, i64)>,
 }
 
-/// Handles one record to the end: handled, or dead-lettered, or (on shutdown) abandoned.
-async fn process(shared: &Shared, record: Record) {
+/// What became of one record once its handler is done with it.
+pub(crate) enum Disposition {
+    /// Handled: publish these records.
+    Outputs(Vec<Outgoing>),
+    /// Given up on: publish this dead letter.
+    DeadLetter(Outgoing),
+    /// No handler for its event type: nothing to publish.
+    Unknown,
+}
+
+/// Routes a record and runs its handler, retrying transient failures in place.
+pub(crate) async fn handle(shared: &Shared, record: &Record) -> Disposition {
     let (error, attempts) = match shared.router.route(record.clone()) {
         Err(decode) => (decode.to_string(), 0),
         Ok(Route::Unknown { event_type }) => {
             tracing::debug!(topic = %record.topic, offset = record.offset, %event_type, "no handler; acknowledged");
-            Stats::bump(&shared.stats.unknown);
-            shared
-                .monitor
-                .runtime
-                .unknown
-                .get_or_create(&shared.labels(&record))
-                .inc();
-            return;
+            return Disposition::Unknown;
         }
         Ok(Route::Handler(call)) => {
             let mut attempt = 1;
@@ -388,26 +391,12 @@ async fn process(shared: &Shared, record: Record) {
                         .monitor
                         .runtime
                         .handler_seconds
-                        .get_or_create(&shared.labels(&record))
+                        .get_or_create(&shared.labels(record))
                         .observe(seconds(started.elapsed()));
                     result
                 };
                 let error = match result {
-                    Ok(outputs) => match publish(shared, &outputs).await {
-                        Ok(()) => {
-                            Stats::bump(&shared.stats.handled);
-                            shared
-                                .monitor
-                                .runtime
-                                .handled
-                                .get_or_create(&shared.labels(&record))
-                                .inc();
-                            return;
-                        }
-                        Err(e) => HandlerError::Permanent(format!(
-                            "publishing the handler's output failed: {e}"
-                        )),
-                    },
+                    Ok(outputs) => return Disposition::Outputs(outputs),
                     Err(e) => e,
                 };
                 if error.is_transient() && shared.config.retry.retries_after(attempt) {
@@ -417,7 +406,7 @@ async fn process(shared: &Shared, record: Record) {
                         .monitor
                         .runtime
                         .retried
-                        .get_or_create(&shared.labels(&record))
+                        .get_or_create(&shared.labels(record))
                         .inc();
                     tokio::time::sleep(shared.config.retry.backoff(attempt)).await;
                     attempt += 1;
@@ -433,27 +422,53 @@ async fn process(shared: &Shared, record: Record) {
             }
         }
     };
+    Disposition::DeadLetter(letter(shared, record, &error, attempts))
+}
+
+fn letter(shared: &Shared, record: &Record, error: &str, attempts: u32) -> Outgoing {
     tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, attempts, %error, "dead-lettering record");
-    let letter = dead_letter(
-        &record,
+    dead_letter(
+        record,
         &shared.config.dead_letter_topic,
         &shared.config.group_id,
-        &error,
+        error,
         attempts,
-    );
+    )
+}
+
+/// Counts a record whose disposition was delivered.
+pub(crate) fn count(shared: &Shared, record: &Record, disposition: &Disposition) {
+    let (stat, family) = match disposition {
+        Disposition::Outputs(_) => (&shared.stats.handled, &shared.monitor.runtime.handled),
+        Disposition::DeadLetter(_) => (
+            &shared.stats.dead_lettered,
+            &shared.monitor.runtime.dead_lettered,
+        ),
+        Disposition::Unknown => (&shared.stats.unknown, &shared.monitor.runtime.unknown),
+    };
+    Stats::bump(stat);
+    family.get_or_create(&shared.labels(record)).inc();
+}
+
+/// At-least-once: handles one record to the end — outputs published, or dead-lettered, or (on
+/// shutdown) abandoned uncommitted.
+async fn process(shared: &Shared, record: Record) {
+    let mut disposition = handle(shared, &record).await;
+    if let Disposition::Outputs(outputs) = &disposition
+        && let Err(e) = publish(shared, outputs).await
+    {
+        let error = format!("publishing the handler's output failed: {e}");
+        disposition = Disposition::DeadLetter(letter(shared, &record, &error, 1));
+    }
     // A dead letter is the last copy we will keep: if Kafka refuses it, say so and keep trying
     // (the key stalls, nothing is lost) until shutdown abandons it for redelivery.
-    if let Err(e) = publish(shared, std::slice::from_ref(&letter)).await {
+    if let Disposition::DeadLetter(letter) = &disposition
+        && let Err(e) = publish(shared, std::slice::from_ref(letter)).await
+    {
         tracing::error!(error = %e, topic = %letter.topic, "the dead-letter topic refused the record");
-        retry_until_shutdown(shared, &letter).await;
+        retry_until_shutdown(shared, letter).await;
     }
-    Stats::bump(&shared.stats.dead_lettered);
-    shared
-        .monitor
-        .runtime
-        .dead_lettered
-        .get_or_create(&shared.labels(&record))
-        .inc();
+    count(shared, &record, &disposition);
 }
 
 /// Publishes outputs; waits out Kafka outages (with backoff) rather than failing the record.
