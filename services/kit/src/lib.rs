@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod dlq;
+mod exactly_once;
 pub mod headers;
 pub mod http;
 pub mod kafka;

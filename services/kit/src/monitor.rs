@@ -53,6 +53,7 @@ pub(crate) struct RuntimeMetrics {
     pub(crate) handler_seconds: Family<HandlerLabels, Histogram, LatencyBuckets>,
     pub(crate) publish_seconds: Family<TopicLabels, Histogram, LatencyBuckets>,
     pub(crate) rebalances: Family<GroupLabels, Counter>,
+    pub(crate) transaction_aborts: Family<GroupLabels, Counter>,
 }
 
 /// Metrics and readiness of one process; clone it into every part that reports.
@@ -89,6 +90,7 @@ impl Monitor {
             handler_seconds: Family::new_with_constructor(LatencyBuckets),
             publish_seconds: Family::new_with_constructor(LatencyBuckets),
             rebalances: Family::default(),
+            transaction_aborts: Family::default(),
         };
         for (name, help, family) in [
             (
@@ -123,6 +125,11 @@ impl Monitor {
             "publish_duration_seconds",
             "Time from send to the broker's acknowledgement",
             runtime.publish_seconds.clone(),
+        );
+        registry.register(
+            "transaction_aborts",
+            "Exactly-once batches whose transaction was aborted and redone",
+            runtime.transaction_aborts.clone(),
         );
         registry.register(
             "consumer_rebalances",

@@ -50,6 +50,16 @@ pub struct ProcessorConfig {
     /// How long shutdown waits for in-flight records before abandoning them (uncommitted, so
     /// they are redelivered).
     pub drain_timeout: Duration,
+    /// Exactly-once mode when set: outputs and input offsets commit in one Kafka transaction
+    /// per batch. The id must be stable across restarts of this member (e.g. the pod name) and
+    /// unique among the group's members: the broker fences an older instance with the same id.
+    pub transactional_id: Option<String>,
+    /// Exactly-once mode: the most records in one transaction.
+    pub batch_size: usize,
+    /// Exactly-once mode: how long a batch waits for more records after its first.
+    pub batch_linger: Duration,
+    /// Exactly-once mode: the timeout of each transaction call.
+    pub transaction_timeout: Duration,
 }
 
 impl ProcessorConfig {
@@ -62,6 +72,10 @@ impl ProcessorConfig {
             retry: RetryPolicy::default(),
             dead_letter_topic: dead_letter_topic.into(),
             drain_timeout: Duration::from_secs(10),
+            transactional_id: None,
+            batch_size: 200,
+            batch_linger: Duration::from_millis(20),
+            transaction_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -107,14 +121,14 @@ impl Stats {
 /// Records of one ordering key in one partition run in sequence. Keyless records are their own
 /// key (by offset): they have no order to keep.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct KeyId {
+pub(crate) struct KeyId {
     topic: String,
     partition: i32,
     key: Result<Vec<u8>, i64>,
 }
 
 impl KeyId {
-    fn of(record: &Record) -> Self {
+    pub(crate) fn of(record: &Record) -> Self {
         Self {
             topic: record.topic.clone(),
             partition: record.partition,
@@ -125,13 +139,13 @@ impl KeyId {
 
 /// What one record's task needs.
 pub(crate) struct Shared {
-    router: Router,
-    publisher: Publisher,
-    config: ProcessorConfig,
-    permits: Semaphore,
-    stats: Arc<Stats>,
-    monitor: Monitor,
-    shutdown: CancellationToken,
+    pub(crate) router: Router,
+    pub(crate) publisher: Publisher,
+    pub(crate) config: ProcessorConfig,
+    pub(crate) permits: Semaphore,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) monitor: Monitor,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Shared {
@@ -144,7 +158,7 @@ impl Shared {
 }
 
 /// The consumer's view of group membership: ready once the group assigned us partitions.
-struct GroupContext {
+pub(crate) struct GroupContext {
     group: String,
     ready: ReadyFlag,
     monitor: Monitor,
@@ -177,6 +191,8 @@ impl ConsumerContext for GroupContext {
 pub struct Processor {
     consumer: Arc<StreamConsumer<GroupContext>>,
     shared: Arc<Shared>,
+    /// Set in exactly-once mode.
+    transactional_producer: Option<rdkafka::ClientConfig>,
 }
 
 impl Processor {
@@ -201,13 +217,18 @@ impl Processor {
             ready: monitor.component(format!("consumer:{}", config.group_id)),
             monitor: monitor.clone(),
         };
-        let consumer: StreamConsumer<GroupContext> = kafka
-            .consumer(&config.group_id, &config.group_id)
+        let mut consumer_config = kafka.consumer(&config.group_id, &config.group_id);
+        let transactional_producer = config.transactional_id.as_ref().map(|id| {
+            // Offsets commit inside the transactions, never on their own.
+            consumer_config.set("enable.auto.commit", "false");
+            kafka.transactional_producer(&config.group_id, id)
+        });
+        let consumer: StreamConsumer<GroupContext> = consumer_config
             .create_with_context(context)
             .map_err(|cause| Error::Client {
-                what: "consumer",
-                cause,
-            })?;
+            what: "consumer",
+            cause,
+        })?;
         let topics = router.topics();
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
@@ -228,6 +249,7 @@ impl Processor {
                 monitor: monitor.clone(),
                 shutdown: CancellationToken::new(),
             }),
+            transactional_producer,
         })
     }
 
@@ -237,8 +259,20 @@ impl Processor {
     }
 
     /// Consumes until `shutdown` is cancelled, then drains in-flight records (up to the drain
-    /// timeout), commits what finished and leaves the group.
+    /// timeout), commits what finished and leaves the group. In exactly-once mode it stops
+    /// between batches; an unfinished batch is simply never committed.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        if let Some(producer) = self.transactional_producer.clone() {
+            let result = crate::exactly_once::run(
+                Arc::clone(&self.consumer),
+                Arc::clone(&self.shared),
+                producer,
+                shutdown,
+            )
+            .await;
+            self.shared.shutdown.cancel();
+            return result;
+        }
         let mut state = LoopState::default();
         let max_in_flight = self.shared.config.max_in_flight;
         loop {

@@ -92,7 +92,7 @@ impl PublishError {
         matches!(self, Self::Unavailable { .. })
     }
 
-    fn classify(topic: &str, cause: KafkaError) -> Self {
+    pub(crate) fn classify(topic: &str, cause: KafkaError) -> Self {
         use RDKafkaErrorCode as C;
         let transient = matches!(
             cause.rdkafka_error_code(),
@@ -221,7 +221,7 @@ impl Publisher {
         first_error.map_or(Ok(delivered), Err)
     }
 
-    fn record(out: &Outgoing) -> FutureRecord<'_, [u8], [u8]> {
+    pub(crate) fn record(out: &Outgoing) -> FutureRecord<'_, [u8], [u8]> {
         let record = FutureRecord::to(&out.topic)
             .payload(out.payload.as_slice())
             .headers(out.kafka_headers());
@@ -252,7 +252,7 @@ impl Publisher {
         Ok(delivered)
     }
 
-    fn answer(
+    pub(crate) fn answer(
         topic: &str,
         answer: Result<
             rdkafka::producer::future_producer::OwnedDeliveryResult,

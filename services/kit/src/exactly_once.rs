@@ -1,0 +1,282 @@
+//! Exactly-once processing: consume → handle → produce and commit the input offsets in one Kafka
+//! transaction.
+//!
+//! Records are taken in batches (up to `batch_size`, or what arrives within `batch_linger`).
+//! Within a batch keys still run concurrently and each key in order; every record's outputs and
+//! dead letters are produced into the open transaction as soon as the record is done, and when
+//! the whole batch is done its offsets are added with `send_offsets_to_transaction` and the
+//! transaction commits. Readers with `isolation.level=read_committed` see a batch's outputs if
+//! and only if its offsets are committed, so a crash anywhere means the batch is redone and its
+//! first try is invisible.
+//!
+//! On any failure the transaction is aborted, the consumer rewinds to the committed offsets and
+//! the batch is tried again after a backoff. A fenced or otherwise fatally broken producer is
+//! replaced. librdkafka's transaction calls block, so they run on the blocking pool under a
+//! watchdog timeout.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+use crate::processor::{Disposition, GroupContext, KeyId, Shared, count, handle};
+use crate::publisher::{PublishError, Publisher};
+use crate::retry::RetryPolicy;
+use crate::router::Record;
+
+/// Why a batch's transaction did not commit.
+#[derive(Debug, thiserror::Error)]
+enum TxnError {
+    #[error("{0}: {1}")]
+    Kafka(&'static str, KafkaError),
+    #[error("{0} did not return within the watchdog timeout")]
+    Watchdog(&'static str),
+    #[error(transparent)]
+    Delivery(#[from] PublishError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl TxnError {
+    /// Whether the producer can no longer be used (fenced by a newer instance, or broken).
+    fn is_fatal(&self) -> bool {
+        match self {
+            Self::Kafka(_, KafkaError::Transaction(e)) => e.is_fatal(),
+            Self::Watchdog(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Runs a blocking librdkafka call on the blocking pool, giving up after `timeout` plus a margin
+/// (librdkafka's own timeout should fire first; the watchdog catches a call that hangs anyway).
+async fn blocking<T, F>(what: &'static str, timeout: Duration, call: F) -> Result<T, TxnError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, KafkaError> + Send + 'static,
+{
+    let task = tokio::task::spawn_blocking(call);
+    match tokio::time::timeout(timeout + Duration::from_secs(5), task).await {
+        Ok(Ok(result)) => result.map_err(|e| TxnError::Kafka(what, e)),
+        Ok(Err(join)) => Err(TxnError::Internal(format!("{what} panicked: {join}"))),
+        Err(_) => Err(TxnError::Watchdog(what)),
+    }
+}
+
+/// Creates a transactional producer and registers its `transactional.id` with the broker,
+/// which fences (aborts) whatever an earlier instance with the same id left open.
+async fn producer(config: &ClientConfig, timeout: Duration) -> Result<FutureProducer, Error> {
+    let producer: FutureProducer = config.create().map_err(|cause| Error::Client {
+        what: "transactional producer",
+        cause,
+    })?;
+    let init = producer.clone();
+    blocking("init_transactions", timeout, move || {
+        init.init_transactions(timeout)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("could not start transactions: {e}")))?;
+    Ok(producer)
+}
+
+/// The transactional consume loop; returns when `shutdown` is cancelled between batches.
+pub(crate) async fn run(
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    shared: Arc<Shared>,
+    producer_config: ClientConfig,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let timeout = shared.config.transaction_timeout;
+    let mut txn = producer(&producer_config, timeout).await?;
+    let failures = RetryPolicy {
+        max_attempts: u32::MAX,
+        initial_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(10),
+    };
+    let mut failed_in_a_row = 0;
+    loop {
+        let batch = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            batch = next_batch(&consumer, &shared) => batch,
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        match run_batch(&consumer, &txn, &shared, batch).await {
+            Ok(done) => {
+                failed_in_a_row = 0;
+                for (record, disposition) in &done {
+                    count(&shared, record, disposition);
+                }
+            }
+            Err(e) => {
+                failed_in_a_row += 1;
+                tracing::warn!(error = %e, attempt = failed_in_a_row, "transaction failed; aborting and rewinding");
+                shared
+                    .monitor
+                    .runtime
+                    .transaction_aborts
+                    .get_or_create(&crate::monitor::GroupLabels {
+                        group: shared.config.group_id.clone(),
+                    })
+                    .inc();
+                let fatal = e.is_fatal() || abort(&txn, timeout).await;
+                if fatal {
+                    tracing::warn!("replacing the transactional producer");
+                    txn = producer(&producer_config, timeout).await?;
+                }
+                rewind(&consumer, timeout).await?;
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(failures.backoff(failed_in_a_row)) => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Aborts the open transaction; returns whether the producer must be replaced.
+async fn abort(txn: &FutureProducer, timeout: Duration) -> bool {
+    let producer = txn.clone();
+    match blocking("abort_transaction", timeout, move || {
+        producer.abort_transaction(timeout)
+    })
+    .await
+    {
+        Ok(()) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "abort failed");
+            e.is_fatal()
+        }
+    }
+}
+
+/// Seeks every assigned partition back to its committed offset (or, with none committed, to
+/// where `auto.offset.reset` says), dropping what was fetched beyond it.
+async fn rewind(
+    consumer: &Arc<StreamConsumer<GroupContext>>,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let consumer = Arc::clone(consumer);
+    blocking("rewind", timeout, move || {
+        let mut positions = consumer.assignment()?;
+        positions.set_all_offsets(Offset::Stored)?;
+        if positions.count() > 0 {
+            consumer.seek_partitions(positions, timeout)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("could not rewind to the committed offsets: {e}")))
+}
+
+/// Waits for one record, then takes what else arrives within the linger, up to the batch size.
+async fn next_batch(consumer: &StreamConsumer<GroupContext>, shared: &Shared) -> Vec<Record> {
+    let mut batch = Vec::new();
+    match consumer.recv().await {
+        Ok(message) => batch.push(Record::from_message(&message)),
+        Err(e) => {
+            tracing::warn!(error = %e, "consumer error; continuing");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return batch;
+        }
+    }
+    let linger = tokio::time::Instant::now() + shared.config.batch_linger;
+    while batch.len() < shared.config.batch_size {
+        match tokio::time::timeout_at(linger, consumer.recv()).await {
+            Ok(Ok(message)) => batch.push(Record::from_message(&message)),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error; closing the batch");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// One batch in one transaction.
+async fn run_batch(
+    consumer: &StreamConsumer<GroupContext>,
+    txn: &FutureProducer,
+    shared: &Arc<Shared>,
+    batch: Vec<Record>,
+) -> Result<Vec<(Record, Disposition)>, TxnError> {
+    let timeout = shared.config.transaction_timeout;
+    let begin = txn.clone();
+    blocking("begin_transaction", timeout, move || {
+        begin.begin_transaction()
+    })
+    .await?;
+
+    let mut next_offsets: HashMap<(String, i32), i64> = HashMap::new();
+    let mut by_key: HashMap<KeyId, Vec<Record>> = HashMap::new();
+    for record in batch {
+        let next = next_offsets
+            .entry((record.topic.clone(), record.partition))
+            .or_default();
+        *next = (*next).max(record.offset + 1);
+        by_key.entry(KeyId::of(&record)).or_default().push(record);
+    }
+
+    let mut tasks = JoinSet::new();
+    for records in by_key.into_values() {
+        let (shared, txn) = (Arc::clone(shared), txn.clone());
+        tasks.spawn(async move {
+            let mut done = Vec::with_capacity(records.len());
+            let mut deliveries = Vec::new();
+            for record in records {
+                let disposition = handle(&shared, &record).await;
+                let outputs = match &disposition {
+                    Disposition::Outputs(outputs) => outputs.as_slice(),
+                    Disposition::DeadLetter(letter) => std::slice::from_ref(letter),
+                    Disposition::Unknown => &[],
+                };
+                for out in outputs {
+                    let sent = txn
+                        .send_result(Publisher::record(out))
+                        .map_err(|(cause, _)| PublishError::classify(&out.topic, cause))?;
+                    deliveries.push((out.topic.clone(), sent));
+                }
+                done.push((record, disposition));
+            }
+            for (topic, delivery) in deliveries {
+                Publisher::answer(&topic, delivery.await)?;
+            }
+            Ok::<_, TxnError>(done)
+        });
+    }
+    let mut done = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let key_done =
+            joined.map_err(|e| TxnError::Internal(format!("a record task failed: {e}")))??;
+        done.extend(key_done);
+    }
+
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), next) in next_offsets {
+        offsets
+            .add_partition_offset(&topic, partition, Offset::Offset(next))
+            .map_err(|e| TxnError::Kafka("building the offsets", e))?;
+    }
+    let group = consumer
+        .group_metadata()
+        .ok_or_else(|| TxnError::Internal("the consumer has no group metadata".into()))?;
+    let commit = txn.clone();
+    blocking("commit_transaction", timeout, move || {
+        commit.send_offsets_to_transaction(&offsets, &group, timeout)?;
+        commit.commit_transaction(timeout)
+    })
+    .await?;
+    Ok(done)
+}
