@@ -96,11 +96,7 @@ pub(crate) async fn run(
 ) -> Result<(), Error> {
     let timeout = shared.config.transaction_timeout;
     let mut txn = producer(&producer_config, timeout).await?;
-    let failures = RetryPolicy {
-        max_attempts: u32::MAX,
-        initial_backoff: Duration::from_millis(200),
-        max_backoff: Duration::from_secs(10),
-    };
+    let failures = RetryPolicy::unbounded(Duration::from_millis(200), Duration::from_secs(10));
     let mut failed_in_a_row = 0;
     loop {
         let batch = tokio::select! {

@@ -507,11 +507,7 @@ async fn process(shared: &Shared, record: Record) {
 
 /// Publishes outputs; waits out Kafka outages (with backoff) rather than failing the record.
 async fn publish(shared: &Shared, outputs: &[Outgoing]) -> Result<(), PublishError> {
-    let outage = RetryPolicy {
-        max_attempts: u32::MAX,
-        initial_backoff: Duration::from_millis(200),
-        max_backoff: Duration::from_secs(5),
-    };
+    let outage = RetryPolicy::unbounded(Duration::from_millis(200), Duration::from_secs(5));
     let mut attempt = 1;
     loop {
         match shared.publisher.send_all(outputs).await {

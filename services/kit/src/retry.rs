@@ -24,6 +24,16 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Retries forever, waiting from `initial` up to `max`: for waiting out an outage, not for
+    /// a record that may never succeed.
+    pub fn unbounded(initial: Duration, max: Duration) -> Self {
+        Self {
+            max_attempts: u32::MAX,
+            initial_backoff: initial,
+            max_backoff: max,
+        }
+    }
+
     /// Whether a message that failed on `attempt` (1-based) gets another one.
     pub fn retries_after(&self, attempt: u32) -> bool {
         attempt < self.max_attempts

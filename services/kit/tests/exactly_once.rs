@@ -9,31 +9,14 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use sagashop_contracts::Envelope;
-use sagashop_contracts::events::{SagaStepChanged, StepPhase};
+use sagashop_contracts::events::SagaStepChanged;
 use sagashop_kit::{Monitor, Outgoing, Processor, ProcessorConfig, Publisher, Router};
-use sagashop_testkit::{TestKafka, unique_name};
+use sagashop_testkit::{TestKafka, sequenced, unique_name};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn step(key: &str, seq: u32) -> Envelope<SagaStepChanged> {
-    Envelope::new(
-        key,
-        key,
-        SagaStepChanged {
-            saga_id: key.to_owned(),
-            saga_name: "eos".to_owned(),
-            step: "s".to_owned(),
-            phase: StepPhase::Started,
-            attempt: seq,
-            detail: None,
-            at: Utc::now(),
-        },
-    )
-}
 
 /// A router that answers every input with one output carrying the same sequence number, and
 /// hangs forever on `hang_at` (a member that dies mid-transaction).
@@ -69,7 +52,7 @@ async fn a_member_killed_mid_transaction_is_replaced_without_loss_or_duplicate_o
     let dlq = kafka.topic("eos-dlq", 1).await;
     let group = unique_name("eos");
     let records: Vec<_> = (0..50)
-        .map(|i| Outgoing::event(&input, &step(&format!("order-{}", i % 5), i)).unwrap())
+        .map(|i| Outgoing::event(&input, &sequenced(&format!("order-{}", i % 5), i)).unwrap())
         .collect();
     Publisher::new(&kafka.config, "test")
         .unwrap()

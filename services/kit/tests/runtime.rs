@@ -12,41 +12,23 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use rdkafka::Message;
 use rdkafka::Offset;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use sagashop_contracts::Envelope;
-use sagashop_contracts::events::{SagaStepChanged, StepPhase};
+use sagashop_contracts::events::SagaStepChanged;
 use sagashop_kit::{
     HandlerError, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig, Publisher,
     RetryPolicy, Router, Stats,
 };
-use sagashop_testkit::{TestKafka, eventually, unique_name};
+use sagashop_testkit::{TestKafka, eventually, sequenced, unique_name};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A real contract whose `attempt` field carries a per-key sequence number.
-fn step(key: &str, seq: u32) -> Envelope<SagaStepChanged> {
-    Envelope::new(
-        key,
-        key,
-        SagaStepChanged {
-            saga_id: key.to_owned(),
-            saga_name: "test".to_owned(),
-            step: "s".to_owned(),
-            phase: StepPhase::Started,
-            attempt: seq,
-            detail: None,
-            at: Utc::now(),
-        },
-    )
-}
 
 struct Running {
     stats: Arc<Stats>,
@@ -117,13 +99,13 @@ async fn one_key_stays_in_order_while_a_stuck_key_stalls_no_other_and_holds_the_
     let group = unique_name("ordered");
 
     // "stuck" is first in the partition; 5 other keys interleave 20 records each behind it.
-    let mut records = vec![Outgoing::event(&topic, &step("stuck", 0)).unwrap()];
+    let mut records = vec![Outgoing::event(&topic, &sequenced("stuck", 0)).unwrap()];
     for seq in 0..20 {
         for k in 0..5 {
-            records.push(Outgoing::event(&topic, &step(&format!("key-{k}"), seq)).unwrap());
+            records.push(Outgoing::event(&topic, &sequenced(&format!("key-{k}"), seq)).unwrap());
         }
     }
-    records.push(Outgoing::event(&topic, &step("stuck", 1)).unwrap());
+    records.push(Outgoing::event(&topic, &sequenced("stuck", 1)).unwrap());
     publish_all(&kafka, &records).await;
 
     let seen: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
@@ -223,7 +205,7 @@ async fn a_transient_failure_is_retried_until_the_handler_succeeds() {
     let dlq = kafka.topic("retry-dlq", 1).await;
     publish_all(
         &kafka,
-        &[Outgoing::event(&topic, &step("order-1", 0)).unwrap()],
+        &[Outgoing::event(&topic, &sequenced("order-1", 0)).unwrap()],
     )
     .await;
 
@@ -291,7 +273,7 @@ async fn poison_records_go_to_the_dead_letter_topic_without_blocking_their_key()
     let group = unique_name("poison");
 
     // Everything on one key: a blocked record would hold back every one behind it.
-    let good = step("order-9", 4);
+    let good = sequenced("order-9", 4);
     let header_of = |name: &str| {
         good.metadata
             .to_headers()
@@ -302,7 +284,7 @@ async fn poison_records_go_to_the_dead_letter_topic_without_blocking_their_key()
     };
     let garbage = Outgoing {
         payload: b"\x00\xffnot json".to_vec(),
-        ..Outgoing::event(&topic, &step("order-9", 0)).unwrap()
+        ..Outgoing::event(&topic, &sequenced("order-9", 0)).unwrap()
     };
     let headerless = Outgoing {
         topic: topic.clone(),
@@ -310,13 +292,13 @@ async fn poison_records_go_to_the_dead_letter_topic_without_blocking_their_key()
         payload: b"{}".to_vec(),
         headers: vec![],
     };
-    let mut unknown = Outgoing::event(&topic, &step("order-9", 1)).unwrap();
+    let mut unknown = Outgoing::event(&topic, &sequenced("order-9", 1)).unwrap();
     unknown.headers.retain(|(k, _)| k != "event-type");
     unknown
         .headers
         .push(("event-type".into(), b"SomethingNew".to_vec()));
-    let always_transient = Outgoing::event(&topic, &step("order-9", 2)).unwrap();
-    let permanent = Outgoing::event(&topic, &step("order-9", 3)).unwrap();
+    let always_transient = Outgoing::event(&topic, &sequenced("order-9", 2)).unwrap();
+    let permanent = Outgoing::event(&topic, &sequenced("order-9", 3)).unwrap();
     publish_all(
         &kafka,
         &[
@@ -426,7 +408,7 @@ async fn shutdown_drains_and_commits_what_was_handled() {
     let dlq = kafka.topic("drain-dlq", 1).await;
     let group = unique_name("drain");
     let records: Vec<_> = (0..30)
-        .map(|i| Outgoing::event(&topic, &step(&format!("order-{}", i % 7), i)).unwrap())
+        .map(|i| Outgoing::event(&topic, &sequenced(&format!("order-{}", i % 7), i)).unwrap())
         .collect();
     publish_all(&kafka, &records).await;
 
@@ -451,7 +433,7 @@ async fn publishing_to_an_unreachable_broker_fails_as_unavailable() {
     };
     let publisher = Publisher::new(&config, "test").unwrap();
     let err = publisher
-        .publish("orders.v1", &step("order-1", 0))
+        .publish("orders.v1", &sequenced("order-1", 0))
         .await
         .unwrap_err();
     assert!(err.is_unavailable(), "{err}");

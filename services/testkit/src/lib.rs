@@ -11,10 +11,12 @@
 // Test support: panicking with a clear message is how a fixture reports a broken environment.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod events;
 mod kafka;
 mod kube;
 mod wait;
 
+pub use events::sequenced;
 pub use kafka::TestKafka;
 pub use kube::{TestKube, tool};
 pub use wait::eventually;
