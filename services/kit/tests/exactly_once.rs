@@ -133,3 +133,104 @@ async fn a_member_killed_mid_transaction_is_replaced_without_loss_or_duplicate_o
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn two_members_split_the_partitions_and_one_leaving_hands_over_without_loss_or_duplicates() {
+    let kafka = TestKafka::connect().await;
+    let input = kafka.topic("split-in", 4).await;
+    let output = kafka.topic("split-out", 1).await;
+    let dlq = kafka.topic("split-dlq", 1).await;
+    let group = unique_name("split");
+
+    let member = |name: &str| {
+        let output = output.clone();
+        // A little work per record, so that the stream is still flowing when a member leaves.
+        let router = Router::new().on(&input, move |env: Envelope<SagaStepChanged>| {
+            let output = output.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let reply = Envelope::caused_by(&env.metadata, env.key.clone(), env.payload);
+                Ok(vec![Outgoing::event(&output, &reply).unwrap()])
+            }
+        });
+        let config = ProcessorConfig {
+            transactional_id: Some(unique_name(name)),
+            batch_size: 20,
+            concurrency: 4,
+            ..ProcessorConfig::new(&group, &dlq)
+        };
+        let monitor = Monitor::new();
+        let publisher = Publisher::new(&kafka.config, "test").unwrap();
+        let processor = Processor::new(&kafka.config, config, router, publisher, &monitor).unwrap();
+        (processor, monitor)
+    };
+    let ((a, a_monitor), (b, b_monitor)) = (member("member-a"), member("member-b"));
+    let (a_stats, b_stats) = (a.stats(), b.stats());
+    let (a_stop, b_stop) = (CancellationToken::new(), CancellationToken::new());
+    let a_task = tokio::spawn(a.run(a_stop.clone()));
+    let b_task = tokio::spawn(b.run(b_stop.clone()));
+
+    // Both must hold partitions before work arrives, or the first to join takes it all.
+    sagashop_testkit::eventually("both members to be assigned partitions", WAIT, || {
+        let both = a_monitor.not_ready().is_empty() && b_monitor.not_ready().is_empty();
+        async move { both.then_some(()) }
+    })
+    .await;
+
+    let records: Vec<_> = (0..400)
+        .map(|i| Outgoing::event(&input, &sequenced(&format!("order-{}", i % 40), i)).unwrap())
+        .collect();
+    let publisher = Publisher::new(&kafka.config, "test").unwrap();
+    publisher.send_all(&records[..200]).await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a_stats.snapshot().handled == 0 || b_stats.snapshot().handled == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the members never both got work: a {:?}, b {:?}",
+            a_stats.snapshot(),
+            b_stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A leaves while records keep arriving; B takes its partitions over.
+    a_stop.cancel();
+    publisher.send_all(&records[200..]).await.unwrap();
+    tokio::time::timeout(WAIT, a_task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    let committed = kafka.consumer(&unique_name("split-committed"));
+    committed.subscribe(&[&output]).unwrap();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.len() < 400 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 400 outputs committed",
+            seen.len()
+        );
+        seen.extend(read_available(&committed, Duration::from_millis(300)).await);
+    }
+    seen.extend(read_available(&committed, Duration::from_secs(2)).await);
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..400).collect::<Vec<_>>(),
+        "each input exactly once"
+    );
+    let (a_done, b_done) = (a_stats.snapshot().handled, b_stats.snapshot().handled);
+    assert!(
+        a_done > 0 && b_done > 0 && a_done + b_done >= 400,
+        "a {a_done}, b {b_done}"
+    );
+
+    b_stop.cancel();
+    tokio::time::timeout(WAIT, b_task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
