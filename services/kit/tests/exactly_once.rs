@@ -44,6 +44,21 @@ async fn read_available(reader: &StreamConsumer, quiet: Duration) -> Vec<u32> {
     seqs
 }
 
+/// Reads into `seen` until it holds `n` records, then for two quiet seconds more, so that
+/// duplicates beyond `n` would show.
+async fn read_at_least(reader: &StreamConsumer, n: usize, seen: &mut Vec<u32>) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} outputs committed",
+            seen.len()
+        );
+        seen.extend(read_available(reader, Duration::from_millis(300)).await);
+    }
+    seen.extend(read_available(reader, Duration::from_secs(2)).await);
+}
+
 #[tokio::test]
 async fn a_member_killed_mid_transaction_is_replaced_without_loss_or_duplicate_output() {
     let kafka = TestKafka::connect().await;
@@ -101,17 +116,7 @@ async fn a_member_killed_mid_transaction_is_replaced_without_loss_or_duplicate_o
     // transaction, and the batch is redone from the committed offset.
     let shutdown = CancellationToken::new();
     let second = tokio::spawn(member(echo(&input, &output, None)).run(shutdown.clone()));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while seen_committed.len() < 50 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of 50 outputs committed",
-            seen_committed.len()
-        );
-        seen_committed.extend(read_available(&committed, Duration::from_millis(300)).await);
-    }
-    // Anything extra would show up now.
-    seen_committed.extend(read_available(&committed, Duration::from_secs(2)).await);
+    read_at_least(&committed, 50, &mut seen_committed).await;
     seen_raw.extend(read_available(&raw, Duration::from_secs(1)).await);
 
     let mut sorted = seen_committed.clone();
@@ -205,16 +210,7 @@ async fn two_members_split_the_partitions_and_one_leaving_hands_over_without_los
     let committed = kafka.consumer(&unique_name("split-committed"));
     committed.subscribe(&[&output]).unwrap();
     let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while seen.len() < 400 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of 400 outputs committed",
-            seen.len()
-        );
-        seen.extend(read_available(&committed, Duration::from_millis(300)).await);
-    }
-    seen.extend(read_available(&committed, Duration::from_secs(2)).await);
+    read_at_least(&committed, 400, &mut seen).await;
     seen.sort_unstable();
     assert_eq!(
         seen,
