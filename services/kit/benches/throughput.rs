@@ -74,7 +74,11 @@ async fn topic(kafka: &KafkaConfig, prefix: &str) -> String {
 async fn raw_produce(kafka: &KafkaConfig, topic: &str, n: usize) -> (f64, usize) {
     let producer: FutureProducer = kafka.producer("bench").create().unwrap();
     let records: Vec<Outgoing> = (0..n).map(order).collect();
-    let bytes = records.iter().map(|r| r.payload.len()).sum::<usize>() / n;
+    let bytes = records
+        .iter()
+        .map(|r| r.payload.as_ref().map_or(0, Vec::len))
+        .sum::<usize>()
+        / n;
     let started = Instant::now();
     for chunk in records.chunks(10_000) {
         let mut pending = Vec::with_capacity(chunk.len());
@@ -93,7 +97,7 @@ async fn raw_produce(kafka: &KafkaConfig, topic: &str, n: usize) -> (f64, usize)
                 .send_result(
                     FutureRecord::to(topic)
                         .key(key)
-                        .payload(&record.payload)
+                        .payload(record.payload.as_deref().unwrap_or_default())
                         .headers(headers),
                 )
                 .map_err(|(e, _)| e)

@@ -7,11 +7,8 @@
 
 use std::time::Duration;
 
-use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-
 use crate::publisher::Outgoing;
+use crate::reader::read_to_end;
 use crate::router::Record;
 use crate::{Error, KafkaConfig};
 
@@ -64,7 +61,7 @@ pub fn dead_letter(
     Outgoing {
         topic: topic.to_owned(),
         key: record.key.clone(),
-        payload: record.payload.clone().unwrap_or_default(),
+        payload: record.payload.clone(),
         headers,
     }
 }
@@ -109,7 +106,7 @@ impl DeadLetter {
         Ok(Outgoing {
             topic: topic.to_owned(),
             key: self.record.key.clone(),
-            payload: self.record.payload.clone().unwrap_or_default(),
+            payload: self.record.payload.clone(),
             headers: self
                 .record
                 .headers
@@ -121,91 +118,15 @@ impl DeadLetter {
     }
 }
 
-/// Reads every record of `topic` that exists now, partition by partition in offset order.
-///
-/// Bounded: each partition is read up to the high watermark seen at the start, so records
-/// dead-lettered meanwhile are left for the next call. Uses no consumer group offsets.
+/// Reads every record of the dead-letter `topic` that exists now (see [`read_to_end`]).
 pub async fn read_dead_letters(
     kafka: &KafkaConfig,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<DeadLetter>, Error> {
-    let mut config = kafka.consumer("dlq-reader", "sagashop-dlq-reader");
-    config
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_uncommitted");
-    let topic = topic.to_owned();
-    let reading = tokio::task::spawn_blocking(move || -> Result<Vec<DeadLetter>, Error> {
-        let client = |cause| Error::Client {
-            what: "consumer",
-            cause,
-        };
-        let consumer: BaseConsumer = config.create().map_err(client)?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), timeout)
-            .map_err(client)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .ok_or_else(|| Error::InvalidConfig {
-                setting: "--topic",
-                reason: format!("topic `{topic}` does not exist"),
-            })?;
-        let mut assignment = TopicPartitionList::new();
-        let mut ends = Vec::new();
-        for partition in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, partition, timeout)
-                .map_err(client)?;
-            if high > low {
-                assignment
-                    .add_partition_offset(&topic, partition, Offset::Offset(low))
-                    .map_err(client)?;
-                ends.push((partition, high));
-            }
-        }
-        let mut letters = Vec::new();
-        if ends.is_empty() {
-            return Ok(letters);
-        }
-        consumer.assign(&assignment).map_err(client)?;
-        let deadline = std::time::Instant::now() + timeout;
-        // Done when every partition's position (the next offset to read) reached the end seen at
-        // the start. Positions also move past transaction markers, which are never delivered.
-        let done = |consumer: &BaseConsumer| -> Result<bool, Error> {
-            let positions = consumer.position().map_err(client)?;
-            Ok(ends.iter().all(|(partition, high)| {
-                matches!(
-                    positions.find_partition(&topic, *partition).map(|p| p.offset()),
-                    Some(Offset::Offset(position)) if position >= *high
-                )
-            }))
-        };
-        while !done(&consumer)? {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(Error::Internal(format!(
-                    "reading `{topic}` took longer than {timeout:?}"
-                )));
-            }
-            if let Some(message) = consumer.poll(left.min(Duration::from_millis(200))) {
-                let message = message.map_err(client)?;
-                let beyond_start = ends
-                    .iter()
-                    .any(|(p, high)| *p == message.partition() && message.offset() >= *high);
-                if !beyond_start {
-                    letters.push(DeadLetter {
-                        record: Record::from_message(&message),
-                    });
-                }
-            }
-        }
-        letters.sort_by_key(|l| (l.record.partition, l.record.offset));
-        Ok(letters)
-    });
-    reading
-        .await
-        .map_err(|e| Error::Internal(format!("the dead-letter reader panicked: {e}")))?
+    let records = read_to_end(kafka, "dlq-reader", topic, timeout).await?;
+    Ok(records
+        .into_iter()
+        .map(|record| DeadLetter { record })
+        .collect())
 }

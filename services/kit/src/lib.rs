@@ -21,6 +21,7 @@ pub mod monitor;
 pub mod offsets;
 pub mod processor;
 pub mod publisher;
+pub mod reader;
 pub mod retry;
 pub mod router;
 pub mod telemetry;

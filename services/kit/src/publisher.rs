@@ -18,8 +18,8 @@ pub struct Outgoing {
     pub topic: String,
     /// Record key (the order id); `None` only for records that belong to no entity.
     pub key: Option<Vec<u8>>,
-    /// Record value.
-    pub payload: Vec<u8>,
+    /// Record value; `None` is a tombstone (deletes the key from a compacted topic).
+    pub payload: Option<Vec<u8>>,
     /// Record headers, in order.
     pub headers: Vec<(String, Vec<u8>)>,
 }
@@ -30,7 +30,7 @@ impl Outgoing {
         Ok(Self {
             topic: topic.to_owned(),
             key: Some(envelope.key.clone().into_bytes()),
-            payload: envelope.encode_payload()?,
+            payload: Some(envelope.encode_payload()?),
             headers: envelope
                 .metadata
                 .to_headers()
@@ -222,9 +222,10 @@ impl Publisher {
     }
 
     pub(crate) fn record(out: &Outgoing) -> FutureRecord<'_, [u8], [u8]> {
-        let record = FutureRecord::to(&out.topic)
-            .payload(out.payload.as_slice())
-            .headers(out.kafka_headers());
+        let mut record = FutureRecord::to(&out.topic).headers(out.kafka_headers());
+        if let Some(payload) = &out.payload {
+            record = record.payload(payload.as_slice());
+        }
         match &out.key {
             Some(key) => record.key(key.as_slice()),
             None => record,
