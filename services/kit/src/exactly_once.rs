@@ -31,6 +31,7 @@ use crate::processor::{Disposition, GroupContext, KeyId, Shared, count, handle};
 use crate::publisher::{PublishError, Publisher};
 use crate::retry::RetryPolicy;
 use crate::router::Record;
+use crate::store::Reload;
 
 /// Why a batch's transaction did not commit.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +93,7 @@ pub(crate) async fn run(
     consumer: Arc<StreamConsumer<GroupContext>>,
     shared: Arc<Shared>,
     producer_config: ClientConfig,
+    stores: Vec<Arc<dyn Reload>>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let timeout = shared.config.transaction_timeout;
@@ -130,6 +132,10 @@ pub(crate) async fn run(
                     tracing::warn!("replacing the transactional producer");
                     txn = producer(&producer_config, timeout).await?;
                 }
+                // Handlers changed their stores in memory for the aborted batch: forget that.
+                for store in &stores {
+                    store.reload().await?;
+                }
                 rewind(&consumer, timeout).await?;
                 tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -157,18 +163,31 @@ async fn abort(txn: &FutureProducer, timeout: Duration) -> bool {
     }
 }
 
-/// Seeks every assigned partition back to its committed offset (or, with none committed, to
-/// where `auto.offset.reset` says), dropping what was fetched beyond it.
+/// Seeks every assigned partition back to its committed offset (or to the beginning where
+/// nothing is committed yet, as `auto.offset.reset=earliest` would), dropping what was fetched
+/// beyond it.
 async fn rewind(
     consumer: &Arc<StreamConsumer<GroupContext>>,
     timeout: Duration,
 ) -> Result<(), Error> {
     let consumer = Arc::clone(consumer);
     blocking("rewind", timeout, move || {
-        let mut positions = consumer.assignment()?;
-        positions.set_all_offsets(Offset::Stored)?;
-        if positions.count() > 0 {
-            consumer.seek_partitions(positions, timeout)?;
+        let assignment = consumer.assignment()?;
+        if assignment.count() == 0 {
+            return Ok(());
+        }
+        let committed = consumer.committed_offsets(assignment, timeout)?;
+        let mut targets = TopicPartitionList::new();
+        for partition in committed.elements() {
+            let offset = match partition.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            targets.add_partition_offset(partition.topic(), partition.partition(), offset)?;
+        }
+        let sought = consumer.seek_partitions(targets, timeout)?;
+        for partition in sought.elements() {
+            partition.error()?;
         }
         Ok(())
     })

@@ -24,6 +24,7 @@ pub mod publisher;
 pub mod reader;
 pub mod retry;
 pub mod router;
+pub mod store;
 pub mod telemetry;
 
 pub use http::ops_router;
@@ -33,6 +34,7 @@ pub use processor::{Processor, ProcessorConfig, Stats, StatsSnapshot};
 pub use publisher::{Delivered, Outgoing, PublishError, Publisher};
 pub use retry::RetryPolicy;
 pub use router::{HandlerError, HandlerResult, Record, Router};
+pub use store::Store;
 
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;

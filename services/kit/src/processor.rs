@@ -32,6 +32,7 @@ use crate::offsets::OffsetTracker;
 use crate::publisher::{Outgoing, PublishError, Publisher};
 use crate::retry::RetryPolicy;
 use crate::router::{HandlerError, Record, Route, Router};
+use crate::store::Reload;
 use crate::{Error, KafkaConfig};
 
 /// How a processor consumes.
@@ -193,6 +194,8 @@ pub struct Processor {
     shared: Arc<Shared>,
     /// Set in exactly-once mode.
     transactional_producer: Option<rdkafka::ClientConfig>,
+    /// Reloaded from Kafka after an aborted transaction.
+    stores: Vec<Arc<dyn Reload>>,
 }
 
 impl Processor {
@@ -250,7 +253,16 @@ impl Processor {
                 shutdown: CancellationToken::new(),
             }),
             transactional_producer,
+            stores: Vec::new(),
         })
+    }
+
+    /// Reloads `store` from its changelog whenever a transaction aborts, so memory never keeps
+    /// a change that Kafka rolled back. Register every store the handlers write.
+    #[must_use]
+    pub fn reloads(mut self, store: impl Reload + 'static) -> Self {
+        self.stores.push(Arc::new(store));
+        self
     }
 
     /// The processor's counters.
@@ -267,6 +279,7 @@ impl Processor {
                 Arc::clone(&self.consumer),
                 Arc::clone(&self.shared),
                 producer,
+                self.stores.clone(),
                 shutdown,
             )
             .await;

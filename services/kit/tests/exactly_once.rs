@@ -16,6 +16,8 @@ use sagashop_kit::{Monitor, Outgoing, Processor, ProcessorConfig, Publisher, Rou
 use sagashop_testkit::{TestKafka, sequenced, unique_name};
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A router that answers every input with one output carrying the same sequence number, and
@@ -66,14 +68,7 @@ async fn a_member_killed_mid_transaction_is_replaced_without_loss_or_duplicate_o
     let output = kafka.topic("eos-out", 1).await;
     let dlq = kafka.topic("eos-dlq", 1).await;
     let group = unique_name("eos");
-    let records: Vec<_> = (0..50)
-        .map(|i| Outgoing::event(&input, &sequenced(&format!("order-{}", i % 5), i)).unwrap())
-        .collect();
-    Publisher::new(&kafka.config, "test")
-        .unwrap()
-        .send_all(&records)
-        .await
-        .unwrap();
+    common::publish_sequenced(&kafka, &input, 50, 5).await;
 
     let config = ProcessorConfig {
         transactional_id: Some(unique_name("eos-member")),

@@ -1,0 +1,244 @@
+//! State stores against the real broker: restore from the changelog, and state written in the
+//! same transaction as the outputs.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use sagashop_contracts::Envelope;
+use sagashop_contracts::events::SagaStepChanged;
+use sagashop_kit::admin::TopicSpec;
+use sagashop_kit::{Monitor, Outgoing, Processor, ProcessorConfig, Publisher, Router, Store};
+use sagashop_testkit::{TestKafka, unique_name};
+use tokio_util::sync::CancellationToken;
+
+mod common;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn changelog(kafka: &TestKafka, prefix: &str) -> String {
+    let name = unique_name(prefix);
+    kafka
+        .create(TopicSpec::new(&name, 1).with_config("cleanup.policy", "compact"))
+        .await;
+    name
+}
+
+#[tokio::test]
+async fn a_store_restores_the_latest_values_and_forgets_deleted_keys() {
+    let kafka = TestKafka::connect().await;
+    let topic = changelog(&kafka, "store").await;
+    let monitor = Monitor::new();
+    let store: Store<u32> = Store::open(&kafka.config, "stock", &topic, &monitor)
+        .await
+        .unwrap();
+    assert!(store.is_empty());
+    assert!(monitor.not_ready().is_empty(), "an opened store is ready");
+
+    let writes = vec![
+        store.put("sku-1", 5).unwrap(),
+        store.put("sku-2", 7).unwrap(),
+        store.put("sku-1", 3).unwrap(),
+        store.delete("sku-2"),
+    ];
+    assert_eq!((store.get("sku-1"), store.get("sku-2")), (Some(3), None));
+    Publisher::new(&kafka.config, "test")
+        .unwrap()
+        .send_all(&writes)
+        .await
+        .unwrap();
+
+    // A new process: memory comes only from the changelog.
+    let restored: Store<u32> = Store::open(&kafka.config, "stock", &topic, &Monitor::new())
+        .await
+        .unwrap();
+    assert_eq!(restored.entries(), [("sku-1".to_owned(), 3)]);
+}
+
+#[tokio::test]
+async fn a_corrupt_changelog_fails_the_restore_and_names_the_record() {
+    let kafka = TestKafka::connect().await;
+    let topic = changelog(&kafka, "store-corrupt").await;
+    let garbage = Outgoing {
+        topic: topic.clone(),
+        key: Some(b"sku-1".to_vec()),
+        payload: Some(b"not a number".to_vec()),
+        headers: vec![],
+    };
+    Publisher::new(&kafka.config, "test")
+        .unwrap()
+        .send(&garbage)
+        .await
+        .unwrap();
+    let monitor = Monitor::new();
+    let err = Store::<u32>::open(&kafka.config, "stock", &topic, &monitor)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "changelog `{topic}` partition 0 offset 0 is unreadable"
+        )),
+        "{err}"
+    );
+}
+
+/// Counts inputs per key in a store; hangs on `hang_at` (a member dying mid-transaction).
+fn counter(input: &str, store: Store<u32>, hang_at: Option<u32>) -> Router {
+    Router::new().on(input, move |env: Envelope<SagaStepChanged>| {
+        let store = store.clone();
+        async move {
+            if Some(env.payload.attempt) == hang_at {
+                std::future::pending::<()>().await;
+            }
+            let count = store.get(&env.key).unwrap_or(0) + 1;
+            Ok(vec![store.put(&env.key, count).unwrap()])
+        }
+    })
+}
+
+#[tokio::test]
+async fn state_written_in_the_transaction_counts_every_input_once_across_a_crash() {
+    let kafka = TestKafka::connect().await;
+    let input = kafka.topic("count-in", 1).await;
+    let dlq = kafka.topic("count-dlq", 1).await;
+    let topic = changelog(&kafka, "counts").await;
+    let group = unique_name("count");
+    common::publish_sequenced(&kafka, &input, 50, 5).await;
+
+    let config = ProcessorConfig {
+        transactional_id: Some(unique_name("count-member")),
+        batch_size: 10,
+        ..ProcessorConfig::new(&group, &dlq)
+    };
+    let member = |store: &Store<u32>, monitor: &Monitor, hang_at| {
+        let publisher = Publisher::new(&kafka.config, "test").unwrap();
+        let router = counter(&input, store.clone(), hang_at);
+        Processor::new(&kafka.config, config.clone(), router, publisher, monitor)
+            .unwrap()
+            .reloads(store.clone())
+    };
+
+    // The first member commits three batches, then hangs in the fourth with its increments
+    // already produced into the open transaction.
+    let monitor = Monitor::new();
+    let store = Store::open(&kafka.config, "counts", &topic, &monitor)
+        .await
+        .unwrap();
+    let first = member(&store, &monitor, Some(30));
+    let stats = first.stats();
+    let first = tokio::spawn(first.run(CancellationToken::new()));
+    let mut raw_config = kafka.config.consumer("test", &unique_name("count-raw"));
+    raw_config.set("isolation.level", "read_uncommitted");
+    let raw: StreamConsumer = raw_config.create().unwrap();
+    raw.subscribe(&[&topic]).unwrap();
+    let mut raw_seen = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stats.snapshot().handled < 30 || raw_seen <= 30 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first member never hung mid-transaction"
+        );
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), raw.recv()).await {
+            raw_seen += 1;
+        }
+    }
+    first.abort();
+    let _ = first.await;
+
+    // The replacement restores the counts of the committed batches only, and carries on.
+    let monitor = Monitor::new();
+    let store = Store::open(&kafka.config, "counts", &topic, &monitor)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("order-0"),
+        Some(6),
+        "30 committed inputs over 5 keys"
+    );
+    common::run_until_handled(member(&store, &monitor, None), 20, WAIT).await;
+
+    let counts = Store::<u32>::open(&kafka.config, "counts", &topic, &Monitor::new())
+        .await
+        .unwrap();
+    let mut entries = counts.entries();
+    entries.sort();
+    let expected: Vec<_> = (0..5).map(|k| (format!("order-{k}"), 10)).collect();
+    assert_eq!(
+        entries, expected,
+        "every key counted each of its 10 inputs exactly once"
+    );
+}
+
+#[tokio::test]
+async fn an_aborted_batch_leaves_no_trace_in_the_store() {
+    let kafka = TestKafka::connect().await;
+    let input = kafka.topic("abort-in", 1).await;
+    let dlq = kafka.topic("abort-dlq", 1).await;
+    let topic = changelog(&kafka, "abort-counts").await;
+    common::publish_sequenced(&kafka, &input, 10, 1).await;
+
+    let monitor = Monitor::new();
+    let store: Store<u32> = Store::open(&kafka.config, "counts", &topic, &monitor)
+        .await
+        .unwrap();
+    let oversized_once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let router = {
+        let (store, oversized_once, topic) = (store.clone(), oversized_once.clone(), topic.clone());
+        Router::new().on(&input, move |env: Envelope<SagaStepChanged>| {
+            let (store, oversized_once, _topic) =
+                (store.clone(), oversized_once.clone(), topic.clone());
+            async move {
+                let count = store.get(&env.key).unwrap_or(0) + 1;
+                let mut outputs = vec![store.put(&env.key, count).unwrap()];
+                // The first try of record 7 also emits a record Kafka refuses (over 1 MB): the
+                // whole batch must abort, including the store increments already made.
+                if env.payload.attempt == 7
+                    && oversized_once.swap(false, std::sync::atomic::Ordering::SeqCst)
+                {
+                    outputs.push(Outgoing {
+                        payload: Some(vec![b'x'; 2 << 20]),
+                        ..store.put("noise", 0).unwrap()
+                    });
+                }
+                Ok(outputs)
+            }
+        })
+    };
+    let config = ProcessorConfig {
+        transactional_id: Some(unique_name("abort-member")),
+        batch_size: 100,
+        batch_linger: Duration::from_millis(500),
+        ..ProcessorConfig::new(unique_name("abort"), &dlq)
+    };
+    let publisher = Publisher::new(&kafka.config, "test").unwrap();
+    let processor = Processor::new(&kafka.config, config, router, publisher, &monitor)
+        .unwrap()
+        .reloads(store.clone());
+    common::run_until_handled(processor, 10, WAIT).await;
+
+    assert!(
+        !oversized_once.load(std::sync::atomic::Ordering::SeqCst),
+        "the abort never happened"
+    );
+    assert!(
+        monitor
+            .encode()
+            .contains("sagashop_transaction_aborts_total"),
+        "no abort counted"
+    );
+    assert_eq!(
+        store.get("order-0"),
+        Some(10),
+        "memory kept increments of the aborted batch"
+    );
+    let restored: Store<u32> = Store::open(&kafka.config, "counts", &topic, &Monitor::new())
+        .await
+        .unwrap();
+    assert_eq!(restored.get("order-0"), Some(10));
+}
