@@ -33,7 +33,9 @@ use crate::publisher::{Outgoing, PublishError, Publisher};
 use crate::retry::RetryPolicy;
 use crate::router::{HandlerError, Record, Route, Router};
 use crate::store::Reload;
+use crate::telemetry::{continue_trace, inject_current};
 use crate::{Error, KafkaConfig};
+use tracing::Instrument;
 
 /// How a processor consumes.
 #[derive(Debug, Clone)]
@@ -412,8 +414,40 @@ pub(crate) enum Disposition {
     Unknown,
 }
 
-/// Routes a record and runs its handler, retrying transient failures in place.
+/// Routes a record and runs its handler, retrying transient failures in place, inside a
+/// `process <topic>` consumer span that continues the record's trace; the handler's outputs
+/// carry this span's trace context onwards.
 pub(crate) async fn handle(shared: &Shared, record: &Record) -> Disposition {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format!("process {}", record.topic),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.destination.name = %record.topic,
+        messaging.destination.partition.id = record.partition,
+        messaging.kafka.offset = record.offset,
+        messaging.consumer.group.name = %shared.config.group_id,
+        correlation_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    continue_trace(&span, &record.headers);
+    if let Ok(metadata) = record.metadata() {
+        span.record("correlation_id", metadata.correlation_id.as_str());
+    }
+    let mut disposition = handle_in_span(shared, record)
+        .instrument(span.clone())
+        .await;
+    if let Disposition::Outputs(outputs) = &mut disposition {
+        let _entered = span.enter();
+        for output in outputs {
+            inject_current(&mut output.headers);
+        }
+    }
+    disposition
+}
+
+async fn handle_in_span(shared: &Shared, record: &Record) -> Disposition {
     let (error, attempts) = match shared.router.route(record.clone()) {
         Err(decode) => (decode.to_string(), 0),
         Ok(Route::Unknown { event_type }) => {

@@ -9,7 +9,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagashop_contracts::{Contract, EncodeError, Envelope};
 
 use crate::monitor::{Monitor, TopicLabels, seconds};
-use crate::{Error, KafkaConfig, headers};
+use crate::{Error, KafkaConfig};
+use tracing::Instrument;
 
 /// A record ready to publish: payload already encoded, headers already rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,17 +176,28 @@ impl Publisher {
         topic: &str,
         envelope: &Envelope<T>,
     ) -> Result<Delivered, PublishError> {
-        let mut record = FutureRecord::to(topic)
-            .key(envelope.key.as_bytes())
-            .headers(headers::to_headers(&envelope.metadata));
-        let payload = envelope.encode_payload()?;
-        record = record.payload(&payload);
-        self.deliver(topic, record).await
+        self.send(&Outgoing::event(topic, envelope)?).await
     }
 
-    /// Publishes one prepared record.
+    /// Publishes one prepared record inside a `publish <topic>` producer span, whose trace
+    /// context replaces the record's `traceparent`: the consumer's span becomes its child.
     pub async fn send(&self, out: &Outgoing) -> Result<Delivered, PublishError> {
-        self.deliver(&out.topic, Self::record(out)).await
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format!("publish {}", out.topic),
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.destination.name = %out.topic,
+        );
+        let mut out = out.clone();
+        {
+            let _entered = span.enter();
+            crate::telemetry::inject_current(&mut out.headers);
+        }
+        self.deliver(&out.topic, Self::record(&out))
+            .instrument(span)
+            .await
     }
 
     /// Publishes every record with all of them in flight at once; records for one partition

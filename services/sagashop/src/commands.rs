@@ -14,6 +14,15 @@ pub(crate) struct Failure {
     pub(crate) code: u8,
 }
 
+/// Maps an output error to a failure, except a closed pipe (`sagashop dlq list | head`): the
+/// reader has what it wanted, so that is success.
+pub(crate) fn output(result: std::io::Result<()>) -> Result<(), Failure> {
+    match result {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(fail(EX_IOERR)(e.into())),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn fail(code: u8) -> impl FnOnce(anyhow::Error) -> Failure {
     move |error| Failure { error, code }
 }
@@ -37,7 +46,7 @@ async fn doctor(kafka: &KafkaConfig, timeout: Duration) -> Result<(), Failure> {
         .probe(timeout)
         .await
         .map_err(|e| fail(EX_UNAVAILABLE)(e.into()))?;
-    report(&mut std::io::stdout().lock(), kafka, &info).map_err(|e| fail(EX_IOERR)(e.into()))
+    output(report(&mut std::io::stdout().lock(), kafka, &info))
 }
 
 fn report(out: &mut impl Write, kafka: &KafkaConfig, info: &ClusterInfo) -> std::io::Result<()> {

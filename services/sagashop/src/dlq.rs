@@ -6,8 +6,8 @@ use std::time::Duration;
 use sagashop_kit::dlq::{DeadLetter, header, read_dead_letters};
 use sagashop_kit::{Delivered, KafkaConfig, Outgoing, Publisher};
 
-use crate::cli::{DlqAction, EX_IOERR, EX_UNAVAILABLE, EX_USAGE};
-use crate::commands::{Failure, fail};
+use crate::cli::{DlqAction, EX_UNAVAILABLE, EX_USAGE};
+use crate::commands::{Failure, fail, output};
 
 pub(crate) async fn run(
     kafka: &KafkaConfig,
@@ -31,7 +31,7 @@ pub(crate) async fn run(
             fail(code)(e.into())
         })?;
     let mut out = std::io::stdout().lock();
-    match action {
+    let written = match action {
         DlqAction::List => list(&mut out, &topic, &letters),
         DlqAction::Show { partition, offset } => {
             let letter = find(&letters, &topic, partition, offset)?;
@@ -49,8 +49,8 @@ pub(crate) async fn run(
             };
             return replay(&mut out, kafka, &chosen, to.as_deref()).await;
         }
-    }
-    .map_err(|e| fail(EX_IOERR)(e.into()))
+    };
+    output(written)
 }
 
 fn find<'a>(
@@ -149,7 +149,7 @@ async fn replay(
         .send_all(&records)
         .await
         .map_err(|e| fail(EX_UNAVAILABLE)(e.into()))?;
-    report_replay(out, letters, &records, &delivered).map_err(|e| fail(EX_IOERR)(e.into()))
+    output(report_replay(out, letters, &records, &delivered))
 }
 
 fn report_replay(

@@ -20,16 +20,23 @@ async fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return cli::usage_error(&e),
     };
-    if let Err(e) = sagashop_kit::telemetry::init(cli.log_format) {
-        #[allow(
-            clippy::print_stderr,
-            reason = "logging is not set up, stderr is all there is"
-        )]
-        {
-            eprintln!("sagashop: {e}");
+    let _telemetry = match sagashop_kit::telemetry::init(cli.log_format, "sagashop") {
+        Ok(guard) => guard,
+        Err(e) => {
+            #[allow(
+                clippy::print_stderr,
+                reason = "logging is not set up, stderr is all there is"
+            )]
+            {
+                eprintln!("sagashop: {e}");
+            }
+            let code = match e {
+                sagashop_kit::Error::InvalidConfig { .. } => cli::EX_USAGE,
+                _ => cli::EX_SOFTWARE,
+            };
+            return ExitCode::from(code);
         }
-        return ExitCode::from(cli::EX_SOFTWARE);
-    }
+    };
     match commands::run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
