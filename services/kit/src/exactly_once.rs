@@ -255,7 +255,7 @@ async fn run_batch(
                 let outputs = match &disposition {
                     Disposition::Outputs(outputs) => outputs.as_slice(),
                     Disposition::DeadLetter(letter) => std::slice::from_ref(letter),
-                    Disposition::Unknown => &[],
+                    Disposition::Unknown | Disposition::Duplicate => &[],
                 };
                 for out in outputs {
                     let sent = txn

@@ -50,6 +50,7 @@ pub(crate) struct RuntimeMetrics {
     pub(crate) retried: Family<HandlerLabels, Counter>,
     pub(crate) dead_lettered: Family<HandlerLabels, Counter>,
     pub(crate) unknown: Family<HandlerLabels, Counter>,
+    pub(crate) duplicates: Family<HandlerLabels, Counter>,
     pub(crate) handler_seconds: Family<HandlerLabels, Histogram, LatencyBuckets>,
     pub(crate) publish_seconds: Family<TopicLabels, Histogram, LatencyBuckets>,
     pub(crate) rebalances: Family<GroupLabels, Counter>,
@@ -87,6 +88,7 @@ impl Monitor {
             retried: Family::default(),
             dead_lettered: Family::default(),
             unknown: Family::default(),
+            duplicates: Family::default(),
             handler_seconds: Family::new_with_constructor(LatencyBuckets),
             publish_seconds: Family::new_with_constructor(LatencyBuckets),
             rebalances: Family::default(),
@@ -112,6 +114,11 @@ impl Monitor {
                 "messages_unknown",
                 "Records with an event type no handler knows, acknowledged",
                 &runtime.unknown,
+            ),
+            (
+                "messages_duplicate",
+                "Records skipped because their message-id was handled before",
+                &runtime.duplicates,
             ),
         ] {
             registry.register(name, help, family.clone());

@@ -32,7 +32,7 @@ use crate::offsets::OffsetTracker;
 use crate::publisher::{Outgoing, PublishError, Publisher};
 use crate::retry::RetryPolicy;
 use crate::router::{HandlerError, Record, Route, Router};
-use crate::store::Reload;
+use crate::store::{Reload, Store};
 use crate::telemetry::{continue_trace, inject_current};
 use crate::{Error, KafkaConfig};
 use tracing::Instrument;
@@ -63,6 +63,10 @@ pub struct ProcessorConfig {
     pub batch_linger: Duration,
     /// Exactly-once mode: the timeout of each transaction call.
     pub transaction_timeout: Duration,
+    /// Skip records whose `message-id` this store has seen (message id → when it was handled,
+    /// in Unix milliseconds). Its changelog should be compacted with a retention
+    /// (`cleanup.policy=compact,delete`, `retention.ms` = how long duplicates can arrive).
+    pub dedupe: Option<Store<i64>>,
 }
 
 impl ProcessorConfig {
@@ -79,6 +83,7 @@ impl ProcessorConfig {
             batch_size: 200,
             batch_linger: Duration::from_millis(20),
             transaction_timeout: Duration::from_secs(30),
+            dedupe: None,
         }
     }
 }
@@ -90,6 +95,7 @@ pub struct Stats {
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     unknown: AtomicU64,
+    duplicates: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -103,6 +109,8 @@ pub struct StatsSnapshot {
     pub dead_lettered: u64,
     /// Records with an event type no handler knows, acknowledged.
     pub unknown: u64,
+    /// Records skipped because their `message-id` was handled before.
+    pub duplicates: u64,
 }
 
 impl Stats {
@@ -113,6 +121,7 @@ impl Stats {
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             unknown: self.unknown.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
         }
     }
 
@@ -243,6 +252,7 @@ impl Processor {
                 cause,
             })?;
         let permits = Semaphore::new(config.concurrency);
+        let dedupe = config.dedupe.clone();
         Ok(Self {
             consumer: Arc::new(consumer),
             shared: Arc::new(Shared {
@@ -255,7 +265,11 @@ impl Processor {
                 shutdown: CancellationToken::new(),
             }),
             transactional_producer,
-            stores: Vec::new(),
+            // The dedupe store is state like any other: roll it back with aborted batches.
+            stores: dedupe
+                .map(|store| Arc::new(store) as Arc<dyn Reload>)
+                .into_iter()
+                .collect(),
         })
     }
 
@@ -412,6 +426,8 @@ pub(crate) enum Disposition {
     DeadLetter(Outgoing),
     /// No handler for its event type: nothing to publish.
     Unknown,
+    /// Its `message-id` was handled before: nothing to do again.
+    Duplicate,
 }
 
 /// Routes a record and runs its handler, retrying transient failures in place, inside a
@@ -435,13 +451,27 @@ pub(crate) async fn handle(shared: &Shared, record: &Record) -> Disposition {
     if let Ok(metadata) = record.metadata() {
         span.record("correlation_id", metadata.correlation_id.as_str());
     }
+    let message_id = record.metadata().ok().map(|m| m.message_id.to_string());
+    if let (Some(store), Some(id)) = (&shared.config.dedupe, &message_id)
+        && store.get(id).is_some()
+    {
+        tracing::debug!(parent: &span, message_id = %id, "duplicate; skipped");
+        return Disposition::Duplicate;
+    }
     let mut disposition = handle_in_span(shared, record)
         .instrument(span.clone())
         .await;
     if let Disposition::Outputs(outputs) = &mut disposition {
         let _entered = span.enter();
-        for output in outputs {
+        for output in outputs.iter_mut() {
             inject_current(&mut output.headers);
+        }
+        // Remembered with the outputs, so (in exactly-once mode) in the same transaction.
+        if let (Some(store), Some(id)) = (&shared.config.dedupe, message_id) {
+            match store.put(&id, chrono::Utc::now().timestamp_millis()) {
+                Ok(remember) => outputs.push(remember),
+                Err(e) => tracing::error!(error = %e, "could not remember the message id"),
+            }
         }
     }
     disposition
@@ -526,6 +556,7 @@ pub(crate) fn count(shared: &Shared, record: &Record, disposition: &Disposition)
             &shared.monitor.runtime.dead_lettered,
         ),
         Disposition::Unknown => (&shared.stats.unknown, &shared.monitor.runtime.unknown),
+        Disposition::Duplicate => (&shared.stats.duplicates, &shared.monitor.runtime.duplicates),
     };
     Stats::bump(stat);
     family.get_or_create(&shared.labels(record)).inc();

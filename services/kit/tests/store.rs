@@ -242,3 +242,75 @@ async fn an_aborted_batch_leaves_no_trace_in_the_store() {
         .unwrap();
     assert_eq!(restored.get("order-0"), Some(10));
 }
+
+#[tokio::test]
+async fn a_message_delivered_again_is_handled_once_even_after_a_restart() {
+    let kafka = TestKafka::connect().await;
+    let input = kafka.topic("dedupe-in", 1).await;
+    let output = kafka.topic("dedupe-out", 1).await;
+    let dlq = kafka.topic("dedupe-dlq", 1).await;
+    let seen = changelog(&kafka, "dedupe-seen").await;
+    let group = unique_name("dedupe");
+
+    // One message published three times (an upstream retry), and one other message.
+    let once = Outgoing::event(&input, &sagashop_testkit::sequenced("order-1", 1)).unwrap();
+    let other = Outgoing::event(&input, &sagashop_testkit::sequenced("order-2", 2)).unwrap();
+    let publisher = Publisher::new(&kafka.config, "test").unwrap();
+    publisher
+        .send_all(&[once.clone(), once.clone(), other, once.clone()])
+        .await
+        .unwrap();
+
+    let member = |store: Store<i64>| {
+        let output = output.clone();
+        let router = Router::new().on(&input, move |env: Envelope<SagaStepChanged>| {
+            let output = output.clone();
+            async move {
+                let reply = Envelope::caused_by(&env.metadata, env.key.clone(), env.payload);
+                Ok(vec![Outgoing::event(&output, &reply).unwrap()])
+            }
+        });
+        let config = ProcessorConfig {
+            transactional_id: Some(unique_name("dedupe-member")),
+            dedupe: Some(store),
+            ..ProcessorConfig::new(&group, &dlq)
+        };
+        let publisher = Publisher::new(&kafka.config, "test").unwrap();
+        Processor::new(&kafka.config, config, router, publisher, &Monitor::new()).unwrap()
+    };
+
+    let store = Store::open(&kafka.config, "seen", &seen, &Monitor::new())
+        .await
+        .unwrap();
+    let first = member(store);
+    let stats = first.stats();
+    common::run_until_handled(first, 2, WAIT).await;
+    assert_eq!(stats.snapshot().duplicates, 2);
+
+    // A restart with the memory restored from Kafka; the duplicate arrives once more.
+    publisher.send(&once).await.unwrap();
+    let store = Store::open(&kafka.config, "seen", &seen, &Monitor::new())
+        .await
+        .unwrap();
+    assert_eq!(store.len(), 2);
+    let second = member(store);
+    let stats = second.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(second.run(shutdown.clone()));
+    sagashop_testkit::eventually("the late duplicate to be skipped", WAIT, || {
+        let skipped = stats.snapshot().duplicates == 1;
+        async move { skipped.then_some(()) }
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(stats.snapshot().handled, 0);
+
+    let reader = kafka.consumer(&unique_name("dedupe-reader"));
+    reader.subscribe(&[&output]).unwrap();
+    let mut outputs = 0;
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), reader.recv()).await {
+        outputs += 1;
+    }
+    assert_eq!(outputs, 2, "one output per distinct message");
+}
