@@ -1,9 +1,12 @@
-//! The consume loop: at-least-once, strictly ordered per key, concurrent across keys.
+//! The consume loop: strictly ordered per key, concurrent across keys; at-least-once by
+//! default, exactly-once with a `transactional_id` (see `exactly_once.rs` for that mode).
 //!
 //! Records of one key (one order) run one after another, in offset order; records of different
 //! keys run concurrently (up to `concurrency` handlers at once, `max_in_flight` records received
-//! but unfinished, after which fetching pauses). An offset is stored for commit only when every
-//! record before it in its partition has finished, so a crash never skips a record.
+//! but unfinished, after which fetching pauses). In at-least-once mode an offset is stored for
+//! commit only when every record before it in its partition has finished, so a crash never
+//! skips a record. Each record is handled in a `process` span that continues its trace, and
+//! with a dedupe store a record whose `message-id` was handled before is skipped.
 //!
 //! Failures escalate per record: a transient error is retried in place with exponential backoff
 //! and jitter; a permanent error, an exhausted retry budget, a panicking handler or an unreadable
