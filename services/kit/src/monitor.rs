@@ -7,6 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -24,6 +25,17 @@ pub struct HandlerLabels {
 pub struct TopicLabels {
     /// The topic.
     pub topic: String,
+}
+
+/// Labels of per-partition metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// The consumer group.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition number.
+    pub partition: String,
 }
 
 /// Labels of per-group metrics.
@@ -55,6 +67,7 @@ pub(crate) struct RuntimeMetrics {
     pub(crate) publish_seconds: Family<TopicLabels, Histogram, LatencyBuckets>,
     pub(crate) rebalances: Family<GroupLabels, Counter>,
     pub(crate) transaction_aborts: Family<GroupLabels, Counter>,
+    pub(crate) consumer_lag: Family<PartitionLabels, Gauge>,
 }
 
 /// Metrics and readiness of one process; clone it into every part that reports.
@@ -93,6 +106,7 @@ impl Monitor {
             publish_seconds: Family::new_with_constructor(LatencyBuckets),
             rebalances: Family::default(),
             transaction_aborts: Family::default(),
+            consumer_lag: Family::default(),
         };
         for (name, help, family) in [
             (
@@ -137,6 +151,11 @@ impl Monitor {
             "transaction_aborts",
             "Exactly-once batches whose transaction was aborted and redone",
             runtime.transaction_aborts.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Records in a partition after the group's committed offset (not yet done)",
+            runtime.consumer_lag.clone(),
         );
         registry.register(
             "consumer_rebalances",

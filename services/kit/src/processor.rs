@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::dlq::dead_letter;
-use crate::monitor::{GroupLabels, HandlerLabels, Monitor, ReadyFlag, seconds};
+use crate::monitor::{GroupLabels, HandlerLabels, Monitor, PartitionLabels, ReadyFlag, seconds};
 use crate::offsets::OffsetTracker;
 use crate::publisher::{Outgoing, PublishError, Publisher};
 use crate::retry::RetryPolicy;
@@ -66,6 +66,9 @@ pub struct ProcessorConfig {
     pub batch_linger: Duration,
     /// Exactly-once mode: the timeout of each transaction call.
     pub transaction_timeout: Duration,
+    /// How often librdkafka reports statistics, from which consumer lag per partition is
+    /// published (`sagashop_consumer_lag`).
+    pub lag_interval: Duration,
     /// Skip records whose `message-id` this store has seen (message id → when it was handled,
     /// in Unix milliseconds). Its changelog should be compacted with a retention
     /// (`cleanup.policy=compact,delete`, `retention.ms` = how long duplicates can arrive).
@@ -87,6 +90,7 @@ impl ProcessorConfig {
             batch_linger: Duration::from_millis(20),
             transaction_timeout: Duration::from_secs(30),
             dedupe: None,
+            lag_interval: Duration::from_secs(5),
         }
     }
 }
@@ -179,7 +183,29 @@ pub(crate) struct GroupContext {
     monitor: Monitor,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's periodic statistics: publish each assigned partition's lag behind the
+    /// group's committed offset (`-1`, "unknown", is skipped).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                let labels = PartitionLabels {
+                    group: self.group.clone(),
+                    topic: topic.clone(),
+                    partition: partition.to_string(),
+                };
+                self.monitor
+                    .runtime
+                    .consumer_lag
+                    .get_or_create(&labels)
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -235,6 +261,10 @@ impl Processor {
             monitor: monitor.clone(),
         };
         let mut consumer_config = kafka.consumer(&config.group_id, &config.group_id);
+        consumer_config.set(
+            "statistics.interval.ms",
+            config.lag_interval.as_millis().max(1).to_string(),
+        );
         let transactional_producer = config.transactional_id.as_ref().map(|id| {
             // Offsets commit inside the transactions, never on their own.
             consumer_config.set("enable.auto.commit", "false");

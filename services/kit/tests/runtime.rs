@@ -439,3 +439,55 @@ async fn publishing_to_an_unreachable_broker_fails_as_unavailable() {
     assert!(err.is_unavailable(), "{err}");
     assert!(err.to_string().starts_with("Kafka is unavailable"), "{err}");
 }
+
+#[tokio::test]
+async fn consumer_lag_counts_unfinished_records_and_falls_to_zero() {
+    let kafka = TestKafka::connect().await;
+    let topic = kafka.topic("lag", 1).await;
+    let dlq = kafka.topic("lag-dlq", 1).await;
+    let group = unique_name("lag");
+    let records: Vec<_> = (0..30)
+        .map(|i| Outgoing::event(&topic, &sequenced("order-0", i)).unwrap())
+        .collect();
+    publish_all(&kafka, &records).await;
+
+    let release = Arc::new(Notify::new());
+    let router = {
+        let release = release.clone();
+        Router::new().on(&topic, move |env: Envelope<SagaStepChanged>| {
+            let release = release.clone();
+            async move {
+                // librdkafka knows no lag before the group's first commit: let 10 records
+                // through (and be committed), then hold the 11th.
+                if env.payload.attempt == 10 {
+                    release.notified().await;
+                }
+                Ok(vec![])
+            }
+        })
+    };
+    let config = ProcessorConfig {
+        lag_interval: Duration::from_millis(200),
+        ..ProcessorConfig::new(&group, &dlq)
+    };
+    let running = start(&kafka, config, router);
+    let lag = |n: u32| {
+        format!(r#"sagashop_consumer_lag{{group="{group}",topic="{topic}",partition="0"}} {n}"#)
+    };
+
+    let monitor = running.monitor.clone();
+    let held = lag(20);
+    eventually("the lag to show 20 unfinished records", WAIT, || {
+        let shown = monitor.encode().contains(&held);
+        async move { shown.then_some(()) }
+    })
+    .await;
+    release.notify_one();
+    let caught_up = lag(0);
+    eventually("the lag to fall to 0", WAIT, || {
+        let shown = monitor.encode().contains(&caught_up);
+        async move { shown.then_some(()) }
+    })
+    .await;
+    running.stop().await;
+}
