@@ -15,8 +15,6 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use sagashop_contracts::header;
-
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
@@ -141,6 +139,3 @@ pub fn inject_current(headers: &mut Vec<(String, Vec<u8>)>) {
         TraceContextPropagator::new().inject_context(&context, &mut HeaderWriter(headers));
     }
 }
-
-/// The header names trace context travels in (for tests and tools).
-pub const TRACE_HEADERS: [&str; 2] = [header::TRACEPARENT, header::TRACESTATE];
