@@ -127,6 +127,10 @@ impl KafkaConfig {
 
     /// A producer whose acknowledged writes are durable and never duplicated by client retries.
     pub fn producer(&self, role: &str) -> ClientConfig {
+        self.finish(self.producer_defaults(role))
+    }
+
+    fn producer_defaults(&self, role: &str) -> ClientConfig {
         let mut config = self.base(role);
         config
             .set("enable.idempotence", "true")
@@ -135,13 +139,13 @@ impl KafkaConfig {
             // A few milliseconds of batching buys throughput at a latency the edge can afford.
             .set("linger.ms", "5")
             .set("compression.type", "lz4");
-        self.finish(config)
+        config
     }
 
     /// A transactional producer (exactly-once processing); `transactional_id` must be stable
     /// across restarts of the same logical producer so that the broker fences its zombies.
     pub fn transactional_producer(&self, role: &str, transactional_id: &str) -> ClientConfig {
-        let mut config = self.producer(role);
+        let mut config = self.producer_defaults(role);
         config
             .set("transactional.id", transactional_id)
             .set("transaction.timeout.ms", "60000");
