@@ -5,13 +5,22 @@ use sagashop_contracts::{Contract, DecodeError, Envelope, Metadata};
 
 /// The record headers for `metadata`.
 pub fn to_headers(metadata: &Metadata) -> OwnedHeaders {
-    metadata
-        .to_headers()
-        .iter()
+    owned(
+        metadata
+            .to_headers()
+            .iter()
+            .map(|(key, value)| (*key, value.as_bytes())),
+    )
+}
+
+/// Record headers from name/value pairs, in order.
+pub(crate) fn owned<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> OwnedHeaders {
+    pairs
+        .into_iter()
         .fold(OwnedHeaders::new(), |headers, (key, value)| {
             headers.insert(Header {
                 key,
-                value: Some(value.as_str()),
+                value: Some(value),
             })
         })
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagashop_contracts::{Contract, EncodeError, Envelope};
 
@@ -42,14 +42,11 @@ impl Outgoing {
     }
 
     fn kafka_headers(&self) -> OwnedHeaders {
-        self.headers
-            .iter()
-            .fold(OwnedHeaders::new(), |headers, (key, value)| {
-                headers.insert(Header {
-                    key,
-                    value: Some(value.as_slice()),
-                })
-            })
+        crate::headers::owned(
+            self.headers
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_slice())),
+        )
     }
 }
 
