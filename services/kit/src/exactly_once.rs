@@ -254,8 +254,10 @@ async fn run_batch(
                 let disposition = handle(&shared, &record).await;
                 let outputs = match &disposition {
                     Disposition::Outputs(outputs) => outputs.as_slice(),
-                    Disposition::DeadLetter(letter) => std::slice::from_ref(letter),
-                    Disposition::Unknown | Disposition::Duplicate => &[],
+                    Disposition::DeadLetter(letter) | Disposition::Exhausted { letter, .. } => {
+                        std::slice::from_ref(letter)
+                    }
+                    Disposition::Unknown | Disposition::Duplicate | Disposition::Parked => &[],
                 };
                 for out in outputs {
                     let sent = txn

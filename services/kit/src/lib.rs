@@ -22,6 +22,7 @@ pub mod offsets;
 pub mod processor;
 pub mod publisher;
 pub mod reader;
+pub mod redelivery;
 pub mod retry;
 pub mod router;
 pub mod store;
@@ -32,8 +33,9 @@ pub use kafka::{ClusterInfo, KafkaConfig};
 pub use monitor::{Monitor, ReadyFlag};
 pub use processor::{Processor, ProcessorConfig, Stats, StatsSnapshot};
 pub use publisher::{Delivered, Outgoing, PublishError, Publisher};
+pub use redelivery::RetryTopic;
 pub use retry::RetryPolicy;
-pub use router::{HandlerError, HandlerResult, Record, Router};
+pub use router::{FailurePolicy, HandlerError, HandlerResult, Record, Router};
 pub use store::Store;
 
 use rdkafka::error::KafkaError;

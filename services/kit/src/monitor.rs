@@ -63,6 +63,7 @@ pub(crate) struct RuntimeMetrics {
     pub(crate) dead_lettered: Family<HandlerLabels, Counter>,
     pub(crate) unknown: Family<HandlerLabels, Counter>,
     pub(crate) duplicates: Family<HandlerLabels, Counter>,
+    pub(crate) parked: Family<HandlerLabels, Counter>,
     pub(crate) handler_seconds: Family<HandlerLabels, Histogram, LatencyBuckets>,
     pub(crate) publish_seconds: Family<TopicLabels, Histogram, LatencyBuckets>,
     pub(crate) rebalances: Family<GroupLabels, Counter>,
@@ -102,6 +103,7 @@ impl Monitor {
             dead_lettered: Family::default(),
             unknown: Family::default(),
             duplicates: Family::default(),
+            parked: Family::default(),
             handler_seconds: Family::new_with_constructor(LatencyBuckets),
             publish_seconds: Family::new_with_constructor(LatencyBuckets),
             rebalances: Family::default(),
@@ -133,6 +135,11 @@ impl Monitor {
                 "messages_duplicate",
                 "Records skipped because their message-id was handled before",
                 &runtime.duplicates,
+            ),
+            (
+                "messages_parked",
+                "Records parked on the retry topic (after failing, or behind a parked record of their key)",
+                &runtime.parked,
             ),
         ] {
             registry.register(name, help, family.clone());

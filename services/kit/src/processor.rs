@@ -9,10 +9,12 @@
 //! with a dedupe store a record whose `message-id` was handled before is skipped.
 //!
 //! Failures escalate per record: a transient error is retried in place with exponential backoff
-//! and jitter; a permanent error, an exhausted retry budget, a panicking handler or an unreadable
-//! record goes to the dead-letter topic with its original bytes and `dlq-*` headers. Either way
-//! the record counts as finished, so a poison message never blocks its partition. Records
-//! with an `event-type` no handler knows are acknowledged and counted.
+//! and jitter; when those attempts run out and a retry topic is configured, the record is parked
+//! there and re-consumed when due (see `redelivery.rs`, which also explains how later records of
+//! its key stay behind it); a permanent error, exhausted redeliveries, a panicking handler or an
+//! unreadable record goes to the dead-letter topic with its original bytes and `dlq-*` headers.
+//! Either way the record counts as finished, so a poison message never blocks its partition.
+//! Records with an `event-type` no handler knows are acknowledged and counted.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -32,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 use crate::dlq::dead_letter;
 use crate::monitor::{GroupLabels, HandlerLabels, Monitor, PartitionLabels, ReadyFlag, seconds};
 use crate::offsets::OffsetTracker;
-use crate::publisher::{Outgoing, PublishError, Publisher};
+use crate::publisher::{Delivered, Outgoing, PublishError, Publisher};
+use crate::redelivery::{self, RetryTopic};
 use crate::retry::RetryPolicy;
 use crate::router::{HandlerError, Record, Route, Router};
 use crate::store::{Reload, Store};
@@ -73,6 +76,9 @@ pub struct ProcessorConfig {
     /// in Unix milliseconds). Its changelog should be compacted with a retention
     /// (`cleanup.policy=compact,delete`, `retention.ms` = how long duplicates can arrive).
     pub dedupe: Option<Store<i64>>,
+    /// At-least-once mode: where records go when in-place retries run out, to be re-consumed
+    /// when due instead of being dead-lettered at once.
+    pub retry_topic: Option<RetryTopic>,
 }
 
 impl ProcessorConfig {
@@ -90,6 +96,7 @@ impl ProcessorConfig {
             batch_linger: Duration::from_millis(20),
             transaction_timeout: Duration::from_secs(30),
             dedupe: None,
+            retry_topic: None,
             lag_interval: Duration::from_secs(5),
         }
     }
@@ -103,6 +110,7 @@ pub struct Stats {
     dead_lettered: AtomicU64,
     unknown: AtomicU64,
     duplicates: AtomicU64,
+    parked: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -118,6 +126,8 @@ pub struct StatsSnapshot {
     pub unknown: u64,
     /// Records skipped because their `message-id` was handled before.
     pub duplicates: u64,
+    /// Records parked on the retry topic.
+    pub parked: u64,
 }
 
 impl Stats {
@@ -129,6 +139,7 @@ impl Stats {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             unknown: self.unknown.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            parked: self.parked.load(Ordering::Relaxed),
         }
     }
 
@@ -255,6 +266,15 @@ impl Processor {
                 reason: "concurrency and max in-flight must be at least 1".to_owned(),
             });
         }
+        if config.transactional_id.is_some() && config.retry_topic.is_some() {
+            // A batch transaction cannot wait minutes for a parked record to come due.
+            return Err(Error::InvalidConfig {
+                setting: "retry topic",
+                reason: "a retry topic needs at-least-once mode; in exactly-once mode failures \
+                         retry in place and then go to the dead-letter topic"
+                    .to_owned(),
+            });
+        }
         let context = GroupContext {
             group: config.group_id.clone(),
             ready: monitor.component(format!("consumer:{}", config.group_id)),
@@ -276,7 +296,10 @@ impl Processor {
             what: "consumer",
             cause,
         })?;
-        let topics = router.topics();
+        let mut topics = router.topics();
+        if let Some(retry) = &config.retry_topic {
+            topics.push(retry.topic.clone());
+        }
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topic_refs)
@@ -285,7 +308,14 @@ impl Processor {
                 cause,
             })?;
         let permits = Semaphore::new(config.concurrency);
-        let dedupe = config.dedupe.clone();
+        let mut stores: Vec<Arc<dyn Reload>> = Vec::new();
+        // The dedupe store is state like any other: roll it back with aborted batches.
+        if let Some(store) = config.dedupe.clone() {
+            stores.push(Arc::new(store));
+        }
+        if let Some(retry) = &config.retry_topic {
+            stores.push(Arc::new(retry.store().clone()));
+        }
         Ok(Self {
             consumer: Arc::new(consumer),
             shared: Arc::new(Shared {
@@ -298,11 +328,7 @@ impl Processor {
                 shutdown: CancellationToken::new(),
             }),
             transactional_producer,
-            // The dedupe store is state like any other: roll it back with aborted batches.
-            stores: dedupe
-                .map(|store| Arc::new(store) as Arc<dyn Reload>)
-                .into_iter()
-                .collect(),
+            stores,
         })
     }
 
@@ -376,21 +402,25 @@ impl Processor {
         let shared = Arc::clone(&self.shared);
         state.tasks.spawn(async move {
             let offset = record.offset;
-            process(&shared, record).await;
-            (key, offset)
+            let finished = process(&shared, record).await;
+            (key, offset, finished)
         });
     }
 
     fn finished(
         &self,
         state: &mut LoopState,
-        done: Result<(KeyId, i64), tokio::task::JoinError>,
+        done: Result<(KeyId, i64, bool), tokio::task::JoinError>,
     ) -> Result<(), Error> {
         // `process` catches handler panics, so a failed join is a bug in the runtime itself;
         // without its offset the partition could never commit again, so stop loudly.
-        let (key, offset) =
+        let (key, offset, finished) =
             done.map_err(|e| Error::Internal(format!("a record task failed: {e}")))?;
         state.in_flight -= 1;
+        if !finished {
+            // Abandoned on shutdown: never stored, so it is redelivered.
+            return Ok(());
+        }
         if let Some(tracker) = state.trackers.get_mut(&(key.topic.clone(), key.partition))
             && let Some(through) = tracker.finish(offset)
             && let Err(e) = self
@@ -448,7 +478,7 @@ struct LoopState {
     in_flight: usize,
     trackers: HashMap<(String, i32), OffsetTracker>,
     waiting: HashMap<KeyId, VecDeque<Record>>,
-    tasks: JoinSet<(KeyId, i64)>,
+    tasks: JoinSet<(KeyId, i64, bool)>,
 }
 
 /// What became of one record once its handler is done with it.
@@ -461,6 +491,18 @@ pub(crate) enum Disposition {
     Unknown,
     /// Its `message-id` was handled before: nothing to do again.
     Duplicate,
+    /// Transient failures used up the in-place attempts: park it on the retry topic, or
+    /// publish the dead letter when it may not be parked (again).
+    Exhausted {
+        /// The dead letter, should it come to that.
+        letter: Outgoing,
+        /// The last error.
+        error: String,
+        /// The handler's own redelivery budget, if it set one.
+        redeliveries: Option<u32>,
+    },
+    /// Parked on the retry topic.
+    Parked,
 }
 
 /// Routes a record and runs its handler, retrying transient failures in place, inside a
@@ -518,6 +560,8 @@ async fn handle_in_span(shared: &Shared, record: &Record) -> Disposition {
             return Disposition::Unknown;
         }
         Ok(Route::Handler(call)) => {
+            let policy = call.policy();
+            let retry = policy.retry.unwrap_or(shared.config.retry);
             let mut attempt = 1;
             loop {
                 let result = {
@@ -543,7 +587,7 @@ async fn handle_in_span(shared: &Shared, record: &Record) -> Disposition {
                     Ok(outputs) => return Disposition::Outputs(outputs),
                     Err(e) => e,
                 };
-                if error.is_transient() && shared.config.retry.retries_after(attempt) {
+                if error.is_transient() && retry.retries_after(attempt) {
                     tracing::info!(topic = %record.topic, offset = record.offset, attempt, %error, "transient failure; retrying");
                     Stats::bump(&shared.stats.retried);
                     shared
@@ -552,9 +596,17 @@ async fn handle_in_span(shared: &Shared, record: &Record) -> Disposition {
                         .retried
                         .get_or_create(&shared.labels(record))
                         .inc();
-                    tokio::time::sleep(shared.config.retry.backoff(attempt)).await;
+                    tokio::time::sleep(retry.backoff(attempt)).await;
                     attempt += 1;
                     continue;
+                }
+                if error.is_transient() {
+                    let error = error.to_string();
+                    return Disposition::Exhausted {
+                        letter: letter(shared, record, &error, attempt),
+                        error,
+                        redeliveries: policy.redeliveries,
+                    };
                 }
                 // An unreadable payload never reached the handler: zero attempts.
                 let attempts = if matches!(error, HandlerError::Decode(_)) {
@@ -584,10 +636,11 @@ fn letter(shared: &Shared, record: &Record, error: &str, attempts: u32) -> Outgo
 pub(crate) fn count(shared: &Shared, record: &Record, disposition: &Disposition) {
     let (stat, family) = match disposition {
         Disposition::Outputs(_) => (&shared.stats.handled, &shared.monitor.runtime.handled),
-        Disposition::DeadLetter(_) => (
+        Disposition::DeadLetter(_) | Disposition::Exhausted { .. } => (
             &shared.stats.dead_lettered,
             &shared.monitor.runtime.dead_lettered,
         ),
+        Disposition::Parked => (&shared.stats.parked, &shared.monitor.runtime.parked),
         Disposition::Unknown => (&shared.stats.unknown, &shared.monitor.runtime.unknown),
         Disposition::Duplicate => (&shared.stats.duplicates, &shared.monitor.runtime.duplicates),
     };
@@ -595,15 +648,196 @@ pub(crate) fn count(shared: &Shared, record: &Record, disposition: &Disposition)
     family.get_or_create(&shared.labels(record)).inc();
 }
 
-/// At-least-once: handles one record to the end — outputs published, or dead-lettered, or (on
-/// shutdown) abandoned uncommitted.
-async fn process(shared: &Shared, record: Record) {
-    let mut disposition = handle(shared, &record).await;
-    if let Disposition::Outputs(outputs) = &disposition
-        && let Err(e) = publish(shared, outputs).await
+/// At-least-once: handles one record to the end — outputs published, parked on the retry
+/// topic, or dead-lettered. Returns `false` when shutdown abandoned it uncommitted.
+async fn process(shared: &Shared, record: Record) -> bool {
+    let Some(retry) = &shared.config.retry_topic else {
+        let disposition = handle(shared, &record).await;
+        return conclude(shared, &record, disposition, Vec::new()).await;
+    };
+    if record.topic == retry.topic {
+        return process_parked(shared, retry, record).await;
+    }
+    let park_key = record
+        .key
+        .as_deref()
+        .map(|key| redelivery::park_key(&record.topic, key));
+    // Later records of a parked key queue behind it on the retry topic.
+    if let Some(change) = park_key.as_deref().and_then(|k| retry.join_if_parked(k)) {
+        tracing::debug!(topic = %record.topic, offset = record.offset, "its key is parked; queued behind it");
+        let now = chrono::Utc::now().timestamp_millis();
+        let queued = redelivery::park(&record, &retry.topic, 0, now, None);
+        return park_or_dead_letter(shared, &record, queued, change, "queueing it").await;
+    }
+    match handle(shared, &record).await {
+        Disposition::Exhausted {
+            error,
+            redeliveries,
+            ..
+        } if redeliveries.unwrap_or(retry.redeliveries) > 0 => {
+            let parked = park_after_failure(retry, &record, 1, &error);
+            let change = park_key.as_deref().and_then(|k| retry.add(k));
+            park_or_dead_letter(shared, &record, parked, change, &error).await
+        }
+        other => conclude(shared, &record, other, Vec::new()).await,
+    }
+}
+
+/// Publishes a parked copy of `record` with the parked-key bookkeeping; if Kafka refuses, the
+/// record is dead-lettered instead (never dropped).
+async fn park_or_dead_letter(
+    shared: &Shared,
+    record: &Record,
+    parked: Outgoing,
+    change: Option<Outgoing>,
+    why: &str,
+) -> bool {
+    let mut outputs = vec![parked];
+    outputs.extend(change);
+    match publish(shared, &outputs).await {
+        Ok(_) => {
+            count(shared, record, &Disposition::Parked);
+            true
+        }
+        Err(e) => {
+            let error = format!("{why}; parking it on the retry topic failed: {e}");
+            let letter = letter(shared, record, &error, 1);
+            conclude(shared, record, Disposition::DeadLetter(letter), Vec::new()).await
+        }
+    }
+}
+
+/// The retry-topic record for `record`, failed with `error`, as redelivery `attempt`.
+fn park_after_failure(retry: &RetryTopic, record: &Record, attempt: u32, error: &str) -> Outgoing {
+    let wait = retry.delay.backoff(attempt);
+    let due = chrono::Utc::now().timestamp_millis()
+        + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+    tracing::info!(topic = %record.topic, offset = record.offset, attempt, ?wait, %error, "parking on the retry topic");
+    redelivery::park(record, &retry.topic, attempt, due, Some(error))
+}
+
+/// A record consumed from the retry topic: waits until it is due, then is handled as the
+/// record it was, under its original topic.
+async fn process_parked(shared: &Shared, retry: &RetryTopic, consumed: Record) -> bool {
+    let unparked = match redelivery::unpark(&consumed) {
+        Ok(unparked) => unparked,
+        Err(error) => {
+            let letter = letter(shared, &consumed, &error, 0);
+            return conclude(
+                shared,
+                &consumed,
+                Disposition::DeadLetter(letter),
+                Vec::new(),
+            )
+            .await;
+        }
+    };
+    let original = unparked.original;
+    let park_key = original
+        .key
+        .as_deref()
+        .map(|key| redelivery::park_key(&original.topic, key));
+    if let Some(key) = &park_key {
+        let (behind, change) = retry.behind_head(key, consumed.offset);
+        if behind {
+            // Its key's failing record was parked again after it: queue behind it once more.
+            let again = redelivery::park(
+                &original,
+                &retry.topic,
+                unparked.attempt,
+                unparked.not_before,
+                None,
+            );
+            return park_or_dead_letter(shared, &original, again, change, "re-queueing it").await;
+        }
+        if let Some(change) = change {
+            bookkeep(shared, change).await;
+        }
+    }
+    let wait = unparked.not_before - chrono::Utc::now().timestamp_millis();
+    if let Ok(wait) = u64::try_from(wait)
+        && wait > 0
     {
-        let error = format!("publishing the handler's output failed: {e}");
-        disposition = Disposition::DeadLetter(letter(shared, &record, &error, 1));
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return false,
+            () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+        }
+    }
+    let disposition = handle(shared, &original).await;
+    if let Disposition::Exhausted {
+        error,
+        redeliveries,
+        ..
+    } = &disposition
+    {
+        let next = unparked.attempt + 1;
+        if next <= redeliveries.unwrap_or(retry.redeliveries) {
+            // Parked again: the key still waits (its count stays); the record's new position
+            // is the key's head, which the records queued behind it must follow.
+            let again = park_after_failure(retry, &original, next, error);
+            match publish(shared, std::slice::from_ref(&again)).await {
+                Ok(delivered) => {
+                    if let (Some(key), Some(at)) = (&park_key, delivered.first())
+                        && let Some(change) = retry.moved_head(key, at.offset)
+                    {
+                        bookkeep(shared, change).await;
+                    }
+                    count(shared, &original, &Disposition::Parked);
+                    return true;
+                }
+                Err(e) => {
+                    let error = format!("{error}; parking it again failed: {e}");
+                    let letter = letter(shared, &original, &error, next);
+                    let change = park_key.as_deref().and_then(|k| retry.finished(k));
+                    let done = Disposition::DeadLetter(letter);
+                    return conclude(shared, &original, done, change.into_iter().collect()).await;
+                }
+            }
+        }
+        let error = format!("{error} (after {} redeliveries)", unparked.attempt);
+        let letter = letter(shared, &original, &error, next);
+        let change = park_key.as_deref().and_then(|k| retry.finished(k));
+        let done = Disposition::DeadLetter(letter);
+        return conclude(shared, &original, done, change.into_iter().collect()).await;
+    }
+    let change = park_key.as_deref().and_then(|k| retry.finished(k));
+    conclude(shared, &original, disposition, change.into_iter().collect()).await
+}
+
+/// Publishes a retry-topic bookkeeping change on its own.
+async fn bookkeep(shared: &Shared, change: Outgoing) {
+    if let Err(e) = publish(shared, std::slice::from_ref(&change)).await {
+        // Memory holds the change; only a restart before the next change could lose it, and
+        // then records are at worst parked behind their key once more.
+        tracing::warn!(error = %e, "could not record the retry topic's bookkeeping");
+    }
+}
+
+/// Publishes a disposition together with `extra` state changes and counts it. Outputs Kafka
+/// refuses dead-letter the record; a dead letter Kafka refuses is retried until shutdown,
+/// which abandons the record uncommitted. Returns whether the record is finished.
+async fn conclude(
+    shared: &Shared,
+    record: &Record,
+    mut disposition: Disposition,
+    extra: Vec<Outgoing>,
+) -> bool {
+    if let Disposition::Exhausted { letter, .. } = disposition {
+        disposition = Disposition::DeadLetter(letter);
+    }
+    match &mut disposition {
+        Disposition::Outputs(outputs) => {
+            outputs.extend(extra);
+            if let Err(e) = publish(shared, outputs).await {
+                let error = format!("publishing the handler's output failed: {e}");
+                disposition = Disposition::DeadLetter(letter(shared, record, &error, 1));
+            }
+        }
+        _ => {
+            for change in extra {
+                bookkeep(shared, change).await;
+            }
+        }
     }
     // A dead letter is the last copy we will keep: if Kafka refuses it, say so and keep trying
     // (the key stalls, nothing is lost) until shutdown abandons it for redelivery.
@@ -611,18 +845,21 @@ async fn process(shared: &Shared, record: Record) {
         && let Err(e) = publish(shared, std::slice::from_ref(letter)).await
     {
         tracing::error!(error = %e, topic = %letter.topic, "the dead-letter topic refused the record");
-        retry_until_shutdown(shared, letter).await;
+        if !retry_until_shutdown(shared, letter).await {
+            return false;
+        }
     }
-    count(shared, &record, &disposition);
+    count(shared, record, &disposition);
+    true
 }
 
 /// Publishes outputs; waits out Kafka outages (with backoff) rather than failing the record.
-async fn publish(shared: &Shared, outputs: &[Outgoing]) -> Result<(), PublishError> {
+async fn publish(shared: &Shared, outputs: &[Outgoing]) -> Result<Vec<Delivered>, PublishError> {
     let outage = RetryPolicy::unbounded(Duration::from_millis(200), Duration::from_secs(5));
     let mut attempt = 1;
     loop {
         match shared.publisher.send_all(outputs).await {
-            Ok(_) => return Ok(()),
+            Ok(delivered) => return Ok(delivered),
             Err(e) if e.is_unavailable() && !shared.shutdown.is_cancelled() => {
                 tracing::warn!(error = %e, attempt, "Kafka unavailable while publishing; waiting");
                 tokio::time::sleep(outage.backoff(attempt)).await;
@@ -633,15 +870,15 @@ async fn publish(shared: &Shared, outputs: &[Outgoing]) -> Result<(), PublishErr
     }
 }
 
-async fn retry_until_shutdown(shared: &Shared, letter: &Outgoing) {
+/// Returns `true` once the letter is published, `false` when shutdown comes first.
+async fn retry_until_shutdown(shared: &Shared, letter: &Outgoing) -> bool {
     let mut attempt = 1;
     while !shared.shutdown.is_cancelled() {
         tokio::time::sleep(RetryPolicy::default().backoff(attempt.min(8))).await;
         if publish(shared, std::slice::from_ref(letter)).await.is_ok() {
-            return;
+            return true;
         }
         attempt += 1;
     }
-    // Shutdown: wait to be aborted by the drain deadline, so the record is never marked done.
-    std::future::pending::<()>().await;
+    false
 }

@@ -10,6 +10,7 @@ use rdkafka::message::Headers;
 use sagashop_contracts::{Contract, DecodeError, Envelope, Metadata};
 
 use crate::publisher::Outgoing;
+use crate::retry::RetryPolicy;
 
 /// A consumed record, detached from the consumer so it can move between tasks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,9 +94,20 @@ pub enum Route {
     },
 }
 
+/// How one handler's failures escalate; what is unset takes the processor's setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// In-place retry of transient failures (the processor's `retry` when unset).
+    pub retry: Option<RetryPolicy>,
+    /// How many times a record may be parked on the retry topic once in-place retries run
+    /// out (the retry topic's `redeliveries` when unset; `Some(0)` dead-letters at once).
+    pub redeliveries: Option<u32>,
+}
+
 /// A record bound to its handler, ready to be called (again, on retry).
 pub struct RouteCall {
     handler: ErasedHandler,
+    policy: FailurePolicy,
     record: Record,
     metadata: Metadata,
 }
@@ -105,12 +117,17 @@ impl RouteCall {
     pub async fn call(&self) -> HandlerResult {
         (self.handler)(self.record.clone(), self.metadata.clone()).await
     }
+
+    /// The handler's failure policy.
+    pub fn policy(&self) -> FailurePolicy {
+        self.policy
+    }
 }
 
 /// Handlers by (topic, event type).
 #[derive(Default, Clone)]
 pub struct Router {
-    routes: HashMap<String, HashMap<&'static str, ErasedHandler>>,
+    routes: HashMap<String, HashMap<&'static str, (ErasedHandler, FailurePolicy)>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -133,7 +150,18 @@ impl Router {
     ///
     /// Panics when the same (topic, event type) is registered twice: that is a wiring bug.
     #[must_use]
-    pub fn on<T, F, Fut>(mut self, topic: &str, handler: F) -> Self
+    pub fn on<T, F, Fut>(self, topic: &str, handler: F) -> Self
+    where
+        T: Contract + Send + 'static,
+        F: Fn(Envelope<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.on_with(topic, FailurePolicy::default(), handler)
+    }
+
+    /// Like [`Router::on`], with this handler's own failure policy.
+    #[must_use]
+    pub fn on_with<T, F, Fut>(mut self, topic: &str, policy: FailurePolicy, handler: F) -> Self
     where
         T: Contract + Send + 'static,
         F: Fn(Envelope<T>) -> Fut + Send + Sync + 'static,
@@ -155,7 +183,7 @@ impl Router {
             .routes
             .entry(topic.to_owned())
             .or_default()
-            .insert(T::EVENT_TYPE, erased);
+            .insert(T::EVENT_TYPE, (erased, policy));
         assert!(
             previous.is_none(),
             "two handlers for `{}` on topic `{topic}`",
@@ -178,10 +206,11 @@ impl Router {
             .routes
             .get(&record.topic)
             .and_then(|types| types.get(metadata.event_type.as_str()))
-            .map(Arc::clone);
+            .map(|(handler, policy)| (Arc::clone(handler), *policy));
         Ok(match handler {
-            Some(handler) => Route::Handler(Box::new(RouteCall {
+            Some((handler, policy)) => Route::Handler(Box::new(RouteCall {
                 handler,
+                policy,
                 record,
                 metadata,
             })),
