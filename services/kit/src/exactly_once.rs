@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -94,6 +95,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     producer_config: ClientConfig,
     stores: Vec<Arc<dyn Reload>>,
+    assigned: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let timeout = shared.config.transaction_timeout;
@@ -108,6 +110,12 @@ pub(crate) async fn run(
         };
         if batch.is_empty() {
             continue;
+        }
+        // Newly assigned partitions: another member may have written the stores for them.
+        if assigned.swap(false, Ordering::SeqCst) {
+            for store in &stores {
+                store.reload().await?;
+            }
         }
         match run_batch(&consumer, &txn, &shared, batch).await {
             Ok(done) => {

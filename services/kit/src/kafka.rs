@@ -163,7 +163,10 @@ impl KafkaConfig {
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Incremental rebalances: a member joining or leaving moves only the partitions
+            // that change owner; the others keep processing.
+            .set("partition.assignment.strategy", "cooperative-sticky");
         self.finish(config)
     }
 

@@ -19,6 +19,7 @@ pub mod http;
 pub mod kafka;
 pub mod monitor;
 pub mod offsets;
+mod partitions;
 pub mod processor;
 pub mod publisher;
 pub mod reader;

@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dlq::dead_letter;
 use crate::monitor::{GroupLabels, HandlerLabels, Monitor, PartitionLabels, ReadyFlag, seconds};
-use crate::offsets::OffsetTracker;
+use crate::partitions::{Partition, Partitions};
 use crate::publisher::{Delivered, Outgoing, PublishError, Publisher};
 use crate::redelivery::{self, RetryTopic};
 use crate::retry::RetryPolicy;
@@ -192,6 +192,15 @@ pub(crate) struct GroupContext {
     group: String,
     ready: ReadyFlag,
     monitor: Monitor,
+    /// At-least-once mode: what is running per partition, and how long a revoked partition's
+    /// running records may take to finish before it is committed and let go.
+    partitions: Arc<Partitions>,
+    revoke_drain: Option<Duration>,
+    /// After shutdown drained, a revocation (the consumer closing) has nothing to wait for.
+    shutdown: CancellationToken,
+    /// Set on every assignment: stores are reloaded before the next record, since another
+    /// member may have written them for the partitions we now own.
+    pub(crate) assigned: Arc<AtomicBool>,
 }
 
 impl ClientContext for GroupContext {
@@ -219,6 +228,36 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
+    /// Before revoked partitions go: wait (bounded) for their running records, then commit
+    /// what finished, so the next owner starts where we stopped.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let (Rebalance::Revoke(list), Some(drain)) = (rebalance, self.revoke_drain) else {
+            return;
+        };
+        let revoked: Vec<Partition> = list
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        // This runs on the thread polling the consumer. On a multi-threaded runtime the records
+        // can finish elsewhere meanwhile; on a single-threaded one nothing could, so don't wait.
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let still_running = if multi_threaded && !self.shutdown.is_cancelled() {
+            tokio::task::block_in_place(|| self.partitions.wait_idle(&revoked, drain))
+        } else {
+            self.partitions.wait_idle(&revoked, Duration::ZERO)
+        };
+        if still_running > 0 {
+            tracing::warn!(group = %self.group, still_running, "revoked partitions still had records running; their next owner redoes them");
+        }
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing stored since the last commit is the common case.
+            tracing::debug!(group = %self.group, error = %e, "commit before revocation");
+        }
+        self.partitions.revoke(&revoked);
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let labels = GroupLabels {
             group: self.group.clone(),
@@ -226,7 +265,14 @@ impl ConsumerContext for GroupContext {
         self.monitor.runtime.rebalances.get_or_create(&labels).inc();
         match rebalance {
             Rebalance::Assign(partitions) => {
+                let list: Vec<Partition> = partitions
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                self.partitions.assigned(&list);
                 tracing::info!(group = %self.group, partitions = partitions.count(), "partitions assigned");
+                self.assigned.store(true, Ordering::SeqCst);
                 self.ready.set(true);
             }
             Rebalance::Revoke(partitions) => {
@@ -245,8 +291,10 @@ pub struct Processor {
     shared: Arc<Shared>,
     /// Set in exactly-once mode.
     transactional_producer: Option<rdkafka::ClientConfig>,
-    /// Reloaded from Kafka after an aborted transaction.
+    /// Reloaded from Kafka after an aborted transaction and after every assignment.
     stores: Vec<Arc<dyn Reload>>,
+    partitions: Arc<Partitions>,
+    assigned: Arc<AtomicBool>,
 }
 
 impl Processor {
@@ -275,10 +323,20 @@ impl Processor {
                     .to_owned(),
             });
         }
+        let partitions = Arc::new(Partitions::default());
+        let shutdown = CancellationToken::new();
+        let assigned = Arc::new(AtomicBool::new(false));
         let context = GroupContext {
             group: config.group_id.clone(),
             ready: monitor.component(format!("consumer:{}", config.group_id)),
             monitor: monitor.clone(),
+            partitions: Arc::clone(&partitions),
+            revoke_drain: config
+                .transactional_id
+                .is_none()
+                .then_some(config.drain_timeout),
+            assigned: Arc::clone(&assigned),
+            shutdown: shutdown.clone(),
         };
         let mut consumer_config = kafka.consumer(&config.group_id, &config.group_id);
         consumer_config.set(
@@ -325,10 +383,12 @@ impl Processor {
                 permits,
                 stats: Arc::default(),
                 monitor: monitor.clone(),
-                shutdown: CancellationToken::new(),
+                shutdown,
             }),
             transactional_producer,
             stores,
+            partitions,
+            assigned,
         })
     }
 
@@ -355,21 +415,30 @@ impl Processor {
                 Arc::clone(&self.shared),
                 producer,
                 self.stores.clone(),
+                Arc::clone(&self.assigned),
                 shutdown,
             )
             .await;
             self.shared.shutdown.cancel();
             return result;
         }
-        let mut state = LoopState::default();
+        let queues = Arc::new(Queues::default());
+        let mut tasks = JoinSet::new();
         let max_in_flight = self.shared.config.max_in_flight;
         loop {
+            let full = queues.in_flight.load(Ordering::SeqCst) >= max_in_flight;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(done) = state.tasks.join_next() => self.finished(&mut state, done)?,
-                received = self.consumer.recv(), if state.in_flight < max_in_flight => match received {
-                    Ok(message) => self.accept(&mut state, Record::from_message(&message)),
+                Some(done) = tasks.join_next() => joined(done)?,
+                () = queues.freed.notified(), if full => {}
+                received = self.consumer.recv(), if !full => match received {
+                    Ok(message) => {
+                        let record = Record::from_message(&message);
+                        drop(message);
+                        self.rebalanced(&queues).await?;
+                        self.accept(&queues, &mut tasks, record);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "consumer error; continuing");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -377,83 +446,78 @@ impl Processor {
                 },
             }
         }
-        self.drain(state).await
+        self.drain(&queues, tasks).await
     }
 
-    fn accept(&self, state: &mut LoopState, record: Record) {
-        state.in_flight += 1;
-        state
-            .trackers
-            .entry((record.topic.clone(), record.partition))
-            .or_default()
-            .start(record.offset);
-        let key = KeyId::of(&record);
-        match state.waiting.get_mut(&key) {
-            // The key is busy: the record waits behind its predecessors.
-            Some(queue) => queue.push_back(record),
-            None => {
-                state.waiting.insert(key.clone(), VecDeque::new());
-                self.spawn(state, key, record);
+    /// Drops queued records of revoked partitions (their next owner reads them from the
+    /// commit) and, after an assignment, reloads the stores before the next record.
+    async fn rebalanced(&self, queues: &Queues) -> Result<(), Error> {
+        let revoked = self.partitions.take_revoked();
+        if !revoked.is_empty() {
+            queues.drop_queued(|key| revoked.contains(&(key.topic.clone(), key.partition)));
+        }
+        if self.assigned.swap(false, Ordering::SeqCst) && !self.stores.is_empty() {
+            // Writes of records still running would be lost from memory by the reload: let
+            // them (and what is queued behind them) finish first, within the drain timeout.
+            let deadline = tokio::time::Instant::now() + self.shared.config.drain_timeout;
+            while queues.in_flight.load(Ordering::SeqCst) > 0 {
+                tokio::select! {
+                    () = queues.freed.notified() => {}
+                    () = tokio::time::sleep_until(deadline) => {
+                        tracing::warn!("records still running when the stores reload after an assignment");
+                        break;
+                    }
+                }
             }
-        }
-    }
-
-    fn spawn(&self, state: &mut LoopState, key: KeyId, record: Record) {
-        let shared = Arc::clone(&self.shared);
-        state.tasks.spawn(async move {
-            let offset = record.offset;
-            let finished = process(&shared, record).await;
-            (key, offset, finished)
-        });
-    }
-
-    fn finished(
-        &self,
-        state: &mut LoopState,
-        done: Result<(KeyId, i64, bool), tokio::task::JoinError>,
-    ) -> Result<(), Error> {
-        // `process` catches handler panics, so a failed join is a bug in the runtime itself;
-        // without its offset the partition could never commit again, so stop loudly.
-        let (key, offset, finished) =
-            done.map_err(|e| Error::Internal(format!("a record task failed: {e}")))?;
-        state.in_flight -= 1;
-        if !finished {
-            // Abandoned on shutdown: never stored, so it is redelivered.
-            return Ok(());
-        }
-        if let Some(tracker) = state.trackers.get_mut(&(key.topic.clone(), key.partition))
-            && let Some(through) = tracker.finish(offset)
-            && let Err(e) = self
-                .consumer
-                .store_offset(&key.topic, key.partition, through)
-        {
-            // After a rebalance took the partition away; its new owner re-reads from the last
-            // commit (at-least-once).
-            tracing::debug!(topic = %key.topic, partition = key.partition, error = %e, "offset not stored");
-        }
-        let next = state.waiting.get_mut(&key).and_then(VecDeque::pop_front);
-        match next {
-            Some(record) => self.spawn(state, key, record),
-            None => {
-                state.waiting.remove(&key);
+            for store in &self.stores {
+                store.reload().await?;
             }
         }
         Ok(())
     }
 
-    async fn drain(self, mut state: LoopState) -> Result<(), Error> {
+    fn accept(&self, queues: &Arc<Queues>, tasks: &mut JoinSet<()>, record: Record) {
+        let Some(epoch) = self
+            .partitions
+            .received(&(record.topic.clone(), record.partition), record.offset)
+        else {
+            tracing::debug!(topic = %record.topic, partition = record.partition, offset = record.offset, "record of a revoked partition; dropped");
+            return;
+        };
+        queues.in_flight.fetch_add(1, Ordering::SeqCst);
+        let key = KeyId::of(&record);
+        let mut waiting = queues.lock();
+        match waiting.get_mut(&key) {
+            // The key is busy: the record waits behind its predecessors.
+            Some(queue) => queue.push_back((record, epoch)),
+            None => {
+                waiting.insert(key.clone(), VecDeque::new());
+                drop(waiting);
+                tasks.spawn(chain(
+                    Arc::clone(&self.shared),
+                    Arc::clone(&self.partitions),
+                    Arc::clone(&self.consumer),
+                    Arc::clone(queues),
+                    key,
+                    (record, epoch),
+                ));
+            }
+        }
+    }
+
+    async fn drain(self, queues: &Queues, mut tasks: JoinSet<()>) -> Result<(), Error> {
         self.shared.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + self.shared.config.drain_timeout;
-        while state.in_flight > 0 {
-            match tokio::time::timeout_at(deadline, state.tasks.join_next()).await {
-                Ok(Some(done)) => self.finished(&mut state, done)?,
+        loop {
+            match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                Ok(Some(done)) => joined(done)?,
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(
-                        abandoned = state.in_flight,
+                        abandoned = queues.in_flight.load(Ordering::SeqCst),
                         "drain timeout: abandoning in-flight records; they are not committed and will be redelivered"
                     );
-                    state.tasks.abort_all();
+                    tasks.abort_all();
                     break;
                 }
             }
@@ -473,12 +537,109 @@ impl Processor {
     }
 }
 
+/// `process` catches handler panics, so a failed join is a bug in the runtime itself; without
+/// its offset the partition could never commit again, so stop loudly.
+fn joined(done: Result<(), tokio::task::JoinError>) -> Result<(), Error> {
+    done.map_err(|e| Error::Internal(format!("a record task failed: {e}")))
+}
+
+/// Keys with a running chain and the records queued behind it (with their partition's epoch),
+/// shared by the consume loop and the chains.
 #[derive(Default)]
-struct LoopState {
-    in_flight: usize,
-    trackers: HashMap<(String, i32), OffsetTracker>,
-    waiting: HashMap<KeyId, VecDeque<Record>>,
-    tasks: JoinSet<(KeyId, i64, bool)>,
+struct Queues {
+    waiting: std::sync::Mutex<HashMap<KeyId, VecDeque<(Record, u64)>>>,
+    /// Records received and not finished: running or queued.
+    in_flight: AtomicUsize,
+    /// Signalled whenever a record stops being in flight.
+    freed: tokio::sync::Notify,
+}
+
+impl Queues {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, VecDeque<(Record, u64)>>> {
+        // Every update is one push, pop or removal.
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.in_flight.fetch_sub(n, Ordering::SeqCst);
+            self.freed.notify_one();
+        }
+    }
+
+    /// The key's next record still worth running; forgets the key when there is none.
+    fn next(&self, key: &KeyId, current: impl Fn(u64) -> bool) -> Option<(Record, u64)> {
+        let mut waiting = self.lock();
+        let mut stale = 0;
+        let next = loop {
+            match waiting.get_mut(key).and_then(VecDeque::pop_front) {
+                // Queued before its partition was revoked: its next owner reads it again.
+                Some((_, epoch)) if !current(epoch) => stale += 1,
+                Some(next) => break Some(next),
+                None => {
+                    waiting.remove(key);
+                    break None;
+                }
+            }
+        };
+        drop(waiting);
+        self.release(stale);
+        next
+    }
+
+    /// Drops what is queued behind the keys `matching` picks (their chains end by themselves).
+    fn drop_queued(&self, matching: impl Fn(&KeyId) -> bool) {
+        let mut dropped = 0;
+        for (key, queue) in self.lock().iter_mut() {
+            if matching(key) {
+                dropped += queue.len();
+                queue.clear();
+            }
+        }
+        self.release(dropped);
+    }
+}
+
+/// Runs one key's records one after another: the first, then whatever queues up behind it,
+/// storing each partition's commit position as records finish.
+async fn chain(
+    shared: Arc<Shared>,
+    partitions: Arc<Partitions>,
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    queues: Arc<Queues>,
+    key: KeyId,
+    first: (Record, u64),
+) {
+    let partition: Partition = (key.topic.clone(), key.partition);
+    let (mut record, mut epoch) = first;
+    loop {
+        partitions.started(&partition, epoch);
+        let offset = record.offset;
+        let done = process(&shared, record).await;
+        if done
+            && let Some(through) = partitions.finished(&partition, epoch, offset)
+            && let Err(e) = consumer.store_offset(&partition.0, partition.1, through)
+        {
+            // The partition went away meanwhile; its new owner re-reads from the last
+            // commit (at-least-once).
+            tracing::debug!(topic = %partition.0, partition = partition.1, error = %e, "offset not stored");
+        }
+        // Only now may a revocation waiting for this partition commit.
+        partitions.ended(&partition, epoch);
+        queues.release(1);
+        if !done {
+            // Abandoned on shutdown: what queued behind it stays uncommitted too.
+            queues.drop_queued(|k| *k == key);
+            queues.next(&key, |_| false);
+            return;
+        }
+        match queues.next(&key, |e| partitions.current(&partition, e)) {
+            Some(next) => (record, epoch) = next,
+            None => return,
+        }
+    }
 }
 
 /// What became of one record once its handler is done with it.
