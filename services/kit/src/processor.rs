@@ -76,6 +76,9 @@ pub struct ProcessorConfig {
     /// in Unix milliseconds). Its changelog should be compacted with a retention
     /// (`cleanup.policy=compact,delete`, `retention.ms` = how long duplicates can arrive).
     pub dedupe: Option<Store<i64>>,
+    /// How long a message id is remembered: older ids are deleted from the dedupe store (and
+    /// its changelog), so memory stays bounded. Match the changelog's `retention.ms`.
+    pub dedupe_retention: Duration,
     /// At-least-once mode: where records go when in-place retries run out, to be re-consumed
     /// when due instead of being dead-lettered at once.
     pub retry_topic: Option<RetryTopic>,
@@ -96,6 +99,7 @@ impl ProcessorConfig {
             batch_linger: Duration::from_millis(20),
             transaction_timeout: Duration::from_secs(30),
             dedupe: None,
+            dedupe_retention: Duration::from_secs(7 * 24 * 3600),
             retry_topic: None,
             lag_interval: Duration::from_secs(5),
         }
@@ -409,6 +413,13 @@ impl Processor {
     /// timeout), commits what finished and leaves the group. In exactly-once mode it stops
     /// between batches; an unfinished batch is simply never committed.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let pruning = tokio::spawn(prune_dedupe(Arc::clone(&self.shared), shutdown.clone()));
+        let result = self.consume(shutdown).await;
+        pruning.abort();
+        result
+    }
+
+    async fn consume(self, shutdown: CancellationToken) -> Result<(), Error> {
         if let Some(producer) = self.transactional_producer.clone() {
             let result = crate::exactly_once::run(
                 Arc::clone(&self.consumer),
@@ -534,6 +545,46 @@ impl Processor {
             tracing::debug!(error = %e, "final commit");
         }
         Ok(())
+    }
+}
+
+/// Forgets message ids older than the dedupe retention, in memory and (by tombstones) in the
+/// changelog, every tenth of the retention (at most every minute).
+async fn prune_dedupe(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let Some(store) = shared.config.dedupe.clone() else {
+        return;
+    };
+    let retention = shared.config.dedupe_retention;
+    let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let cutoff = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_sub(retention_ms);
+        let tombstones: Vec<Outgoing> = store
+            .entries()
+            .into_iter()
+            .filter(|(_, handled_at)| *handled_at < cutoff)
+            .map(|(id, _)| store.delete(&id))
+            .collect();
+        if tombstones.is_empty() {
+            continue;
+        }
+        for chunk in tombstones.chunks(1000) {
+            if let Err(e) = shared.publisher.send_all(chunk).await {
+                // Memory is pruned either way; a restart before the next successful prune
+                // restores these ids until their changelog retention drops them.
+                tracing::warn!(error = %e, "could not publish pruned message ids");
+            }
+        }
+        tracing::debug!(
+            pruned = tombstones.len(),
+            "message ids past the dedupe retention forgotten"
+        );
     }
 }
 
@@ -992,6 +1043,13 @@ async fn conclude(
             if let Err(e) = publish(shared, outputs).await {
                 let error = format!("publishing the handler's output failed: {e}");
                 disposition = Disposition::DeadLetter(letter(shared, record, &error, 1));
+                // Not handled after all: forget its id, so a replay of the dead letter runs.
+                if let (Some(store), Ok(metadata)) = (&shared.config.dedupe, record.metadata()) {
+                    let id = metadata.message_id.to_string();
+                    if store.get(&id).is_some() {
+                        bookkeep(shared, store.delete(&id)).await;
+                    }
+                }
             }
         }
         _ => {

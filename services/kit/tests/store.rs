@@ -314,3 +314,120 @@ async fn a_message_delivered_again_is_handled_once_even_after_a_restart() {
     }
     assert_eq!(outputs, 2, "one output per distinct message");
 }
+
+#[tokio::test]
+async fn message_ids_past_the_retention_are_forgotten_in_memory_and_in_the_changelog() {
+    let kafka = TestKafka::connect().await;
+    let input = kafka.topic("prune-in", 1).await;
+    let dlq = kafka.topic("prune-dlq", 1).await;
+    let seen = changelog(&kafka, "prune-seen").await;
+    let message = Outgoing::event(&input, &sagashop_testkit::sequenced("order-1", 1)).unwrap();
+    let publisher = Publisher::new(&kafka.config, "test").unwrap();
+    publisher.send(&message).await.unwrap();
+
+    let store: Store<i64> = Store::open(&kafka.config, "seen", &seen, &Monitor::new())
+        .await
+        .unwrap();
+    let router = Router::new().on(&input, |_: Envelope<SagaStepChanged>| async { Ok(vec![]) });
+    let config = ProcessorConfig {
+        dedupe: Some(store.clone()),
+        dedupe_retention: Duration::from_millis(1500),
+        ..ProcessorConfig::new(unique_name("prune"), &dlq)
+    };
+    let processor = Processor::new(
+        &kafka.config,
+        config,
+        router,
+        Publisher::new(&kafka.config, "test").unwrap(),
+        &Monitor::new(),
+    )
+    .unwrap();
+    let stats = processor.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(processor.run(shutdown.clone()));
+    sagashop_testkit::eventually("the message to be handled and remembered", WAIT, || {
+        let remembered = stats.snapshot().handled == 1 && store.len() == 1;
+        async move { remembered.then_some(()) }
+    })
+    .await;
+    sagashop_testkit::eventually("its id to be pruned", WAIT, || {
+        let pruned = store.is_empty();
+        async move { pruned.then_some(()) }
+    })
+    .await;
+    let restored: Store<i64> = Store::open(&kafka.config, "seen", &seen, &Monitor::new())
+        .await
+        .unwrap();
+    assert!(restored.is_empty(), "the changelog still remembers the id");
+
+    // Past the retention a late copy is new again: that is what the retention means.
+    publisher.send(&message).await.unwrap();
+    sagashop_testkit::eventually("the late copy to be handled", WAIT, || {
+        let handled = stats.snapshot().handled == 2;
+        async move { handled.then_some(()) }
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_record_whose_outputs_kafka_refuses_is_dead_lettered_and_not_remembered() {
+    let kafka = TestKafka::connect().await;
+    let input = kafka.topic("refused-in", 1).await;
+    let output = kafka.topic("refused-out", 1).await;
+    let dlq = kafka.topic("refused-dlq", 1).await;
+    let seen = changelog(&kafka, "refused-seen").await;
+    let message = Outgoing::event(&input, &sagashop_testkit::sequenced("order-1", 1)).unwrap();
+    Publisher::new(&kafka.config, "test")
+        .unwrap()
+        .send(&message)
+        .await
+        .unwrap();
+
+    let store: Store<i64> = Store::open(&kafka.config, "seen", &seen, &Monitor::new())
+        .await
+        .unwrap();
+    // An output larger than any broker accepts.
+    let router = Router::new().on(&input, move |_: Envelope<SagaStepChanged>| {
+        let output = output.clone();
+        async move {
+            Ok(vec![Outgoing {
+                topic: output,
+                key: None,
+                payload: Some(vec![b'x'; 2 * 1024 * 1024]),
+                headers: vec![],
+            }])
+        }
+    });
+    let config = ProcessorConfig {
+        dedupe: Some(store.clone()),
+        ..ProcessorConfig::new(unique_name("refused"), &dlq)
+    };
+    let processor = Processor::new(
+        &kafka.config,
+        config,
+        router,
+        Publisher::new(&kafka.config, "test").unwrap(),
+        &Monitor::new(),
+    )
+    .unwrap();
+    let stats = processor.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(processor.run(shutdown.clone()));
+    sagashop_testkit::eventually("the record to be dead-lettered", WAIT, || {
+        let dead = stats.snapshot().dead_lettered == 1;
+        async move { dead.then_some(()) }
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert!(store.is_empty(), "the refused record's id is remembered");
+    let restored: Store<i64> = Store::open(&kafka.config, "seen", &seen, &Monitor::new())
+        .await
+        .unwrap();
+    assert!(
+        restored.is_empty(),
+        "the changelog remembers the refused record's id"
+    );
+}
