@@ -315,6 +315,22 @@ async fn a_message_delivered_again_is_handled_once_even_after_a_restart() {
     assert_eq!(outputs, 2, "one output per distinct message");
 }
 
+type Running = (
+    std::sync::Arc<sagashop_kit::Stats>,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), sagashop_kit::Error>>,
+);
+
+fn run_at_least_once(kafka: &TestKafka, config: ProcessorConfig, router: Router) -> Running {
+    let publisher = Publisher::new(&kafka.config, "test").unwrap();
+    let processor =
+        Processor::new(&kafka.config, config, router, publisher, &Monitor::new()).unwrap();
+    let stats = processor.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(processor.run(shutdown.clone()));
+    (stats, shutdown, task)
+}
+
 #[tokio::test]
 async fn message_ids_past_the_retention_are_forgotten_in_memory_and_in_the_changelog() {
     let kafka = TestKafka::connect().await;
@@ -334,17 +350,7 @@ async fn message_ids_past_the_retention_are_forgotten_in_memory_and_in_the_chang
         dedupe_retention: Duration::from_millis(1500),
         ..ProcessorConfig::new(unique_name("prune"), &dlq)
     };
-    let processor = Processor::new(
-        &kafka.config,
-        config,
-        router,
-        Publisher::new(&kafka.config, "test").unwrap(),
-        &Monitor::new(),
-    )
-    .unwrap();
-    let stats = processor.stats();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(processor.run(shutdown.clone()));
+    let (stats, shutdown, task) = run_at_least_once(&kafka, config, router);
     sagashop_testkit::eventually("the message to be handled and remembered", WAIT, || {
         let remembered = stats.snapshot().handled == 1 && store.len() == 1;
         async move { remembered.then_some(()) }
@@ -404,17 +410,7 @@ async fn a_record_whose_outputs_kafka_refuses_is_dead_lettered_and_not_remembere
         dedupe: Some(store.clone()),
         ..ProcessorConfig::new(unique_name("refused"), &dlq)
     };
-    let processor = Processor::new(
-        &kafka.config,
-        config,
-        router,
-        Publisher::new(&kafka.config, "test").unwrap(),
-        &Monitor::new(),
-    )
-    .unwrap();
-    let stats = processor.stats();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(processor.run(shutdown.clone()));
+    let (stats, shutdown, task) = run_at_least_once(&kafka, config, router);
     sagashop_testkit::eventually("the record to be dead-lettered", WAIT, || {
         let dead = stats.snapshot().dead_lettered == 1;
         async move { dead.then_some(()) }
