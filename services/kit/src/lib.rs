@@ -32,7 +32,7 @@ pub mod telemetry;
 pub use http::ops_router;
 pub use kafka::{ClusterInfo, KafkaConfig};
 pub use monitor::{Monitor, ReadyFlag};
-pub use processor::{Processor, ProcessorConfig, Stats, StatsSnapshot};
+pub use processor::{DedupeKey, Processor, ProcessorConfig, Stats, StatsSnapshot};
 pub use publisher::{Delivered, Outgoing, PublishError, Publisher};
 pub use redelivery::RetryTopic;
 pub use retry::RetryPolicy;

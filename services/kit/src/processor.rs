@@ -79,6 +79,9 @@ pub struct ProcessorConfig {
     /// How long a message id is remembered: older ids are deleted from the dedupe store (and
     /// its changelog), so memory stays bounded. Match the changelog's `retention.ms`.
     pub dedupe_retention: Duration,
+    /// What makes two records "the same" for the dedupe store: the `message-id` header unless
+    /// the service names a business key (e.g. saga id + step).
+    pub dedupe_key: DedupeKey,
     /// At-least-once mode: where records go when in-place retries run out, to be re-consumed
     /// when due instead of being dead-lettered at once.
     pub retry_topic: Option<RetryTopic>,
@@ -100,9 +103,48 @@ impl ProcessorConfig {
             transaction_timeout: Duration::from_secs(30),
             dedupe: None,
             dedupe_retention: Duration::from_secs(7 * 24 * 3600),
+            dedupe_key: DedupeKey::MessageId,
             retry_topic: None,
             lag_interval: Duration::from_secs(5),
         }
+    }
+}
+
+/// How the dedupe store identifies a record.
+#[derive(Clone, Default)]
+pub enum DedupeKey {
+    /// The `message-id` header: the same message delivered again.
+    #[default]
+    MessageId,
+    /// A business key computed from the record (`None`: do not dedupe this record), for
+    /// different messages that must take effect once, such as a command re-sent with a new id.
+    Business(BusinessKey),
+}
+
+/// Computes a record's business key for [`DedupeKey::Business`].
+pub type BusinessKey = Arc<dyn Fn(&Record) -> Option<String> + Send + Sync>;
+
+impl DedupeKey {
+    /// A business key from `key`.
+    pub fn business(key: impl Fn(&Record) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self::Business(Arc::new(key))
+    }
+
+    /// The key of `record`, if it has one.
+    pub fn of(&self, record: &Record) -> Option<String> {
+        match self {
+            Self::MessageId => record.metadata().ok().map(|m| m.message_id.to_string()),
+            Self::Business(key) => key(record),
+        }
+    }
+}
+
+impl std::fmt::Debug for DedupeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::MessageId => "MessageId",
+            Self::Business(_) => "Business(..)",
+        })
     }
 }
 
@@ -738,11 +780,11 @@ pub(crate) async fn handle(shared: &Shared, record: &Record) -> Disposition {
     if let Ok(metadata) = record.metadata() {
         span.record("correlation_id", metadata.correlation_id.as_str());
     }
-    let message_id = record.metadata().ok().map(|m| m.message_id.to_string());
-    if let (Some(store), Some(id)) = (&shared.config.dedupe, &message_id)
+    let dedupe_id = shared.config.dedupe_key.of(record);
+    if let (Some(store), Some(id)) = (&shared.config.dedupe, &dedupe_id)
         && store.get(id).is_some()
     {
-        tracing::debug!(parent: &span, message_id = %id, "duplicate; skipped");
+        tracing::debug!(parent: &span, dedupe_id = %id, "duplicate; skipped");
         return Disposition::Duplicate;
     }
     let mut disposition = handle_in_span(shared, record)
@@ -754,7 +796,7 @@ pub(crate) async fn handle(shared: &Shared, record: &Record) -> Disposition {
             inject_current(&mut output.headers);
         }
         // Remembered with the outputs, so (in exactly-once mode) in the same transaction.
-        if let (Some(store), Some(id)) = (&shared.config.dedupe, message_id) {
+        if let (Some(store), Some(id)) = (&shared.config.dedupe, dedupe_id) {
             match store.put(&id, chrono::Utc::now().timestamp_millis()) {
                 Ok(remember) => outputs.push(remember),
                 Err(e) => tracing::error!(error = %e, "could not remember the message id"),
@@ -1044,11 +1086,11 @@ async fn conclude(
                 let error = format!("publishing the handler's output failed: {e}");
                 disposition = Disposition::DeadLetter(letter(shared, record, &error, 1));
                 // Not handled after all: forget its id, so a replay of the dead letter runs.
-                if let (Some(store), Ok(metadata)) = (&shared.config.dedupe, record.metadata()) {
-                    let id = metadata.message_id.to_string();
-                    if store.get(&id).is_some() {
-                        bookkeep(shared, store.delete(&id)).await;
-                    }
+                if let (Some(store), Some(id)) =
+                    (&shared.config.dedupe, shared.config.dedupe_key.of(record))
+                    && store.get(&id).is_some()
+                {
+                    bookkeep(shared, store.delete(&id)).await;
                 }
             }
         }

@@ -13,7 +13,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use sagashop_contracts::Envelope;
 use sagashop_contracts::events::SagaStepChanged;
 use sagashop_kit::admin::TopicSpec;
-use sagashop_kit::{Monitor, Outgoing, Processor, ProcessorConfig, Publisher, Router, Store};
+use sagashop_kit::{
+    DedupeKey, Monitor, Outgoing, Processor, ProcessorConfig, Publisher, Router, Store,
+};
 use sagashop_testkit::{TestKafka, unique_name};
 use tokio_util::sync::CancellationToken;
 
@@ -426,4 +428,49 @@ async fn a_record_whose_outputs_kafka_refuses_is_dead_lettered_and_not_remembere
         restored.is_empty(),
         "the changelog remembers the refused record's id"
     );
+}
+
+#[tokio::test]
+async fn a_business_key_dedupes_different_messages_with_the_same_effect() {
+    let kafka = TestKafka::connect().await;
+    let input = kafka.topic("business-in", 1).await;
+    let dlq = kafka.topic("business-dlq", 1).await;
+    let seen = changelog(&kafka, "business-seen").await;
+    // Two commands for the same saga step, re-sent with a new message id, and another saga's.
+    let events = [("order-1", 1), ("order-1", 2), ("order-2", 1)];
+    let records: Vec<_> = events
+        .iter()
+        .map(|(key, seq)| Outgoing::event(&input, &sagashop_testkit::sequenced(key, *seq)).unwrap())
+        .collect();
+    Publisher::new(&kafka.config, "test")
+        .unwrap()
+        .send_all(&records)
+        .await
+        .unwrap();
+
+    let store: Store<i64> = Store::open(&kafka.config, "seen", &seen, &Monitor::new())
+        .await
+        .unwrap();
+    let router = Router::new().on(&input, |_: Envelope<SagaStepChanged>| async { Ok(vec![]) });
+    let config = ProcessorConfig {
+        dedupe: Some(store.clone()),
+        dedupe_key: DedupeKey::business(|record| {
+            let step: SagaStepChanged = serde_json::from_slice(record.payload.as_deref()?).ok()?;
+            Some(format!("{}/{}", step.saga_id, step.step))
+        }),
+        ..ProcessorConfig::new(unique_name("business"), &dlq)
+    };
+    let (stats, shutdown, task) = run_at_least_once(&kafka, config, router);
+    sagashop_testkit::eventually("every record to be seen", WAIT, || {
+        let s = stats.snapshot();
+        async move { (s.handled + s.duplicates == 3).then_some(s) }
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let s = stats.snapshot();
+    assert_eq!((s.handled, s.duplicates), (2, 1));
+    let mut keys: Vec<_> = store.entries().into_iter().map(|(k, _)| k).collect();
+    keys.sort();
+    assert_eq!(keys, ["order-1/s", "order-2/s"]);
 }
