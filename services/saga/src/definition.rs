@@ -1,0 +1,537 @@
+//! The `Saga` definition: what the orchestrator runs, as data.
+//!
+//! One type serves both runtimes: the operator serves it as the `sagas.sagashop.dev` custom
+//! resource, and `sagashop dev` reads the same YAML from a file. [`SagaSpec::validate`] turns a
+//! spec into a [`Definition`] the orchestrator can run, or names every field that is wrong.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use sagashop_kit::RetryPolicy;
+
+/// A saga: steps run in order by participants; on failure, the completed steps' compensations
+/// run in reverse order.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "sagashop.dev",
+    version = "v1alpha1",
+    kind = "Saga",
+    namespaced,
+    shortname = "saga",
+    doc = "A declarative saga run by the sagashop orchestrator"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SagaSpec {
+    /// The event that starts one saga instance; its key is the saga id.
+    pub trigger: Trigger,
+    /// The services that run steps, and where their commands go.
+    #[schemars(length(min = 1))]
+    pub participants: Vec<Participant>,
+    /// The steps, in order.
+    #[schemars(length(min = 1))]
+    pub steps: Vec<Step>,
+    /// Where participants reply (`StepSucceeded` / `StepFailed`); default
+    /// `saga.<name>.replies.v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_topic: Option<String>,
+    /// Where the saga's outcome is published.
+    pub outcome: Outcome,
+    /// Partitions and replicas for the topics the saga needs.
+    #[serde(default)]
+    pub topic_defaults: TopicDefaults,
+}
+
+/// The event that starts a saga.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Trigger {
+    /// The topic it arrives on.
+    pub topic: String,
+    /// Its `event-type`.
+    pub event: String,
+}
+
+/// A service that runs steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Participant {
+    /// Its name, as steps refer to it.
+    pub name: String,
+    /// The topic its commands go to.
+    pub command_topic: String,
+}
+
+/// One step of the saga.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    /// Unique within the saga.
+    pub name: String,
+    /// The participant that runs it.
+    pub participant: String,
+    /// The command's `event-type`; its payload is the trigger's payload plus the step context.
+    pub command: String,
+    /// The command that undoes it, sent when a later step fails. Required for every step but
+    /// the last (nothing can fail after the last step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<String>,
+    /// How long to wait for a reply before trying again (e.g. `10s`).
+    pub timeout: String,
+    /// How often the command is sent in all before the saga compensates.
+    #[serde(default)]
+    pub retry: StepRetry,
+}
+
+/// How a step is retried after a timeout or a retryable failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRetry {
+    /// Attempts in all, the first included.
+    #[schemars(range(min = 1))]
+    pub max_attempts: u32,
+    /// The wait before the first retry (doubling after).
+    pub initial_backoff: String,
+    /// The longest wait.
+    pub max_backoff: String,
+}
+
+impl Default for StepRetry {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff: "200ms".to_owned(),
+            max_backoff: "5s".to_owned(),
+        }
+    }
+}
+
+/// Where the outcome goes and what it is called.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    /// The outcome topic.
+    pub topic: String,
+    /// The `event-type` when every step succeeded (payload: the trigger's, plus
+    /// `completedAt`).
+    pub completed: String,
+    /// The `event-type` after compensating (payload: the trigger's, plus `reason`,
+    /// `failedStep`, `cancelledAt`).
+    pub cancelled: String,
+    /// The `event-type` of progress events (`SagaStepChanged`), published to the same topic;
+    /// none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+}
+
+/// Topic sizing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicDefaults {
+    /// Partitions per topic.
+    #[schemars(range(min = 1))]
+    pub partitions: i32,
+    /// Replicas per partition.
+    #[schemars(range(min = 1))]
+    pub replicas: i32,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        Self {
+            partitions: 4,
+            replicas: 1,
+        }
+    }
+}
+
+/// What is wrong with a saga definition: every problem, each naming its field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid saga `{name}`:\n  {}", .problems.join("\n  "))]
+pub struct InvalidSaga {
+    /// The saga's name.
+    pub name: String,
+    /// One line per problem, `<field path>: <what is wrong>`.
+    pub problems: Vec<String>,
+}
+
+/// A validated saga, ready to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Definition {
+    /// The saga's name (the resource's name).
+    pub name: String,
+    /// The trigger.
+    pub trigger: Trigger,
+    /// The steps, in order.
+    pub steps: Vec<StepDefinition>,
+    /// Where participants reply.
+    pub reply_topic: String,
+    /// Where the orchestrator keeps saga state (compacted).
+    pub state_topic: String,
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Topic sizing.
+    pub topic_defaults: TopicDefaults,
+}
+
+/// A validated step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepDefinition {
+    /// Its name.
+    pub name: String,
+    /// Its participant's name.
+    pub participant: String,
+    /// Where its commands go.
+    pub command_topic: String,
+    /// Its command.
+    pub command: String,
+    /// Its compensation, if any.
+    pub compensation: Option<String>,
+    /// Its reply deadline.
+    pub timeout: Duration,
+    /// Its retries.
+    pub retry: RetryPolicy,
+}
+
+impl Definition {
+    /// The topics the saga needs and who writes them: the trigger, command, reply, state and
+    /// outcome topics.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics = vec![
+            self.trigger.topic.clone(),
+            self.reply_topic.clone(),
+            self.state_topic.clone(),
+            self.outcome.topic.clone(),
+        ];
+        for step in &self.steps {
+            if !topics.contains(&step.command_topic) {
+                topics.push(step.command_topic.clone());
+            }
+        }
+        topics
+    }
+
+    /// The step called `name`, with its index.
+    pub fn step(&self, name: &str) -> Option<(usize, &StepDefinition)> {
+        self.steps.iter().enumerate().find(|(_, s)| s.name == name)
+    }
+}
+
+fn duration(problems: &mut Vec<String>, field: &str, text: &str) -> Duration {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => {
+            problems.push(format!("{field}: must be longer than zero"));
+            d
+        }
+        Ok(d) => d,
+        Err(e) => {
+            problems.push(format!(
+                "{field}: `{text}` is not a duration like `10s` or `500ms` ({e})"
+            ));
+            Duration::ZERO
+        }
+    }
+}
+
+/// Topic names Kafka accepts: 1–249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn topic_name(problems: &mut Vec<String>, field: &str, name: &str) {
+    let legal = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if name.is_empty() || name.len() > 249 || !legal || name == "." || name == ".." {
+        problems.push(format!(
+            "{field}: `{name}` is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"
+        ));
+    }
+}
+
+impl SagaSpec {
+    /// Checks the spec of the saga called `name` and compiles it, or lists every problem.
+    pub fn validate(&self, name: &str) -> Result<Definition, InvalidSaga> {
+        let mut problems = Vec::new();
+        topic_name(&mut problems, "spec.trigger.topic", &self.trigger.topic);
+        if self.trigger.event.is_empty() {
+            problems.push("spec.trigger.event: must not be empty".to_owned());
+        }
+        if self.participants.is_empty() {
+            problems.push("spec.participants: a saga needs at least one participant".to_owned());
+        }
+        let mut participant_names = HashSet::new();
+        for (i, p) in self.participants.iter().enumerate() {
+            if !participant_names.insert(p.name.as_str()) {
+                problems.push(format!(
+                    "spec.participants[{i}].name: `{}` is declared twice",
+                    p.name
+                ));
+            }
+            topic_name(
+                &mut problems,
+                &format!("spec.participants[{i}].commandTopic"),
+                &p.command_topic,
+            );
+        }
+        if self.steps.is_empty() {
+            problems.push("spec.steps: a saga needs at least one step".to_owned());
+        }
+        let mut step_names = HashSet::new();
+        let mut steps = Vec::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            let field = format!("spec.steps[{i}]");
+            if step.name.is_empty() {
+                problems.push(format!("{field}.name: must not be empty"));
+            } else if !step_names.insert(step.name.as_str()) {
+                problems.push(format!(
+                    "{field}.name: `{}` is used by an earlier step; step names must be unique",
+                    step.name
+                ));
+            }
+            let participant = self
+                .participants
+                .iter()
+                .find(|p| p.name == step.participant);
+            if participant.is_none() {
+                problems.push(format!(
+                    "{field}.participant: `{}` is not one of spec.participants ({})",
+                    step.participant,
+                    self.participants
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            if step.command.is_empty() {
+                problems.push(format!("{field}.command: must not be empty"));
+            }
+            let last = i + 1 == self.steps.len();
+            if step.compensation.is_none() && !last {
+                problems.push(format!(
+                    "{field}.compensation: step `{}` is followed by other steps, so it needs a \
+                     compensation to undo it when they fail",
+                    step.name
+                ));
+            }
+            let timeout = duration(&mut problems, &format!("{field}.timeout"), &step.timeout);
+            if step.retry.max_attempts == 0 {
+                problems.push(format!("{field}.retry.maxAttempts: must be at least 1"));
+            }
+            let initial = duration(
+                &mut problems,
+                &format!("{field}.retry.initialBackoff"),
+                &step.retry.initial_backoff,
+            );
+            let max = duration(
+                &mut problems,
+                &format!("{field}.retry.maxBackoff"),
+                &step.retry.max_backoff,
+            );
+            if max < initial {
+                problems.push(format!(
+                    "{field}.retry.maxBackoff: shorter than initialBackoff"
+                ));
+            }
+            steps.push(StepDefinition {
+                name: step.name.clone(),
+                participant: step.participant.clone(),
+                command_topic: participant
+                    .map(|p| p.command_topic.clone())
+                    .unwrap_or_default(),
+                command: step.command.clone(),
+                compensation: step.compensation.clone(),
+                timeout,
+                retry: RetryPolicy {
+                    max_attempts: step.retry.max_attempts,
+                    initial_backoff: initial,
+                    max_backoff: max,
+                },
+            });
+        }
+        let reply_topic = self
+            .reply_topic
+            .clone()
+            .unwrap_or_else(|| format!("saga.{name}.replies.v1"));
+        topic_name(&mut problems, "spec.replyTopic", &reply_topic);
+        topic_name(&mut problems, "spec.outcome.topic", &self.outcome.topic);
+        for (field, event) in [
+            ("spec.outcome.completed", &self.outcome.completed),
+            ("spec.outcome.cancelled", &self.outcome.cancelled),
+        ] {
+            if event.is_empty() {
+                problems.push(format!("{field}: must not be empty"));
+            }
+        }
+        if self.topic_defaults.partitions < 1 {
+            problems.push("spec.topicDefaults.partitions: must be at least 1".to_owned());
+        }
+        if self.topic_defaults.replicas < 1 {
+            problems.push("spec.topicDefaults.replicas: must be at least 1".to_owned());
+        }
+        if !problems.is_empty() {
+            return Err(InvalidSaga {
+                name: name.to_owned(),
+                problems,
+            });
+        }
+        Ok(Definition {
+            name: name.to_owned(),
+            trigger: self.trigger.clone(),
+            steps,
+            reply_topic,
+            state_topic: format!("saga.{name}.state"),
+            outcome: self.outcome.clone(),
+            topic_defaults: self.topic_defaults.clone(),
+        })
+    }
+}
+
+/// Why a saga file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not readable YAML of a `Saga`.
+    #[error("{path}: not a Saga manifest: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's words.
+        reason: String,
+    },
+    /// A `Saga`, but an invalid one.
+    #[error("{path}: {source}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The problems.
+        source: InvalidSaga,
+    },
+}
+
+impl Saga {
+    /// Parses a `Saga` manifest (`apiVersion`, `kind`, `metadata.name`, `spec`) and validates
+    /// it; `path` names the source in errors.
+    pub fn load(yaml: &str, path: &str) -> Result<Definition, LoadError> {
+        let parse = |reason: String| LoadError::Parse {
+            path: path.to_owned(),
+            reason,
+        };
+        let types: kube::core::TypeMeta =
+            serde_saphyr::from_str(yaml).map_err(|e| parse(e.to_string()))?;
+        if types.kind != "Saga" || types.api_version != "sagashop.dev/v1alpha1" {
+            return Err(parse(format!(
+                "expected apiVersion sagashop.dev/v1alpha1 and kind Saga, found {} {}",
+                types.api_version, types.kind
+            )));
+        }
+        let saga: Saga = serde_saphyr::from_str(yaml).map_err(|e| parse(e.to_string()))?;
+        let name = saga
+            .metadata
+            .name
+            .clone()
+            .ok_or_else(|| parse("metadata.name is missing".to_owned()))?;
+        saga.spec
+            .validate(&name)
+            .map_err(|source| LoadError::Invalid {
+                path: path.to_owned(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../../../k8s/sagas/order-fulfilment.yaml");
+
+    #[test]
+    fn the_shipped_order_saga_is_valid() {
+        let definition = Saga::load(SHIPPED, "order-fulfilment.yaml").unwrap();
+        assert_eq!(definition.name, "order-fulfilment");
+        let names: Vec<_> = definition.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["reserve-inventory", "authorize-payment", "create-shipment"]
+        );
+        assert_eq!(definition.state_topic, "saga.order-fulfilment.state");
+        assert!(
+            definition
+                .topics()
+                .contains(&"payment.commands.v1".to_owned())
+        );
+    }
+
+    fn problems(edit: impl FnOnce(&mut SagaSpec)) -> Vec<String> {
+        let mut saga: Saga = serde_saphyr::from_str(SHIPPED).unwrap();
+        edit(&mut saga.spec);
+        saga.spec.validate("s").unwrap_err().problems
+    }
+
+    #[test]
+    fn duplicate_step_names_are_refused_by_field() {
+        let found = problems(|spec| spec.steps[1].name = spec.steps[0].name.clone());
+        assert!(found[0].starts_with("spec.steps[1].name:"), "{found:?}");
+    }
+
+    #[test]
+    fn an_unknown_participant_is_refused_naming_the_known_ones() {
+        let found = problems(|spec| spec.steps[0].participant = "warehouse".into());
+        assert!(
+            found[0].starts_with("spec.steps[0].participant:"),
+            "{found:?}"
+        );
+        assert!(
+            found[0].contains("inventory, payment, shipping"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_compensation_is_refused_except_on_the_last_step() {
+        let found = problems(|spec| {
+            spec.steps[0].compensation = None;
+            spec.steps[2].compensation = None;
+        });
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("spec.steps[0].compensation:"));
+    }
+
+    #[test]
+    fn zero_and_unreadable_durations_are_refused() {
+        let found = problems(|spec| {
+            spec.steps[1].timeout = "0s".into();
+            spec.steps[2].retry.initial_backoff = "soon".into();
+        });
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("spec.steps[1].timeout:")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("spec.steps[2].retry.initialBackoff:")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let found = problems(|spec| {
+            spec.trigger.topic = "no spaces allowed".into();
+            spec.steps[0].retry.max_attempts = 0;
+        });
+        assert_eq!(found.len(), 2, "{found:?}");
+    }
+
+    #[test]
+    fn a_manifest_of_another_kind_is_refused() {
+        let other = SHIPPED.replace("kind: Saga", "kind: KafkaTopic");
+        let error = Saga::load(&other, "x.yaml").unwrap_err().to_string();
+        assert!(error.contains("kind Saga"), "{error}");
+    }
+}

@@ -1,0 +1,6 @@
+//! Declarative sagas: the [`Saga`] definition (a Kubernetes custom resource and a YAML file
+//! `sagashop dev` reads) and the orchestrator that runs any valid definition.
+
+pub mod definition;
+
+pub use definition::{Definition, InvalidSaga, LoadError, Saga, SagaSpec, StepDefinition};
