@@ -7,7 +7,7 @@ use schemars::{Schema, SchemaGenerator};
 use crate::Contract;
 use crate::commands::{
     AuthorizePayment, CancelShipment, CreateShipment, RefundPayment, ReleaseInventory,
-    ReserveInventory, StepFailed, StepSucceeded,
+    ReserveInventory, StepFailed, StepSucceeded, StepTimedOut,
 };
 use crate::events::{
     OrderCancelled, OrderCompleted, OrderDelivered, OrderPlaced, OrderShipped, SagaStepChanged,
@@ -72,6 +72,7 @@ pub fn catalogue() -> Vec<SchemaEntry> {
         SchemaEntry::of::<CancelShipment>(),
         SchemaEntry::of::<StepSucceeded>(),
         SchemaEntry::of::<StepFailed>(),
+        SchemaEntry::of::<StepTimedOut>(),
     ]
 }
 

@@ -142,3 +142,16 @@ pub struct StepFailed {
     pub retryable: bool,
 }
 contract!(StepFailed, "StepFailed", 1);
+
+/// The orchestrator's own wake-up: the step's deadline passed (or its retry backoff ended).
+/// Published to the saga's reply topic, so it is handled in order with the step's replies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepTimedOut {
+    /// The step whose deadline passed.
+    #[serde(flatten)]
+    pub context: StepContext,
+    /// The command that was awaited.
+    pub command: String,
+}
+contract!(StepTimedOut, "StepTimedOut", 1);

@@ -127,7 +127,7 @@ impl RouteCall {
 /// Handlers by (topic, event type).
 #[derive(Default, Clone)]
 pub struct Router {
-    routes: HashMap<String, HashMap<&'static str, (ErasedHandler, FailurePolicy)>>,
+    routes: HashMap<String, HashMap<String, (ErasedHandler, FailurePolicy)>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -161,7 +161,7 @@ impl Router {
 
     /// Like [`Router::on`], with this handler's own failure policy.
     #[must_use]
-    pub fn on_with<T, F, Fut>(mut self, topic: &str, policy: FailurePolicy, handler: F) -> Self
+    pub fn on_with<T, F, Fut>(self, topic: &str, policy: FailurePolicy, handler: F) -> Self
     where
         T: Contract + Send + 'static,
         F: Fn(Envelope<T>) -> Fut + Send + Sync + 'static,
@@ -179,15 +179,46 @@ impl Router {
                 handler(envelope).await
             })
         });
+        self.insert(topic, T::EVENT_TYPE, erased, policy)
+    }
+
+    /// Routes records with `event-type` `event_type` on `topic` to `handler` undecoded, for
+    /// handlers whose event types are data (a saga's trigger) rather than Rust types.
+    #[must_use]
+    pub fn on_raw<F, Fut>(
+        self,
+        topic: &str,
+        event_type: &str,
+        policy: FailurePolicy,
+        handler: F,
+    ) -> Self
+    where
+        F: Fn(Record, Metadata) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let erased: ErasedHandler = Arc::new(move |record: Record, metadata: Metadata| {
+            let handler = Arc::clone(&handler);
+            Box::pin(async move { handler(record, metadata).await })
+        });
+        self.insert(topic, event_type, erased, policy)
+    }
+
+    fn insert(
+        mut self,
+        topic: &str,
+        event_type: &str,
+        handler: ErasedHandler,
+        policy: FailurePolicy,
+    ) -> Self {
         let previous = self
             .routes
             .entry(topic.to_owned())
             .or_default()
-            .insert(T::EVENT_TYPE, (erased, policy));
+            .insert(event_type.to_owned(), (handler, policy));
         assert!(
             previous.is_none(),
-            "two handlers for `{}` on topic `{topic}`",
-            T::EVENT_TYPE
+            "two handlers for `{event_type}` on topic `{topic}`"
         );
         self
     }
