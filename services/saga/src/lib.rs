@@ -2,5 +2,6 @@
 //! `sagashop dev` reads) and the orchestrator that runs any valid definition.
 
 pub mod definition;
+pub mod machine;
 
 pub use definition::{Definition, InvalidSaga, LoadError, Saga, SagaSpec, StepDefinition};
