@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sagashop_contracts::{Contract, EncodeError, Envelope};
+use sagashop_contracts::{Contract, EncodeError, Envelope, Metadata};
 
 use crate::monitor::{Monitor, TopicLabels, seconds};
 use crate::{Error, KafkaConfig};
@@ -39,6 +39,29 @@ impl Outgoing {
                 .map(|(k, v)| (k.to_owned(), v.into_bytes()))
                 .collect(),
         })
+    }
+
+    /// A payload already encoded, with `metadata` as headers: for messages whose type is
+    /// data (a saga's commands) rather than a Rust type.
+    pub fn raw(topic: &str, key: &str, metadata: &Metadata, payload: Vec<u8>) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            key: Some(key.as_bytes().to_vec()),
+            payload: Some(payload),
+            headers: metadata
+                .to_headers()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+                .collect(),
+        }
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers
+            .push((name.to_owned(), value.as_bytes().to_vec()));
+        self
     }
 
     fn kafka_headers(&self) -> OwnedHeaders {

@@ -3,5 +3,7 @@
 
 pub mod definition;
 pub mod machine;
+pub mod orchestrator;
+pub mod participant;
 
 pub use definition::{Definition, InvalidSaga, LoadError, Saga, SagaSpec, StepDefinition};

@@ -1,0 +1,244 @@
+//! The payment participant: authorises and refunds against a balance per customer.
+//!
+//! Balances and payments are stores on compacted topics, changed in the same transaction as the
+//! reply. A payment is keyed by saga id, so an authorisation delivered twice charges once, and a
+//! refund that arrives before its authorisation (the saga gave up waiting) is remembered so the
+//! late authorisation is refused instead of charging.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use sagashop_contracts::commands::{AuthorizePayment, RefundPayment};
+use sagashop_kit::router::HandlerResult;
+use sagashop_kit::{
+    Error, HandlerError, KafkaConfig, Monitor, Processor, ProcessorConfig, Publisher, Router,
+    Stats, Store,
+};
+use sagashop_saga::participant::{Command, Faults, on_command};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// How the payment service runs.
+#[derive(Debug, Clone)]
+pub struct PaymentConfig {
+    /// Where its commands arrive.
+    pub command_topic: String,
+    /// Balance per customer (compacted).
+    pub balances_topic: String,
+    /// Payments per saga (compacted).
+    pub payments_topic: String,
+    /// Where unreadable commands go.
+    pub dead_letter_topic: String,
+    /// Its consumer group.
+    pub group_id: String,
+    /// This member's transactional id.
+    pub transactional_id: String,
+    /// The balance, in minor units, of a customer seen for the first time.
+    pub opening_balance: i64,
+    /// Fraction (0–1) of authorisations declined regardless of balance (fault injection).
+    pub decline_rate: f64,
+    /// Injected transient failures.
+    pub faults: Faults,
+}
+
+/// A payment's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "status")]
+pub enum Payment {
+    /// Charged.
+    Authorized {
+        /// Who.
+        customer_id: String,
+        /// How much, in minor units.
+        amount_minor: i64,
+    },
+    /// Given back (or refunded before it was ever authorised).
+    Refunded,
+    /// Declined.
+    Declined {
+        /// Why.
+        reason: String,
+    },
+}
+
+struct Payments {
+    balances: Store<i64>,
+    payments: Store<Payment>,
+    guard: Mutex<()>,
+    config: PaymentConfig,
+}
+
+impl Payments {
+    fn balance(&self, customer: &str) -> i64 {
+        self.balances
+            .get(customer)
+            .unwrap_or(self.config.opening_balance)
+    }
+
+    fn authorize(&self, command: &Command<AuthorizePayment>) -> HandlerResult {
+        self.config.faults.maybe_fail()?;
+        let c = &command.envelope.payload;
+        let saga = &c.context.saga_id;
+        let _held = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
+        match self.payments.get(saga) {
+            Some(Payment::Authorized { .. }) => {
+                return Ok(vec![
+                    command.succeeded(&c.context, Some("already authorised".into()))?,
+                ]);
+            }
+            Some(Payment::Refunded) => {
+                return Ok(vec![command.failed(
+                    &c.context,
+                    "refunded before it was authorised",
+                    false,
+                )?]);
+            }
+            Some(Payment::Declined { reason }) => {
+                return Ok(vec![command.failed(&c.context, reason, false)?]);
+            }
+            None => {}
+        }
+        let balance = self.balance(&c.customer_id);
+        let declined = if c.total_minor < 0 {
+            Some("a negative amount cannot be charged".to_owned())
+        } else if self.config.decline_rate > 0.0 && fastrand::f64() < self.config.decline_rate {
+            Some("card declined".to_owned())
+        } else if balance < c.total_minor {
+            Some(format!(
+                "insufficient funds: balance {balance}, amount {} {}",
+                c.total_minor, c.currency
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = declined {
+            let payment = Payment::Declined {
+                reason: reason.clone(),
+            };
+            return Ok(vec![
+                self.payments.put(saga, payment).map_err(internal)?,
+                command.failed(&c.context, reason, false)?,
+            ]);
+        }
+        let payment = Payment::Authorized {
+            customer_id: c.customer_id.clone(),
+            amount_minor: c.total_minor,
+        };
+        Ok(vec![
+            self.balances
+                .put(&c.customer_id, balance - c.total_minor)
+                .map_err(internal)?,
+            self.payments.put(saga, payment).map_err(internal)?,
+            command.succeeded(&c.context, None)?,
+        ])
+    }
+
+    fn refund(&self, command: &Command<RefundPayment>) -> HandlerResult {
+        self.config.faults.maybe_fail()?;
+        let c = &command.envelope.payload;
+        let saga = &c.context.saga_id;
+        let _held = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut outputs = Vec::new();
+        match self.payments.get(saga) {
+            Some(Payment::Authorized {
+                customer_id,
+                amount_minor,
+            }) => {
+                let back = self.balance(&customer_id) + amount_minor;
+                outputs.push(self.balances.put(&customer_id, back).map_err(internal)?);
+                outputs.push(
+                    self.payments
+                        .put(saga, Payment::Refunded)
+                        .map_err(internal)?,
+                );
+            }
+            None => outputs.push(
+                self.payments
+                    .put(saga, Payment::Refunded)
+                    .map_err(internal)?,
+            ),
+            Some(Payment::Refunded | Payment::Declined { .. }) => {}
+        }
+        outputs.push(command.succeeded(&c.context, None)?);
+        Ok(outputs)
+    }
+}
+
+fn internal(e: Error) -> HandlerError {
+    HandlerError::Transient(e.to_string())
+}
+
+/// A running payment service.
+pub struct Running {
+    /// The processor's counters.
+    pub stats: Arc<Stats>,
+    /// Balance per customer (customers never charged are absent: opening balance).
+    pub balances: Store<i64>,
+    /// Payments per saga.
+    pub payments: Store<Payment>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// Waits for the service to stop (after its shutdown token is cancelled).
+    pub async fn stopped(self) -> Result<(), Error> {
+        self.task
+            .await
+            .map_err(|e| Error::Internal(format!("payment panicked: {e}")))?
+    }
+}
+
+/// Restores balances and payments, then serves commands until `shutdown`.
+pub async fn start(
+    kafka: &KafkaConfig,
+    config: PaymentConfig,
+    monitor: &Monitor,
+    shutdown: CancellationToken,
+) -> Result<Running, Error> {
+    let balances: Store<i64> =
+        Store::open(kafka, "payment-balances", &config.balances_topic, monitor).await?;
+    let payments: Store<Payment> =
+        Store::open(kafka, "payment-payments", &config.payments_topic, monitor).await?;
+    let service = Arc::new(Payments {
+        balances: balances.clone(),
+        payments: payments.clone(),
+        guard: Mutex::new(()),
+        config: config.clone(),
+    });
+    let (authorize, refund) = (Arc::clone(&service), Arc::clone(&service));
+    let router = on_command(
+        Router::new(),
+        &config.command_topic,
+        move |c: Command<AuthorizePayment>| {
+            let service = Arc::clone(&authorize);
+            async move { service.authorize(&c) }
+        },
+    );
+    let router = on_command(
+        router,
+        &config.command_topic,
+        move |c: Command<RefundPayment>| {
+            let service = Arc::clone(&refund);
+            async move { service.refund(&c) }
+        },
+    );
+    let processor = Processor::new(
+        kafka,
+        ProcessorConfig {
+            transactional_id: Some(config.transactional_id.clone()),
+            ..ProcessorConfig::new(&config.group_id, &config.dead_letter_topic)
+        },
+        router,
+        Publisher::new(kafka, "payment")?.observed(monitor),
+        monitor,
+    )?
+    .reloads(balances.clone())
+    .reloads(payments.clone());
+    let stats = processor.stats();
+    let task = tokio::spawn(processor.run(shutdown));
+    Ok(Running {
+        stats,
+        balances,
+        payments,
+        task,
+    })
+}

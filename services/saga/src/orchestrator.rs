@@ -1,0 +1,393 @@
+//! The orchestrator: runs any valid [`Definition`] on Kafka.
+//!
+//! It consumes the trigger topic and the saga's reply topic in exactly-once mode: each input
+//! updates the instance (kept in the compacted `saga.<name>.state` topic, restored on start)
+//! and publishes the resulting commands, progress and outcome in one transaction. Commands are
+//! built from the trigger's payload plus the step context (`sagaId`, `sagaName`, `step`,
+//! `attempt`) and carry a `reply-to` header naming the reply topic. Step deadlines are checked
+//! by a ticker that publishes [`StepTimedOut`] to the reply topic, so a deadline is handled in
+//! a transaction like any reply. Inputs of one saga never run at once (a lock per saga id),
+//! even when they arrive on different topics.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use sagashop_contracts::commands::{StepContext, StepFailed, StepSucceeded, StepTimedOut};
+use sagashop_contracts::events::SagaStepChanged;
+use sagashop_contracts::{Contract, Envelope, Metadata};
+use sagashop_kit::router::HandlerResult;
+use sagashop_kit::{
+    Error, FailurePolicy, HandlerError, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig,
+    Publisher, Record, Router, Stats, Store,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::definition::Definition;
+use crate::machine::{Action, Instance, Reply, Transition};
+
+/// The header on every command naming the topic its reply goes to.
+pub const REPLY_TO: &str = "reply-to";
+
+/// How an orchestrator runs.
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    /// The saga.
+    pub definition: Definition,
+    /// This member's transactional id: stable across its restarts, unique in the group.
+    pub transactional_id: String,
+    /// Where unreadable inputs go.
+    pub dead_letter_topic: String,
+    /// How often deadlines are checked.
+    pub tick: Duration,
+}
+
+impl OrchestratorConfig {
+    /// The consumer group of the saga's orchestrators.
+    pub fn group_id(&self) -> String {
+        format!("saga-{}", self.definition.name)
+    }
+}
+
+struct Orchestrator {
+    definition: Definition,
+    instances: Store<Instance>,
+    locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Orchestrator {
+    fn lock(&self, saga_id: &str) -> &tokio::sync::Mutex<()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        saga_id.hash(&mut hasher);
+        let slot = usize::try_from(hasher.finish() % self.locks.len() as u64).unwrap_or(0);
+        &self.locks[slot]
+    }
+
+    async fn on_trigger(&self, record: Record, metadata: Metadata) -> HandlerResult {
+        let saga_id = record
+            .key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                HandlerError::Permanent("a trigger needs a UTF-8 key: the saga id".into())
+            })?
+            .to_owned();
+        let trigger: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(record.payload.as_deref().unwrap_or_default()).map_err(|e| {
+                HandlerError::Permanent(format!("the trigger's payload is not a JSON object: {e}"))
+            })?;
+        let _held = self.lock(&saga_id).lock().await;
+        if self.instances.get(&saga_id).is_some() {
+            tracing::debug!(%saga_id, "trigger seen before; ignored");
+            return Ok(Vec::new());
+        }
+        let (instance, actions) = Instance::start(
+            &self.definition,
+            saga_id,
+            metadata.correlation_id.clone(),
+            trigger,
+            now(),
+        );
+        tracing::info!(saga = %self.definition.name, saga_id = %instance.saga_id, "saga started");
+        self.outputs(instance, &actions, &metadata)
+    }
+
+    async fn on_reply(
+        &self,
+        context: &StepContext,
+        command: &str,
+        reply: Reply,
+        metadata: &Metadata,
+    ) -> HandlerResult {
+        if context.saga_name != self.definition.name {
+            return Ok(Vec::new());
+        }
+        let _held = self.lock(&context.saga_id).lock().await;
+        let Some(mut instance) = self.instances.get(&context.saga_id) else {
+            if matches!(reply, Reply::TimedOut) {
+                return Ok(Vec::new());
+            }
+            // Cannot happen with transactional state, unless the state topic was lost or the
+            // reply is forged: retried, then dead-lettered, never silently dropped.
+            return Err(HandlerError::Transient(format!(
+                "no state for saga {} (yet)",
+                context.saga_id
+            )));
+        };
+        match instance.apply(
+            &self.definition,
+            &context.step,
+            command,
+            context.attempt,
+            &reply,
+            now(),
+        ) {
+            Transition::Ignored(why) => {
+                tracing::debug!(saga_id = %context.saga_id, step = %context.step, command, why, "reply ignored");
+                Ok(Vec::new())
+            }
+            Transition::Changed(actions) => self.outputs(instance, &actions, metadata),
+        }
+    }
+
+    /// The messages for `actions`, and the instance's new state, caused by `parent`.
+    fn outputs(&self, instance: Instance, actions: &[Action], parent: &Metadata) -> HandlerResult {
+        let d = &self.definition;
+        let mut outputs = Vec::with_capacity(actions.len() + 1);
+        let raw = |event_type: &str, payload: serde_json::Map<String, serde_json::Value>| {
+            let metadata = Metadata {
+                event_type: event_type.to_owned(),
+                schema_version: 1,
+                ..Metadata::caused_by::<SagaStepChanged>(parent)
+            };
+            let bytes = serde_json::to_vec(&payload)
+                .map_err(|e| HandlerError::Permanent(format!("encoding {event_type}: {e}")))?;
+            Ok::<_, HandlerError>(Outgoing::raw("", &instance.saga_id, &metadata, bytes))
+        };
+        for action in actions {
+            match action {
+                Action::Send {
+                    step,
+                    command,
+                    attempt,
+                } => {
+                    let step = &d.steps[*step];
+                    let mut payload = instance.trigger.clone();
+                    payload.insert("sagaId".into(), instance.saga_id.clone().into());
+                    payload.insert("sagaName".into(), d.name.clone().into());
+                    payload.insert("step".into(), step.name.clone().into());
+                    payload.insert("attempt".into(), (*attempt).into());
+                    let mut out = raw(command, payload)?.with_header(REPLY_TO, &d.reply_topic);
+                    out.topic = step.command_topic.clone();
+                    outputs.push(out);
+                }
+                Action::Progress(entry) => {
+                    if d.outcome.progress.is_none() {
+                        continue;
+                    }
+                    let event = SagaStepChanged {
+                        saga_id: instance.saga_id.clone(),
+                        saga_name: d.name.clone(),
+                        step: entry.step.clone(),
+                        phase: entry.phase,
+                        attempt: entry.attempt,
+                        detail: entry.detail.clone(),
+                        at: chrono::DateTime::from_timestamp_millis(entry.at).unwrap_or_default(),
+                    };
+                    let envelope = Envelope::caused_by(parent, instance.saga_id.clone(), event);
+                    outputs.push(
+                        Outgoing::event(&d.outcome.topic, &envelope)
+                            .map_err(|e| HandlerError::Permanent(e.to_string()))?,
+                    );
+                }
+                Action::Completed => {
+                    let mut payload = instance.trigger.clone();
+                    payload.insert("completedAt".into(), timestamp().into());
+                    let mut out = raw(&d.outcome.completed, payload)?;
+                    out.topic = d.outcome.topic.clone();
+                    tracing::info!(saga_id = %instance.saga_id, "saga completed");
+                    outputs.push(out);
+                }
+                Action::Cancelled(failure) => {
+                    let mut payload = instance.trigger.clone();
+                    payload.insert("reason".into(), failure.reason.clone().into());
+                    payload.insert("failedStep".into(), failure.failed_step.clone().into());
+                    payload.insert("cancelledAt".into(), timestamp().into());
+                    let mut out = raw(&d.outcome.cancelled, payload)?;
+                    out.topic = d.outcome.topic.clone();
+                    tracing::info!(saga_id = %instance.saga_id, reason = %failure.reason, step = %failure.failed_step, "saga cancelled");
+                    outputs.push(out);
+                }
+            }
+        }
+        let saga_id = instance.saga_id.clone();
+        outputs.push(
+            self.instances
+                .put(&saga_id, instance)
+                .map_err(|e| HandlerError::Transient(e.to_string()))?,
+        );
+        Ok(outputs)
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn timestamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A running orchestrator.
+pub struct Running {
+    /// The processor's counters.
+    pub stats: Arc<Stats>,
+    /// The saga instances (read-only use: reports and tests).
+    pub instances: Store<Instance>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// Waits for the orchestrator to stop (after its shutdown token is cancelled).
+    pub async fn stopped(self) -> Result<(), Error> {
+        self.task
+            .await
+            .map_err(|e| Error::Internal(format!("the orchestrator panicked: {e}")))?
+    }
+}
+
+/// Restores the saga state, then runs the orchestrator until `shutdown`.
+pub async fn start(
+    kafka: &KafkaConfig,
+    config: OrchestratorConfig,
+    monitor: &Monitor,
+    shutdown: CancellationToken,
+) -> Result<Running, Error> {
+    let d = config.definition.clone();
+    let instances: Store<Instance> =
+        Store::open(kafka, &format!("saga:{}", d.name), &d.state_topic, monitor).await?;
+    let orchestrator = Arc::new(Orchestrator {
+        definition: d.clone(),
+        instances: instances.clone(),
+        locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+    });
+    // Replies are retried in place while a saga's state is not visible, then dead-lettered.
+    let policy = FailurePolicy::default();
+    let router = {
+        let o = Arc::clone(&orchestrator);
+        let trigger = move |record: Record, metadata: Metadata| {
+            let o = Arc::clone(&o);
+            async move { o.on_trigger(record, metadata).await }
+        };
+        let o1 = Arc::clone(&orchestrator);
+        let o2 = Arc::clone(&orchestrator);
+        let o3 = Arc::clone(&orchestrator);
+        Router::new()
+            .on_raw(&d.trigger.topic, &d.trigger.event, policy, trigger)
+            .on(&d.reply_topic, move |env: Envelope<StepSucceeded>| {
+                let o = Arc::clone(&o1);
+                async move {
+                    let p = env.payload;
+                    o.on_reply(&p.context, &p.command, Reply::Succeeded, &env.metadata)
+                        .await
+                }
+            })
+            .on(&d.reply_topic, move |env: Envelope<StepFailed>| {
+                let o = Arc::clone(&o2);
+                async move {
+                    let p = env.payload;
+                    let reply = Reply::Failed {
+                        reason: p.reason,
+                        retryable: p.retryable,
+                    };
+                    o.on_reply(&p.context, &p.command, reply, &env.metadata)
+                        .await
+                }
+            })
+            .on(&d.reply_topic, move |env: Envelope<StepTimedOut>| {
+                let o = Arc::clone(&o3);
+                async move {
+                    let p = env.payload;
+                    o.on_reply(&p.context, &p.command, Reply::TimedOut, &env.metadata)
+                        .await
+                }
+            })
+    };
+    let processor_config = ProcessorConfig {
+        transactional_id: Some(config.transactional_id.clone()),
+        ..ProcessorConfig::new(config.group_id(), &config.dead_letter_topic)
+    };
+    let publisher = Publisher::new(kafka, "orchestrator")?.observed(monitor);
+    let processor = Processor::new(kafka, processor_config, router, publisher.clone(), monitor)?
+        .reloads(instances.clone());
+    let stats = processor.stats();
+    let ticker = tokio::spawn(tick(
+        Arc::clone(&orchestrator),
+        publisher,
+        config.tick,
+        shutdown.clone(),
+    ));
+    let task = tokio::spawn(async move {
+        let result = processor.run(shutdown).await;
+        ticker.abort();
+        result
+    });
+    Ok(Running {
+        stats,
+        instances,
+        task,
+    })
+}
+
+/// Publishes a [`StepTimedOut`] for every instance whose deadline passed, once per deadline
+/// (again after a while if it is still not handled).
+async fn tick(
+    orchestrator: Arc<Orchestrator>,
+    publisher: Publisher,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let d = &orchestrator.definition;
+    let sent: Mutex<HashMap<String, (i64, i64)>> = Mutex::default();
+    let resend_after = 10_000;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let now = now();
+        let due: Vec<Instance> = orchestrator
+            .instances
+            .entries()
+            .into_iter()
+            .map(|(_, i)| i)
+            .filter(|i| !i.status.is_final() && i.deadline <= now)
+            .filter(|i| {
+                let sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
+                sent.get(&i.saga_id)
+                    .is_none_or(|(deadline, at)| *deadline != i.deadline || now - at > resend_after)
+            })
+            .collect();
+        let mut outputs = Vec::with_capacity(due.len());
+        for instance in &due {
+            let Some(command) = instance.awaited_command(d) else {
+                continue;
+            };
+            let context = StepContext {
+                saga_id: instance.saga_id.clone(),
+                saga_name: d.name.clone(),
+                step: d.steps[instance.step].name.clone(),
+                attempt: instance.attempt,
+            };
+            let event = StepTimedOut {
+                context,
+                command: command.to_owned(),
+            };
+            let envelope = Envelope::new(&instance.saga_id, &instance.correlation_id, event);
+            match Outgoing::event(&d.reply_topic, &envelope) {
+                Ok(out) => outputs.push(out),
+                Err(e) => tracing::error!(error = %e, "encoding {}", StepTimedOut::EVENT_TYPE),
+            }
+        }
+        if outputs.is_empty() {
+            continue;
+        }
+        match publisher.send_all(&outputs).await {
+            Ok(_) => {
+                let mut sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
+                sent.retain(|id, _| {
+                    orchestrator
+                        .instances
+                        .get(id)
+                        .is_some_and(|i| !i.status.is_final())
+                });
+                for instance in &due {
+                    sent.insert(instance.saga_id.clone(), (instance.deadline, now));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not publish step deadlines; retrying"),
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The shipping participant: creates and cancels shipments per saga, and later ships and
+//! delivers them (`OrderShipped`, `OrderDelivered` on the shipping events topic) after
+//! configurable delays.
+//!
+//! Shipments are a store on a compacted topic keyed by saga id, changed in the same transaction
+//! as the reply; a cancellation that arrives before its creation is remembered so that the late
+//! creation is refused.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use sagashop_contracts::Envelope;
+use sagashop_contracts::commands::{CancelShipment, CreateShipment};
+use sagashop_contracts::events::{OrderDelivered, OrderShipped};
+use sagashop_kit::router::HandlerResult;
+use sagashop_kit::{
+    Error, HandlerError, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig, Publisher,
+    Router, Stats, Store,
+};
+use sagashop_saga::participant::{Command, Faults, on_command};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// How the shipping service runs.
+#[derive(Debug, Clone)]
+pub struct ShippingConfig {
+    /// Where its commands arrive.
+    pub command_topic: String,
+    /// Where `OrderShipped` and `OrderDelivered` go.
+    pub events_topic: String,
+    /// Shipments per saga (compacted).
+    pub shipments_topic: String,
+    /// Where unreadable commands go.
+    pub dead_letter_topic: String,
+    /// Its consumer group.
+    pub group_id: String,
+    /// This member's transactional id.
+    pub transactional_id: String,
+    /// From creation to `OrderShipped`.
+    pub ship_after: Duration,
+    /// From shipping to `OrderDelivered`.
+    pub deliver_after: Duration,
+    /// Injected transient failures.
+    pub faults: Faults,
+}
+
+/// A shipment's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "status")]
+pub enum Shipment {
+    /// Created, waiting to ship.
+    Created {
+        /// Its id.
+        shipment_id: String,
+        /// The order.
+        order_id: Uuid,
+        /// The correlation id of its saga.
+        correlation_id: String,
+        /// When it was created (Unix ms).
+        at: i64,
+    },
+    /// On its way.
+    Shipped {
+        /// Its id.
+        shipment_id: String,
+        /// The order.
+        order_id: Uuid,
+        /// The correlation id of its saga.
+        correlation_id: String,
+        /// When it shipped (Unix ms).
+        at: i64,
+    },
+    /// Arrived.
+    Delivered {
+        /// Its id.
+        shipment_id: String,
+    },
+    /// Cancelled (or cancelled before it was ever created).
+    Cancelled,
+}
+
+struct Shipping {
+    shipments: Store<Shipment>,
+    guard: Mutex<()>,
+    config: ShippingConfig,
+}
+
+impl Shipping {
+    fn create(&self, command: &Command<CreateShipment>) -> HandlerResult {
+        self.config.faults.maybe_fail()?;
+        let c = &command.envelope.payload;
+        let saga = &c.context.saga_id;
+        let _held = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
+        match self.shipments.get(saga) {
+            Some(Shipment::Cancelled) => {
+                return Ok(vec![command.failed(
+                    &c.context,
+                    "cancelled before it was created",
+                    false,
+                )?]);
+            }
+            Some(_) => {
+                return Ok(vec![
+                    command.succeeded(&c.context, Some("already created".into()))?,
+                ]);
+            }
+            None => {}
+        }
+        let shipment_id = format!("shp-{}", Uuid::now_v7().simple());
+        let shipment = Shipment::Created {
+            shipment_id: shipment_id.clone(),
+            order_id: c.order_id,
+            correlation_id: command.envelope.metadata.correlation_id.clone(),
+            at: chrono::Utc::now().timestamp_millis(),
+        };
+        Ok(vec![
+            self.shipments.put(saga, shipment).map_err(internal)?,
+            command.succeeded(&c.context, Some(shipment_id))?,
+        ])
+    }
+
+    fn cancel(&self, command: &Command<CancelShipment>) -> HandlerResult {
+        self.config.faults.maybe_fail()?;
+        let c = &command.envelope.payload;
+        let saga = &c.context.saga_id;
+        let _held = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
+        let (change, detail) = match self.shipments.get(saga) {
+            None | Some(Shipment::Created { .. }) => (Some(Shipment::Cancelled), None),
+            Some(Shipment::Cancelled) => (None, None),
+            Some(Shipment::Shipped { .. } | Shipment::Delivered { .. }) => {
+                (None, Some("already shipped; nothing to cancel".to_owned()))
+            }
+        };
+        let mut outputs = Vec::new();
+        if let Some(change) = change {
+            outputs.push(self.shipments.put(saga, change).map_err(internal)?);
+        }
+        outputs.push(command.succeeded(&c.context, detail)?);
+        Ok(outputs)
+    }
+
+    /// The shipments due to move on now, with the events and state changes that move them.
+    fn due(&self, now: i64) -> Result<Vec<Outgoing>, Error> {
+        let ship_after = millis(self.config.ship_after);
+        let deliver_after = millis(self.config.deliver_after);
+        let _held = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut outputs = Vec::new();
+        for (saga, shipment) in self.shipments.entries() {
+            match shipment {
+                Shipment::Created {
+                    shipment_id,
+                    order_id,
+                    correlation_id,
+                    at,
+                } if now - at >= ship_after => {
+                    let event = OrderShipped {
+                        order_id,
+                        shipment_id: shipment_id.clone(),
+                        shipped_at: chrono::Utc::now(),
+                    };
+                    let envelope = Envelope::new(&saga, &correlation_id, event);
+                    outputs.push(
+                        Outgoing::event(&self.config.events_topic, &envelope)
+                            .map_err(|e| Error::Internal(e.to_string()))?,
+                    );
+                    let shipped = Shipment::Shipped {
+                        shipment_id,
+                        order_id,
+                        correlation_id,
+                        at: now,
+                    };
+                    outputs.push(self.shipments.put(&saga, shipped)?);
+                }
+                Shipment::Shipped {
+                    shipment_id,
+                    order_id,
+                    correlation_id,
+                    at,
+                } if now - at >= deliver_after => {
+                    let event = OrderDelivered {
+                        order_id,
+                        shipment_id: shipment_id.clone(),
+                        delivered_at: chrono::Utc::now(),
+                    };
+                    let envelope = Envelope::new(&saga, &correlation_id, event);
+                    outputs.push(
+                        Outgoing::event(&self.config.events_topic, &envelope)
+                            .map_err(|e| Error::Internal(e.to_string()))?,
+                    );
+                    outputs.push(
+                        self.shipments
+                            .put(&saga, Shipment::Delivered { shipment_id })?,
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok(outputs)
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+fn internal(e: Error) -> HandlerError {
+    HandlerError::Transient(e.to_string())
+}
+
+/// A running shipping service.
+pub struct Running {
+    /// The processor's counters.
+    pub stats: Arc<Stats>,
+    /// Shipments per saga.
+    pub shipments: Store<Shipment>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// Waits for the service to stop (after its shutdown token is cancelled).
+    pub async fn stopped(self) -> Result<(), Error> {
+        self.task
+            .await
+            .map_err(|e| Error::Internal(format!("shipping panicked: {e}")))?
+    }
+}
+
+/// Restores shipments, then serves commands and moves shipments on until `shutdown`.
+pub async fn start(
+    kafka: &KafkaConfig,
+    config: ShippingConfig,
+    monitor: &Monitor,
+    shutdown: CancellationToken,
+) -> Result<Running, Error> {
+    let shipments: Store<Shipment> = Store::open(
+        kafka,
+        "shipping-shipments",
+        &config.shipments_topic,
+        monitor,
+    )
+    .await?;
+    let service = Arc::new(Shipping {
+        shipments: shipments.clone(),
+        guard: Mutex::new(()),
+        config: config.clone(),
+    });
+    let (create, cancel) = (Arc::clone(&service), Arc::clone(&service));
+    let router = on_command(
+        Router::new(),
+        &config.command_topic,
+        move |c: Command<CreateShipment>| {
+            let service = Arc::clone(&create);
+            async move { service.create(&c) }
+        },
+    );
+    let router = on_command(
+        router,
+        &config.command_topic,
+        move |c: Command<CancelShipment>| {
+            let service = Arc::clone(&cancel);
+            async move { service.cancel(&c) }
+        },
+    );
+    let publisher = Publisher::new(kafka, "shipping")?.observed(monitor);
+    let processor = Processor::new(
+        kafka,
+        ProcessorConfig {
+            transactional_id: Some(config.transactional_id.clone()),
+            ..ProcessorConfig::new(&config.group_id, &config.dead_letter_topic)
+        },
+        router,
+        publisher.clone(),
+        monitor,
+    )?
+    .reloads(shipments.clone());
+    let stats = processor.stats();
+    // Shipping and delivering happen later, outside any command: at least once, which is
+    // what a customer notification can dedupe.
+    let mover = {
+        let (service, shutdown) = (Arc::clone(&service), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                match service.due(chrono::Utc::now().timestamp_millis()) {
+                    Ok(outputs) if outputs.is_empty() => {}
+                    Ok(outputs) => {
+                        if let Err(e) = publisher.send_all(&outputs).await {
+                            tracing::warn!(error = %e, "could not publish shipment progress; restarting from the store");
+                            if let Err(e) = service.shipments.reload().await {
+                                tracing::warn!(error = %e, "reloading shipments");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "moving shipments on"),
+                }
+            }
+        })
+    };
+    let task = tokio::spawn(async move {
+        let result = processor.run(shutdown).await;
+        mover.abort();
+        result
+    });
+    Ok(Running {
+        stats,
+        shipments,
+        task,
+    })
+}
