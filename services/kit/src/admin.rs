@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::Error;
+use crate::{Error, KafkaConfig};
 
 /// A topic to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,4 +83,58 @@ pub async fn create_topics(
             Err((topic, code)) => Err(Error::TopicRefused { topic, code }),
         })
         .collect()
+}
+
+/// Waits until every topic in `names` is in the cluster metadata with a leader for each
+/// partition: a topic is usable a moment after its creation is acknowledged, not at once.
+pub async fn wait_for_leaders(
+    kafka: &KafkaConfig,
+    names: Vec<String>,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let client: BaseProducer =
+        kafka
+            .admin("topic-metadata")
+            .create()
+            .map_err(|cause| Error::Client {
+                what: "metadata client",
+                cause,
+            })?;
+    let waiting = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let metadata = client
+                .client()
+                .fetch_metadata(None, timeout)
+                .map_err(|cause| Error::Admin {
+                    action: "read topic metadata",
+                    cause,
+                })?;
+            let missing: Vec<&String> = names
+                .iter()
+                .filter(|name| {
+                    !metadata.topics().iter().any(|t| {
+                        t.name() == name.as_str()
+                            && t.error().is_none()
+                            && !t.partitions().is_empty()
+                            && t.partitions()
+                                .iter()
+                                .all(|p| p.leader() >= 0 && p.error().is_none())
+                    })
+                })
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Internal(format!(
+                    "topics created but without partition leaders after {timeout:?}: {missing:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    waiting
+        .await
+        .map_err(|e| Error::Internal(format!("waiting for topic leaders panicked: {e}")))?
 }

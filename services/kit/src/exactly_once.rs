@@ -268,10 +268,23 @@ async fn run_batch(
                     Disposition::Unknown | Disposition::Duplicate | Disposition::Parked => &[],
                 };
                 for out in outputs {
-                    let sent = txn
-                        .send_result(Publisher::record(out))
-                        .map_err(|(cause, _)| PublishError::classify(&out.topic, cause))?;
-                    deliveries.push((out.topic.clone(), sent));
+                    let mut sent = None;
+                    let mut enqueue = |record: &crate::publisher::Outgoing| {
+                        sent = Some(
+                            txn.send_result(Publisher::record(record))
+                                .map_err(|(cause, _)| PublishError::classify(&record.topic, cause)),
+                        );
+                    };
+                    if !shared
+                        .stores()
+                        .iter()
+                        .any(|s| s.enqueue_current(out, &mut enqueue))
+                    {
+                        enqueue(out);
+                    }
+                    if let Some(sent) = sent {
+                        deliveries.push((out.topic.clone(), sent?));
+                    }
                 }
                 done.push((record, disposition));
             }

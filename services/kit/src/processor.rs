@@ -222,9 +222,16 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) monitor: Monitor,
     pub(crate) shutdown: CancellationToken,
+    /// Every store the handlers write, set when the processor runs: their changelog records
+    /// are written with the store's current value (see `Reload::enqueue_current`).
+    pub(crate) stores: std::sync::OnceLock<Vec<Arc<dyn Reload>>>,
 }
 
 impl Shared {
+    pub(crate) fn stores(&self) -> &[Arc<dyn Reload>] {
+        self.stores.get().map_or(&[], Vec::as_slice)
+    }
+
     fn labels(&self, record: &Record) -> HandlerLabels {
         HandlerLabels {
             group: self.config.group_id.clone(),
@@ -430,6 +437,7 @@ impl Processor {
                 stats: Arc::default(),
                 monitor: monitor.clone(),
                 shutdown,
+                stores: std::sync::OnceLock::new(),
             }),
             transactional_producer,
             stores,
@@ -462,6 +470,8 @@ impl Processor {
     }
 
     async fn consume(self, shutdown: CancellationToken) -> Result<(), Error> {
+        // Set once, here: `run` consumes the processor.
+        let _ = self.shared.stores.set(self.stores.clone());
         if let Some(producer) = self.transactional_producer.clone() {
             let result = crate::exactly_once::run(
                 Arc::clone(&self.consumer),
@@ -1119,7 +1129,11 @@ async fn publish(shared: &Shared, outputs: &[Outgoing]) -> Result<Vec<Delivered>
     let outage = RetryPolicy::unbounded(Duration::from_millis(200), Duration::from_secs(5));
     let mut attempt = 1;
     loop {
-        match shared.publisher.send_all(outputs).await {
+        match shared
+            .publisher
+            .send_all_sequenced(outputs, shared.stores())
+            .await
+        {
             Ok(delivered) => return Ok(delivered),
             Err(e) if e.is_unavailable() && !shared.shutdown.is_cancelled() => {
                 tracing::warn!(error = %e, attempt, "Kafka unavailable while publishing; waiting");

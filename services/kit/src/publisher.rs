@@ -1,6 +1,7 @@
 //! Publishing: records leave only with the broker's acknowledgement, or with an error that says
 //! whether trying later can help.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -9,6 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagashop_contracts::{Contract, EncodeError, Envelope, Metadata};
 
 use crate::monitor::{Monitor, TopicLabels, seconds};
+use crate::store::Reload;
 use crate::{Error, KafkaConfig};
 use tracing::Instrument;
 
@@ -224,14 +226,33 @@ impl Publisher {
     /// keep their order (they are enqueued in order and the producer is idempotent). Returns
     /// the first error after every record has an answer.
     pub async fn send_all(&self, outs: &[Outgoing]) -> Result<Vec<Delivered>, PublishError> {
+        self.send_all_sequenced(outs, &[]).await
+    }
+
+    /// Like [`Publisher::send_all`], writing records of the `stores`' changelogs with each
+    /// store's current value for the key (see [`Reload::enqueue_current`]).
+    pub async fn send_all_sequenced(
+        &self,
+        outs: &[Outgoing],
+        stores: &[Arc<dyn Reload>],
+    ) -> Result<Vec<Delivered>, PublishError> {
         let started = tokio::time::Instant::now();
         let mut pending = Vec::with_capacity(outs.len());
         for out in outs {
-            let enqueued = self
-                .producer
-                .send_result(Self::record(out))
-                .map_err(|(cause, _)| PublishError::classify(&out.topic, cause));
-            pending.push((out, enqueued));
+            let mut enqueued = None;
+            let mut enqueue = |record: &Outgoing| {
+                enqueued = Some(
+                    self.producer
+                        .send_result(Self::record(record))
+                        .map_err(|(cause, _)| PublishError::classify(&record.topic, cause)),
+                );
+            };
+            if !stores.iter().any(|s| s.enqueue_current(out, &mut enqueue)) {
+                enqueue(out);
+            }
+            if let Some(enqueued) = enqueued {
+                pending.push((out, enqueued));
+            }
         }
         let mut delivered = Vec::with_capacity(outs.len());
         let mut first_error = None;

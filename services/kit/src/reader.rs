@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::router::Record;
@@ -30,24 +31,50 @@ pub async fn read_to_end(
             cause,
         };
         let consumer: BaseConsumer = config.create().map_err(client)?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), timeout)
-            .map_err(client)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .ok_or_else(|| Error::InvalidConfig {
+        let deadline = std::time::Instant::now() + timeout;
+        // A topic created a moment ago may not have partition leaders yet: wait for them.
+        let settling = |e: &KafkaError| {
+            matches!(
+                e.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::NotLeaderForPartition
+                        | RDKafkaErrorCode::LeaderNotAvailable
+                        | RDKafkaErrorCode::UnknownLeaderEpoch
+                )
+            ) && std::time::Instant::now() < deadline
+        };
+        let partitions: Vec<i32> = loop {
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(client)?;
+            let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                break Vec::new();
+            };
+            match found.error().map(RDKafkaErrorCode::from) {
+                None => break found.partitions().iter().map(|p| p.id()).collect(),
+                Some(RDKafkaErrorCode::LeaderNotAvailable)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Some(_) => break Vec::new(),
+            }
+        };
+        if partitions.is_empty() {
+            return Err(Error::InvalidConfig {
                 setting: "--topic",
                 reason: format!("topic `{topic}` does not exist"),
-            })?;
+            });
+        }
         let mut assignment = TopicPartitionList::new();
         let mut ends = Vec::new();
         for partition in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, partition, timeout)
-                .map_err(client)?;
+            let (low, high) = loop {
+                match consumer.fetch_watermarks(&topic, partition, timeout) {
+                    Err(e) if settling(&e) => std::thread::sleep(Duration::from_millis(100)),
+                    other => break other.map_err(client)?,
+                }
+            };
             if high > low {
                 assignment
                     .add_partition_offset(&topic, partition, Offset::Offset(low))
@@ -60,7 +87,6 @@ pub async fn read_to_end(
             return Ok(records);
         }
         consumer.assign(&assignment).map_err(client)?;
-        let deadline = std::time::Instant::now() + timeout;
         // Done when every partition's position (the next offset to read) reached the end seen at
         // the start. Positions also move past transaction markers, which are never delivered.
         let done = |consumer: &BaseConsumer| -> Result<bool, Error> {

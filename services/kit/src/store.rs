@@ -185,6 +185,16 @@ where
 pub trait Reload: Send + Sync {
     /// Replaces in-memory state with what Kafka committed.
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>>;
+
+    /// When `out` is a record of this store's changelog, hands `enqueue` a copy carrying the
+    /// store's *current* value for its key (a tombstone if it was deleted), while holding the
+    /// store's lock, and returns `true`; otherwise returns `false` and does nothing.
+    ///
+    /// Handlers of different records may change one key (a product's stock) one after the
+    /// other and have their outputs enqueued in the opposite order; writing the value of
+    /// the moment of enqueueing keeps the changelog's last record equal to memory, so a
+    /// restore never resurrects an older value.
+    fn enqueue_current(&self, out: &Outgoing, enqueue: &mut dyn FnMut(&Outgoing)) -> bool;
 }
 
 impl<V> Reload for Store<V>
@@ -193,5 +203,27 @@ where
 {
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>> {
         Box::pin(Store::reload(self))
+    }
+
+    fn enqueue_current(&self, out: &Outgoing, enqueue: &mut dyn FnMut(&Outgoing)) -> bool {
+        if out.topic != self.topic {
+            return false;
+        }
+        let Some(key) = out.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) else {
+            return false;
+        };
+        let entries = self.lock();
+        let payload = match entries.get(key) {
+            // The value encoded when it was put; encoding it again cannot fail differently.
+            Some(value) => serde_json::to_vec(value)
+                .ok()
+                .or_else(|| out.payload.clone()),
+            None => None,
+        };
+        enqueue(&Outgoing {
+            payload,
+            ..out.clone()
+        });
+        true
     }
 }

@@ -474,3 +474,27 @@ async fn a_business_key_dedupes_different_messages_with_the_same_effect() {
     keys.sort();
     assert_eq!(keys, ["order-1/s", "order-2/s"]);
 }
+
+#[tokio::test]
+async fn changelog_records_enqueued_out_of_order_still_end_with_the_latest_value() {
+    let kafka = TestKafka::connect().await;
+    let topic = changelog(&kafka, "sequenced").await;
+    let store: Store<i64> = Store::open(&kafka.config, "stock", &topic, &Monitor::new())
+        .await
+        .unwrap();
+    // Two handlers change one product's stock one after the other; their outputs reach the
+    // producer in the opposite order.
+    let first = store.put("sku-1", 9).unwrap();
+    let second = store.put("sku-1", 8).unwrap();
+    let stores: [std::sync::Arc<dyn sagashop_kit::store::Reload>; 1] =
+        [std::sync::Arc::new(store.clone())];
+    Publisher::new(&kafka.config, "test")
+        .unwrap()
+        .send_all_sequenced(&[second, first], &stores)
+        .await
+        .unwrap();
+    let restored: Store<i64> = Store::open(&kafka.config, "stock", &topic, &Monitor::new())
+        .await
+        .unwrap();
+    assert_eq!(restored.get("sku-1"), Some(8));
+}

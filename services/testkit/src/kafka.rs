@@ -53,6 +53,13 @@ impl TestKafka {
         create_topics(&admin, std::slice::from_ref(&spec), Duration::from_secs(30))
             .await
             .unwrap_or_else(|e| panic!("creating test topic {}: {e}", spec.name));
+        sagashop_kit::admin::wait_for_leaders(
+            &self.config,
+            vec![spec.name.clone()],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("test topic {} has no leader: {e}", spec.name));
     }
 
     /// A producer with the services' settings.
