@@ -41,12 +41,14 @@ pub struct OrchestratorConfig {
     pub dead_letter_topic: String,
     /// How often deadlines are checked.
     pub tick: Duration,
+    /// Prepended to the consumer group id (to share one cluster between systems).
+    pub group_prefix: String,
 }
 
 impl OrchestratorConfig {
     /// The consumer group of the saga's orchestrators.
     pub fn group_id(&self) -> String {
-        format!("saga-{}", self.definition.name)
+        format!("{}saga-{}", self.group_prefix, self.definition.name)
     }
 }
 

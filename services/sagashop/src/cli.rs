@@ -59,6 +59,19 @@ pub(crate) enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Run every service in one process against Kafka: creates the topics, serves the HTTP API
+    /// and `/healthz` `/readyz` `/metrics`, and prints a one-line summary. Ctrl-C stops it.
+    Dev(crate::system::SystemArgs),
+    /// Run the HTTP edge and order read model.
+    Order(crate::system::SystemArgs),
+    /// Run the saga orchestrator.
+    Orchestrator(crate::system::SystemArgs),
+    /// Run the inventory participant.
+    Inventory(crate::system::SystemArgs),
+    /// Run the payment participant.
+    Payment(crate::system::SystemArgs),
+    /// Run the shipping participant.
+    Shipping(crate::system::SystemArgs),
     /// Write the JSON Schema of every event and command version into a directory.
     Schemas {
         /// The directory to write into (created if missing).

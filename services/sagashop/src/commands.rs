@@ -7,6 +7,7 @@ use anyhow::Context;
 use sagashop_kit::{ClusterInfo, KafkaConfig};
 
 use crate::cli::{Command, EX_CANTCREAT, EX_IOERR, EX_UNAVAILABLE, EX_USAGE};
+use crate::system::Service;
 
 /// A failed command: the error to print and the exit code to leave with.
 pub(crate) struct Failure {
@@ -37,6 +38,15 @@ pub(crate) async fn run(command: Command) -> Result<(), Failure> {
             timeout,
             action,
         } => crate::dlq::run(&kafka, topic, timeout, action).await,
+        Command::Dev(mut args) => {
+            args.create_topics = true;
+            crate::system::run(&Service::ALL, args).await
+        }
+        Command::Order(args) => crate::system::run(&[Service::Order], args).await,
+        Command::Orchestrator(args) => crate::system::run(&[Service::Orchestrator], args).await,
+        Command::Inventory(args) => crate::system::run(&[Service::Inventory], args).await,
+        Command::Payment(args) => crate::system::run(&[Service::Payment], args).await,
+        Command::Shipping(args) => crate::system::run(&[Service::Shipping], args).await,
     }
 }
 

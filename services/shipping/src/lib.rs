@@ -13,6 +13,7 @@ use sagashop_contracts::Envelope;
 use sagashop_contracts::commands::{CancelShipment, CreateShipment};
 use sagashop_contracts::events::{OrderDelivered, OrderShipped};
 use sagashop_kit::router::HandlerResult;
+use sagashop_kit::store::Reload;
 use sagashop_kit::{
     Error, HandlerError, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig, Publisher,
     Router, Stats, Store,
@@ -288,7 +289,8 @@ pub async fn start(
                 match service.due(chrono::Utc::now().timestamp_millis()) {
                     Ok(outputs) if outputs.is_empty() => {}
                     Ok(outputs) => {
-                        if let Err(e) = publisher.send_all(&outputs).await {
+                        let stores: [Arc<dyn Reload>; 1] = [Arc::new(service.shipments.clone())];
+                        if let Err(e) = publisher.send_all_sequenced(&outputs, &stores).await {
                             tracing::warn!(error = %e, "could not publish shipment progress; restarting from the store");
                             if let Err(e) = service.shipments.reload().await {
                                 tracing::warn!(error = %e, "reloading shipments");

@@ -1,0 +1,391 @@
+//! The order service: the HTTP edge (`POST /api/orders`, `GET /api/orders[/{id}]`) and the order
+//! read model behind it.
+//!
+//! `POST` answers `202` only after the broker acknowledged `OrderPlaced`; when Kafka cannot
+//! take it, `503` with `Retry-After`, and nothing was written. An `Idempotency-Key` header makes
+//! a retried request return the first request's order id without writing anything new (keys are
+//! kept in a compacted topic, so this survives restarts). Refusals are
+//! `application/problem+json` naming the offending field.
+
+pub mod request;
+pub mod view;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Json;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use sagashop_contracts::Envelope;
+use sagashop_contracts::events::{
+    OrderCancelled, OrderCompleted, OrderDelivered, OrderPlaced, OrderShipped, SagaStepChanged,
+};
+use sagashop_kit::{
+    Error, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig, PublishError, Publisher,
+    Router, Stats, Store,
+};
+
+use crate::request::Refusal;
+use crate::view::{OrderStatus, View};
+
+/// How the order service runs.
+#[derive(Debug, Clone)]
+pub struct OrderConfig {
+    /// Where `OrderPlaced` goes (the saga's trigger topic).
+    pub orders_topic: String,
+    /// Where outcomes and progress arrive.
+    pub outcome_topic: String,
+    /// Where `OrderShipped` / `OrderDelivered` arrive.
+    pub shipping_topic: String,
+    /// Idempotency keys → order ids (compacted).
+    pub idempotency_topic: String,
+    /// Where unreadable events go.
+    pub dead_letter_topic: String,
+    /// The read model's consumer group prefix (a fresh group per start rebuilds it).
+    pub view_group: String,
+    /// The largest body accepted, in bytes.
+    pub body_limit: usize,
+    /// The most items in one order.
+    pub max_items: usize,
+    /// What `Retry-After` says when Kafka is unavailable, in seconds.
+    pub retry_after_secs: u32,
+}
+
+struct Edge {
+    publisher: Publisher,
+    idempotency: Store<String>,
+    view: Arc<View>,
+    config: OrderConfig,
+    accepted: AtomicU64,
+    locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// A running order service.
+pub struct Running {
+    /// The HTTP API (mount it next to the ops router).
+    pub api: axum::Router,
+    /// The read model.
+    pub view: Arc<View>,
+    /// Orders accepted by this process.
+    pub accepted: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// The read model's counters.
+    pub stats: Arc<Stats>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// Waits for the read model to stop (after its shutdown token is cancelled).
+    pub async fn stopped(self) -> Result<(), Error> {
+        self.task
+            .await
+            .map_err(|e| Error::Internal(format!("the order read model panicked: {e}")))?
+    }
+}
+
+/// Restores the idempotency keys, starts rebuilding the read model, and returns the API.
+pub async fn start(
+    kafka: &KafkaConfig,
+    config: OrderConfig,
+    monitor: &Monitor,
+    shutdown: CancellationToken,
+) -> Result<Running, Error> {
+    let idempotency: Store<String> = Store::open(
+        kafka,
+        "order-idempotency",
+        &config.idempotency_topic,
+        monitor,
+    )
+    .await?;
+    let view = Arc::new(View::default());
+    let router = {
+        let (v1, v2, v3, v4, v5, v6) = (
+            Arc::clone(&view),
+            Arc::clone(&view),
+            Arc::clone(&view),
+            Arc::clone(&view),
+            Arc::clone(&view),
+            Arc::clone(&view),
+        );
+        Router::new()
+            .on(&config.orders_topic, move |e: Envelope<OrderPlaced>| {
+                v1.placed(&e.payload);
+                async { Ok(vec![]) }
+            })
+            .on(&config.outcome_topic, move |e: Envelope<OrderCompleted>| {
+                v2.completed(&e.payload);
+                async { Ok(vec![]) }
+            })
+            .on(&config.outcome_topic, move |e: Envelope<OrderCancelled>| {
+                v3.cancelled(&e.payload);
+                async { Ok(vec![]) }
+            })
+            .on(
+                &config.outcome_topic,
+                move |e: Envelope<SagaStepChanged>| {
+                    v4.step(&e.payload);
+                    async { Ok(vec![]) }
+                },
+            )
+            .on(&config.shipping_topic, move |e: Envelope<OrderShipped>| {
+                v5.shipped(&e.payload);
+                async { Ok(vec![]) }
+            })
+            .on(
+                &config.shipping_topic,
+                move |e: Envelope<OrderDelivered>| {
+                    v6.delivered(&e.payload);
+                    async { Ok(vec![]) }
+                },
+            )
+    };
+    // A fresh group each start: the view is rebuilt from the beginning of every topic.
+    let group = format!("{}-{}", config.view_group, Uuid::now_v7().simple());
+    let publisher = Publisher::new(kafka, "order")?.observed(monitor);
+    let processor = Processor::new(
+        kafka,
+        ProcessorConfig::new(group, &config.dead_letter_topic),
+        router,
+        publisher.clone(),
+        monitor,
+    )?;
+    let stats = processor.stats();
+    let task = tokio::spawn(processor.run(shutdown));
+    let edge = Arc::new(Edge {
+        publisher,
+        idempotency,
+        view: Arc::clone(&view),
+        config,
+        accepted: AtomicU64::new(0),
+        locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+    });
+    let accepted = {
+        let edge = Arc::clone(&edge);
+        Arc::new(move || edge.accepted.load(Ordering::Relaxed))
+    };
+    let api = axum::Router::new()
+        .route("/api/orders", get(list).post(place))
+        .route("/api/orders/{id}", get(show))
+        .with_state(edge);
+    Ok(Running {
+        api,
+        view,
+        accepted,
+        stats,
+        task,
+    })
+}
+
+/// An `application/problem+json` answer (RFC 9457).
+fn problem(status: StatusCode, title: &str, detail: &str, field: Option<&str>) -> Response {
+    let mut body = serde_json::json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if let Some(field) = field {
+        body["field"] = field.into();
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Response {
+    let key = match idempotency_key(request.headers()) {
+        Ok(key) => key,
+        Err(response) => return *response,
+    };
+    let Ok(body) = axum::body::to_bytes(request.into_body(), edge.config.body_limit).await else {
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Body too large",
+            &format!("the body exceeds {} bytes", edge.config.body_limit),
+            None,
+        );
+    };
+    let order = match request::parse(&body, edge.config.max_items) {
+        Ok(order) => order,
+        Err(Refusal::Malformed(detail)) => {
+            return problem(StatusCode::BAD_REQUEST, "Malformed body", &detail, None);
+        }
+        Err(Refusal::Invalid { field, detail }) => {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid order",
+                &format!("{field}: {detail}"),
+                Some(&field),
+            );
+        }
+    };
+    // One request per key at a time, so a retry racing its original still gets one order.
+    let _held = match &key {
+        Some(key) => Some(edge.lock(key).lock().await),
+        None => None,
+    };
+    if let Some(order_id) = key.as_deref().and_then(|k| edge.idempotency.get(k)) {
+        return accepted_response(&order_id);
+    }
+    let order_id = Uuid::now_v7();
+    let event = OrderPlaced {
+        order_id,
+        customer_id: order.customer_id,
+        items: order.items,
+        currency: order.currency,
+        total_minor: order.total_minor,
+        placed_at: chrono::Utc::now(),
+    };
+    let envelope = Envelope::new(order_id.to_string(), order_id.to_string(), event);
+    match edge
+        .publisher
+        .publish(&edge.config.orders_topic, &envelope)
+        .await
+    {
+        Ok(_) => {}
+        Err(e @ PublishError::Unavailable { .. }) => {
+            tracing::warn!(error = %e, "order not accepted: Kafka unavailable");
+            let mut response = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Kafka unavailable",
+                "the order was not accepted and nothing was written; try again later",
+                None,
+            );
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(edge.config.retry_after_secs),
+            );
+            return response;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "order not accepted");
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Order not accepted",
+                &e.to_string(),
+                None,
+            );
+        }
+    }
+    edge.view.placed(&envelope.payload);
+    edge.accepted.fetch_add(1, Ordering::Relaxed);
+    if let Some(key) = &key {
+        remember(&edge, key, order_id).await;
+    }
+    accepted_response(&order_id.to_string())
+}
+
+/// Keeps `key → order id`. The order is already placed, so a failure here still answers
+/// `202`: memory answers retries in this process; only a retry after a restart could place the
+/// order a second time, and the log says so.
+async fn remember(edge: &Edge, key: &str, order_id: Uuid) {
+    let record: Result<Outgoing, Error> = edge.idempotency.put(key, order_id.to_string());
+    let sent = match record {
+        Ok(record) => edge
+            .publisher
+            .send(&record)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, %order_id, "idempotency key not persisted; a retry after a restart would place the order again");
+    }
+}
+
+impl Edge {
+    fn lock(&self, key: &str) -> &tokio::sync::Mutex<()> {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        let slot = usize::try_from(hasher.finish() % self.locks.len() as u64).unwrap_or(0);
+        &self.locks[slot]
+    }
+}
+
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the HTTP answer itself, built once per request"
+)]
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= 128 => Ok(Some(key.to_owned())),
+        _ => Err(Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid Idempotency-Key",
+            "Idempotency-Key must be 1 to 128 visible ASCII characters",
+            Some("Idempotency-Key"),
+        ))),
+    }
+}
+
+fn accepted_response(order_id: &str) -> Response {
+    let location = format!("/api/orders/{order_id}");
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(serde_json::json!({ "orderId": order_id, "status": "PENDING" })),
+    )
+        .into_response()
+}
+
+async fn show(State(edge): State<Arc<Edge>>, Path(id): Path<String>) -> Response {
+    let order = id.parse::<Uuid>().ok().and_then(|id| edge.view.get(&id));
+    match order {
+        Some(order) => Json(order).into_response(),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            "Unknown order",
+            &format!("no order `{id}`"),
+            None,
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list(State(edge): State<Arc<Edge>>, Query(query): Query<ListQuery>) -> Response {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => match OrderStatus::parse(text) {
+            Some(status) => Some(status),
+            None => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid status",
+                    "status must be PENDING, COMPLETED or CANCELLED",
+                    Some("status"),
+                );
+            }
+        },
+    };
+    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
+        None => 20,
+        Some(Ok(limit)) if (1..=1000).contains(&limit) => limit,
+        Some(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid limit",
+                "limit must be a number from 1 to 1000",
+                Some("limit"),
+            );
+        }
+    };
+    Json(serde_json::json!({ "orders": edge.view.recent(status, limit) })).into_response()
+}

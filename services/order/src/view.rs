@@ -1,0 +1,259 @@
+//! The order read model (the query side): every order's status, reason and step history, built
+//! from the order, outcome and shipping topics.
+//!
+//! Events of one order arrive on different topics, so in any order: an outcome may come before
+//! its `OrderPlaced`. The view never moves a final status back to `PENDING` and ignores a
+//! history line it already has, so replays and duplicates change nothing.
+
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use sagashop_contracts::events::{
+    OrderCancelled, OrderCompleted, OrderDelivered, OrderItem, OrderPlaced, OrderShipped,
+    SagaStepChanged, StepPhase,
+};
+
+/// Where an order is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    /// Accepted; the saga runs.
+    Pending,
+    /// Every step succeeded.
+    Completed,
+    /// Compensated after a failure.
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Parses `PENDING`, `COMPLETED` or `CANCELLED`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "PENDING" => Some(Self::Pending),
+            "COMPLETED" => Some(Self::Completed),
+            "CANCELLED" => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// One line of an order's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryLine {
+    /// The saga step.
+    pub step: String,
+    /// What happened.
+    pub phase: StepPhase,
+    /// Which attempt.
+    pub attempt: u32,
+    /// A reason, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Where the shipment is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShipmentView {
+    /// Its id.
+    pub shipment_id: String,
+    /// `SHIPPED` or `DELIVERED`.
+    pub status: &'static str,
+    /// When it got there.
+    pub at: DateTime<Utc>,
+}
+
+/// What `GET /api/orders/{id}` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    /// The order.
+    pub order_id: Uuid,
+    /// Where it is.
+    pub status: OrderStatus,
+    /// Who ordered (unknown until `OrderPlaced` is seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    /// What.
+    pub items: Vec<OrderItem>,
+    /// The total, in minor units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_minor: Option<i64>,
+    /// The currency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// When it was placed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placed_at: Option<DateTime<Utc>>,
+    /// When it reached its status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why it was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Which step failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_step: Option<String>,
+    /// Its shipment, once shipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shipment: Option<ShipmentView>,
+    /// The saga's steps, oldest first.
+    pub history: Vec<HistoryLine>,
+}
+
+impl OrderView {
+    fn empty(order_id: Uuid) -> Self {
+        Self {
+            order_id,
+            status: OrderStatus::Pending,
+            customer_id: None,
+            items: Vec::new(),
+            total_minor: None,
+            currency: None,
+            placed_at: None,
+            finished_at: None,
+            reason: None,
+            failed_step: None,
+            shipment: None,
+            history: Vec::new(),
+        }
+    }
+}
+
+/// Every order, in memory.
+#[derive(Debug, Default)]
+pub struct View {
+    orders: RwLock<HashMap<Uuid, OrderView>>,
+}
+
+impl View {
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<Uuid, OrderView>> {
+        self.orders.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Uuid, OrderView>> {
+        self.orders.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with(&self, order_id: Uuid, change: impl FnOnce(&mut OrderView)) {
+        let mut orders = self.write();
+        change(
+            orders
+                .entry(order_id)
+                .or_insert_with(|| OrderView::empty(order_id)),
+        );
+    }
+
+    /// One order.
+    pub fn get(&self, order_id: &Uuid) -> Option<OrderView> {
+        self.read().get(order_id).cloned()
+    }
+
+    /// Orders with `status` (any when `None`), newest first, at most `limit`.
+    pub fn recent(&self, status: Option<OrderStatus>, limit: usize) -> Vec<OrderView> {
+        let mut orders: Vec<OrderView> = self
+            .read()
+            .values()
+            .filter(|o| status.is_none_or(|s| o.status == s))
+            .cloned()
+            .collect();
+        orders.sort_by(|a, b| {
+            b.placed_at
+                .cmp(&a.placed_at)
+                .then(b.order_id.cmp(&a.order_id))
+        });
+        orders.truncate(limit);
+        orders
+    }
+
+    /// How many orders have each status: (pending, completed, cancelled).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        self.read()
+            .values()
+            .fold((0, 0, 0), |(p, c, x), o| match o.status {
+                OrderStatus::Pending => (p + 1, c, x),
+                OrderStatus::Completed => (p, c + 1, x),
+                OrderStatus::Cancelled => (p, c, x + 1),
+            })
+    }
+
+    /// An order was placed.
+    pub fn placed(&self, event: &OrderPlaced) {
+        self.with(event.order_id, |o| {
+            o.customer_id = Some(event.customer_id.clone());
+            o.items.clone_from(&event.items);
+            o.total_minor = Some(event.total_minor);
+            o.currency = Some(event.currency.clone());
+            o.placed_at = Some(event.placed_at);
+        });
+    }
+
+    /// Its saga completed.
+    pub fn completed(&self, event: &OrderCompleted) {
+        self.with(event.order_id, |o| {
+            o.status = OrderStatus::Completed;
+            o.finished_at = Some(event.completed_at);
+        });
+    }
+
+    /// Its saga was cancelled.
+    pub fn cancelled(&self, event: &OrderCancelled) {
+        self.with(event.order_id, |o| {
+            o.status = OrderStatus::Cancelled;
+            o.reason = Some(event.reason.clone());
+            o.failed_step = Some(event.failed_step.clone());
+            o.finished_at = Some(event.cancelled_at);
+        });
+    }
+
+    /// A step of its saga changed.
+    pub fn step(&self, event: &SagaStepChanged) {
+        let Ok(order_id) = event.saga_id.parse::<Uuid>() else {
+            return;
+        };
+        let line = HistoryLine {
+            step: event.step.clone(),
+            phase: event.phase,
+            attempt: event.attempt,
+            detail: event.detail.clone(),
+            at: event.at,
+        };
+        self.with(order_id, |o| {
+            if !o.history.contains(&line) {
+                o.history.push(line);
+                o.history.sort_by_key(|l| l.at);
+            }
+        });
+    }
+
+    /// It shipped.
+    pub fn shipped(&self, event: &OrderShipped) {
+        self.with(event.order_id, |o| {
+            if o.shipment.as_ref().is_none_or(|s| s.status != "DELIVERED") {
+                o.shipment = Some(ShipmentView {
+                    shipment_id: event.shipment_id.clone(),
+                    status: "SHIPPED",
+                    at: event.shipped_at,
+                });
+            }
+        });
+    }
+
+    /// It arrived.
+    pub fn delivered(&self, event: &OrderDelivered) {
+        self.with(event.order_id, |o| {
+            o.shipment = Some(ShipmentView {
+                shipment_id: event.shipment_id.clone(),
+                status: "DELIVERED",
+                at: event.delivered_at,
+            });
+        });
+    }
+}

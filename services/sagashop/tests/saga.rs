@@ -1,0 +1,552 @@
+//! The order saga end to end: `sagashop dev` (the real binary) on the real broker, driven over
+//! HTTP. Each test uses its own topic prefix, so tests never see each other's orders.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use sagashop_kit::reader::read_to_end;
+use sagashop_kit::{KafkaConfig, Outgoing, Publisher};
+use sagashop_testkit::{TestKafka, eventually, unique_name};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A `sagashop dev` process.
+struct Dev {
+    child: Child,
+    base: String,
+    prefix: String,
+    log: std::path::PathBuf,
+}
+
+impl Dev {
+    async fn start(kafka: &TestKafka, prefix: &str, extra: &[&str]) -> Self {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let log = std::env::temp_dir().join(format!("{prefix}dev-{port}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sagashop"))
+            .args(["dev", "--topic-prefix", prefix, "--summary-every", "0s"])
+            .args(["--http", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.config.bootstrap_servers)
+            .env("LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let mut dev = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            prefix: prefix.to_owned(),
+            log,
+        };
+        dev.wait_ready().await;
+        dev
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = reqwest::Client::new();
+        let url = format!("{}/readyz", self.base);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("sagashop dev exited ({status}): {}", self.logs());
+            }
+            if let Ok(r) = client.get(&url).send().await
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sagashop dev not ready: {}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// SIGTERM, and wait for a graceful exit.
+    fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "sagashop dev exited with {status}: {}",
+                    self.logs()
+                );
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("sagashop dev did not stop on SIGTERM: {}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL: no drain, no commit.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        // Only reached when a test failed with the process still running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn order(customer: &str, product: &str, quantity: i64, unit_price: i64) -> Value {
+    json!({
+        "customerId": customer,
+        "currency": "EUR",
+        "items": [{"productId": product, "quantity": quantity, "unitPrice": unit_price}],
+    })
+}
+
+/// Posts `body`; returns the status and the JSON answer.
+async fn post(base: &str, body: &Value, key: Option<&str>) -> Result<(StatusCode, Value), String> {
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/api/orders"))
+        .json(body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+/// Waits until the order is COMPLETED or CANCELLED; returns it.
+async fn finished(base: &str, order_id: &str) -> Value {
+    let client = reqwest::Client::new();
+    let url = format!("{base}/api/orders/{order_id}");
+    eventually(&format!("order {order_id} to finish"), WAIT, || {
+        let request = client.get(&url).send();
+        async move {
+            let order: Value = request.await.ok()?.json().await.ok()?;
+            (order["status"] != "PENDING" && order["status"].is_string()).then_some(order)
+        }
+    })
+    .await
+}
+
+/// The latest value per key of a compacted store topic.
+async fn latest(kafka: &KafkaConfig, topic: &str) -> HashMap<String, Value> {
+    let records = read_to_end(kafka, "test-books", topic, WAIT).await.unwrap();
+    let mut latest = HashMap::new();
+    for record in records {
+        let key = String::from_utf8(record.key.unwrap()).unwrap();
+        match record.payload {
+            Some(bytes) => latest.insert(key, serde_json::from_slice(&bytes).unwrap()),
+            None => latest.remove(&key),
+        };
+    }
+    latest
+}
+
+struct Placed {
+    order_id: String,
+    customer: String,
+    product: String,
+    quantity: i64,
+    total: i64,
+}
+
+/// Checks that stock and balances equal their opening values minus exactly the completed
+/// orders: nothing reserved or charged twice, nothing left reserved or charged by a cancelled
+/// order.
+async fn books_balance(
+    kafka: &KafkaConfig,
+    dev_prefix: &str,
+    placed: &[Placed],
+    outcomes: &HashMap<String, Value>,
+    stock: &[(&str, i64)],
+    opening_balance: i64,
+) {
+    let mut used: HashMap<&str, i64> = HashMap::new();
+    let mut spent: HashMap<&str, i64> = HashMap::new();
+    for p in placed {
+        if outcomes[&p.order_id]["status"] == "COMPLETED" {
+            *used.entry(p.product.as_str()).or_default() += p.quantity;
+            *spent.entry(p.customer.as_str()).or_default() += p.total;
+        }
+    }
+    let stock_now = latest(kafka, &format!("{dev_prefix}inventory.stock.v1")).await;
+    for (product, seeded) in stock {
+        let now = stock_now.get(*product).and_then(Value::as_i64).unwrap();
+        assert_eq!(
+            now,
+            seeded - used.get(product).copied().unwrap_or(0),
+            "stock of {product}"
+        );
+    }
+    let balances = latest(kafka, &format!("{dev_prefix}payment.balances.v1")).await;
+    for p in placed {
+        let balance = balances
+            .get(&p.customer)
+            .and_then(Value::as_i64)
+            .unwrap_or(opening_balance);
+        assert_eq!(
+            balance,
+            opening_balance - spent.get(p.customer.as_str()).copied().unwrap_or(0),
+            "balance of {}",
+            p.customer
+        );
+    }
+}
+
+/// Posts `n` orders, `concurrency` at a time, over a mix of products and customers; returns
+/// those the edge accepted (`202`).
+async fn place_orders(base: &str, n: usize, concurrency: usize) -> Vec<Placed> {
+    let products = ["sku-1", "sku-2", "ghost"];
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut placed = Vec::new();
+    for i in 0..n {
+        let (base, customer) = (base.to_owned(), format!("c-{}", i % 20));
+        let product = products[i % 7 % 3].to_owned();
+        let (quantity, price) = (1 + (i % 3) as i64, 1000 + 500 * (i % 5) as i64);
+        tasks.spawn(async move {
+            let answer = post(&base, &order(&customer, &product, quantity, price), None).await;
+            (answer, customer, product, quantity, price)
+        });
+        if tasks.len() >= concurrency
+            && let Some(done) = tasks.join_next().await
+        {
+            placed.extend(accepted(done.unwrap()));
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        placed.extend(accepted(done.unwrap()));
+    }
+    placed
+}
+
+type Answer = (
+    Result<(StatusCode, Value), String>,
+    String,
+    String,
+    i64,
+    i64,
+);
+
+fn accepted((answer, customer, product, quantity, price): Answer) -> Option<Placed> {
+    let (status, body) = answer.ok()?;
+    if status != StatusCode::ACCEPTED {
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        return None;
+    }
+    assert_eq!(body["status"], "PENDING");
+    Some(Placed {
+        order_id: body["orderId"].as_str().unwrap().to_owned(),
+        customer,
+        product,
+        quantity,
+        total: quantity * price,
+    })
+}
+
+async fn outcomes(base: &str, placed: &[Placed]) -> HashMap<String, Value> {
+    let mut outcomes = HashMap::new();
+    for p in placed {
+        outcomes.insert(p.order_id.clone(), finished(base, &p.order_id).await);
+    }
+    outcomes
+}
+
+const STOCK: [(&str, i64); 2] = [("sku-1", 60), ("sku-2", 100_000)];
+const OPENING: &str = "20000";
+
+fn stock_arg() -> String {
+    STOCK
+        .iter()
+        .map(|(p, q)| format!("{p}={q}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_orders_finish_and_the_books_balance() {
+    let kafka = TestKafka::connect().await;
+    let prefix = format!("{}.", unique_name("e2e"));
+    let stock = stock_arg();
+    let dev = Dev::start(
+        &kafka,
+        &prefix,
+        &["--stock", &stock, "--opening-balance", OPENING],
+    )
+    .await;
+    let placed = place_orders(&dev.base, 200, 50).await;
+    assert_eq!(
+        placed.len(),
+        200,
+        "every order is accepted while Kafka is up"
+    );
+    let outcomes = outcomes(&dev.base, &placed).await;
+
+    let mut by_reason: HashMap<String, usize> = HashMap::new();
+    for p in &placed {
+        let o = &outcomes[&p.order_id];
+        match o["status"].as_str().unwrap() {
+            "COMPLETED" => *by_reason.entry("completed".into()).or_default() += 1,
+            "CANCELLED" => {
+                let step = o["failedStep"].as_str().unwrap();
+                let reason = o["reason"].as_str().unwrap();
+                if p.product == "ghost" {
+                    assert_eq!(step, "reserve-inventory", "{o}");
+                    assert!(reason.contains("out of stock"), "{o}");
+                }
+                *by_reason
+                    .entry(format!("{step}: {}", reason.split(':').next().unwrap()))
+                    .or_default() += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+        assert!(!o["history"].as_array().unwrap().is_empty(), "{o}");
+    }
+    // The mix must exercise every path: success, out of stock, declined payment.
+    assert!(
+        by_reason.get("completed").copied().unwrap_or(0) > 0,
+        "{by_reason:?}"
+    );
+    assert!(
+        by_reason.keys().any(|k| k.starts_with("reserve-inventory")),
+        "{by_reason:?}"
+    );
+    assert!(
+        by_reason.keys().any(|k| k.starts_with("authorize-payment")),
+        "{by_reason:?}"
+    );
+    books_balance(&kafka.config, &prefix, &placed, &outcomes, &STOCK, 20000).await;
+    dev.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_process_resumes_every_saga_and_a_replay_changes_nothing() {
+    let kafka = TestKafka::connect().await;
+    let prefix = format!("{}.", unique_name("e2e-kill"));
+    let stock = stock_arg();
+    let args = ["--stock", stock.as_str(), "--opening-balance", OPENING];
+    let dev = Dev::start(&kafka, &prefix, &args).await;
+    let base = dev.base.clone();
+    // Kill it while orders are still being placed and sagas are running.
+    let placing = tokio::spawn(async move { place_orders(&base, 120, 20).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    dev.kill();
+    let placed = placing.await.unwrap();
+    assert!(!placed.is_empty(), "no order was accepted before the kill");
+
+    let dev = Dev::start(&kafka, &prefix, &args).await;
+    let outcomes = outcomes(&dev.base, &placed).await;
+    books_balance(&kafka.config, &prefix, &placed, &outcomes, &STOCK, 20000).await;
+    let balances_before = latest(&kafka.config, &dev.topic("payment.balances.v1")).await;
+    let stock_before = latest(&kafka.config, &dev.topic("inventory.stock.v1")).await;
+    dev.terminate();
+
+    // Replay: the participants read their command topics again from the beginning.
+    for (group, topic) in [
+        ("payment", "payment.commands.v1"),
+        ("inventory", "inventory.commands.v1"),
+    ] {
+        rewind_group(
+            &kafka,
+            &format!("{prefix}{group}"),
+            &format!("{prefix}{topic}"),
+        )
+        .await;
+    }
+    let dev = Dev::start(&kafka, &prefix, &args).await;
+    let commands = read_to_end(
+        &kafka.config,
+        "test",
+        &dev.topic("payment.commands.v1"),
+        WAIT,
+    )
+    .await
+    .unwrap()
+    .len();
+    let metrics_url = format!("{}/metrics", dev.base);
+    let group = format!("{prefix}payment");
+    eventually("the payment replay to finish", WAIT, || {
+        let request = reqwest::get(metrics_url.clone());
+        let group = group.clone();
+        async move {
+            let text = request.await.ok()?.text().await.ok()?;
+            let handled: f64 = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("sagashop_messages_handled_total")
+                        && l.contains(&format!("group=\"{group}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            (handled as usize >= commands).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        latest(&kafka.config, &dev.topic("payment.balances.v1")).await,
+        balances_before
+    );
+    assert_eq!(
+        latest(&kafka.config, &dev.topic("inventory.stock.v1")).await,
+        stock_before
+    );
+    dev.terminate();
+}
+
+/// Commits offset 0 on every partition of `topic` for `group` (no member may be running).
+async fn rewind_group(kafka: &TestKafka, group: &str, topic: &str) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = kafka
+        .config
+        .consumer("test-rewind", group)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut offsets = TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        offsets
+            .add_partition_offset(topic, partition.id(), Offset::Offset(0))
+            .unwrap();
+    }
+    consumer.commit(&offsets, CommitMode::Sync).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_its_status_and_a_failing_participant_is_compensated_after_its_timeout() {
+    let kafka = TestKafka::connect().await;
+    let prefix = format!("{}.", unique_name("e2e-bad"));
+    // Short step timeouts, and a payment service that always fails transiently.
+    let saga = std::env::temp_dir().join(format!("{prefix}saga.yaml"));
+    let shipped = include_str!("../../../k8s/sagas/order-fulfilment.yaml");
+    std::fs::write(&saga, shipped.replace("timeout: 5s", "timeout: 1s")).unwrap();
+    let stock = stock_arg();
+    let dev = Dev::start(
+        &kafka,
+        &prefix,
+        &[
+            "--saga",
+            saga.to_str().unwrap(),
+            "--stock",
+            &stock,
+            "--payment-transient-rate",
+            "1",
+            "--body-limit",
+            "4096",
+        ],
+    )
+    .await;
+    let base = &dev.base;
+    let client = reqwest::Client::new();
+    let raw = |body: String| {
+        client
+            .post(format!("{base}/api/orders"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let problem = |r: reqwest::Response| async move {
+        let status = r.status();
+        let kind = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert_eq!(kind, "application/problem+json");
+        (status, r.json::<Value>().await.unwrap())
+    };
+    let (status, body) = problem(raw("{not json".into()).await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let wrong = order("c", "sku-1", 1, 1)
+        .to_string()
+        .replace("1,", "\"one\",");
+    let (status, body) = problem(raw(wrong).await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["field"], "items[0].quantity");
+    let (status, _) = problem(raw("x".repeat(10_000)).await.unwrap()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let unknown = client
+        .get(format!(
+            "{base}/api/orders/01a203cb-ce77-70d6-ac0a-b7dda30dbb8e"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+
+    // A retried request with the same Idempotency-Key places one order.
+    let body = order("c-9", "sku-2", 1, 700);
+    let (first, a) = post(base, &body, Some("retry-me")).await.unwrap();
+    let (second, b) = post(base, &body, Some("retry-me")).await.unwrap();
+    assert_eq!(
+        (first, second),
+        (StatusCode::ACCEPTED, StatusCode::ACCEPTED)
+    );
+    assert_eq!(a["orderId"], b["orderId"]);
+    let placed = read_to_end(&kafka.config, "test", &dev.topic("orders.v1"), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(placed.len(), 1, "the retry wrote a second OrderPlaced");
+
+    // Garbage on a command topic is dead-lettered; the order still ends, compensated.
+    Publisher::new(&kafka.config, "test")
+        .unwrap()
+        .send(&Outgoing {
+            topic: dev.topic("inventory.commands.v1"),
+            key: Some(b"poison".to_vec()),
+            payload: Some(b"\x00garbage".to_vec()),
+            headers: vec![],
+        })
+        .await
+        .unwrap();
+    let order = finished(base, a["orderId"].as_str().unwrap()).await;
+    assert_eq!(order["status"], "CANCELLED", "{order}");
+    assert_eq!(order["failedStep"], "authorize-payment", "{order}");
+    let stock_now = latest(&kafka.config, &dev.topic("inventory.stock.v1")).await;
+    assert_eq!(
+        stock_now["sku-2"],
+        json!(100_000),
+        "the reservation was not released"
+    );
+    let poisoned = read_to_end(&kafka.config, "test", &dev.topic("inventory.dlq.v1"), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(poisoned.len(), 1);
+    let payment_dlq = read_to_end(&kafka.config, "test", &dev.topic("payment.dlq.v1"), WAIT)
+        .await
+        .unwrap();
+    assert!(
+        !payment_dlq.is_empty(),
+        "the failing payment commands were not dead-lettered"
+    );
+    dev.terminate();
+}
