@@ -10,7 +10,8 @@ use crate::commands::{
     ReserveInventory, StepFailed, StepSucceeded, StepTimedOut,
 };
 use crate::events::{
-    OrderCancelled, OrderCompleted, OrderDelivered, OrderPlaced, OrderShipped, SagaStepChanged,
+    AnalyticsSnapshot, OrderCancelled, OrderCompleted, OrderDelivered, OrderPlaced, OrderShipped,
+    SagaStepChanged,
 };
 
 /// One contract's identity and schema.
@@ -64,6 +65,7 @@ pub fn catalogue() -> Vec<SchemaEntry> {
         SchemaEntry::of::<OrderShipped>(),
         SchemaEntry::of::<OrderDelivered>(),
         SchemaEntry::of::<SagaStepChanged>(),
+        SchemaEntry::of::<AnalyticsSnapshot>(),
         SchemaEntry::of::<ReserveInventory>(),
         SchemaEntry::of::<ReleaseInventory>(),
         SchemaEntry::of::<AuthorizePayment>(),

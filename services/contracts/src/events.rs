@@ -144,3 +144,32 @@ pub struct SagaStepChanged {
 }
 
 contract!(SagaStepChanged, "SagaStepChanged", 1);
+
+/// How much of one product sold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductCount {
+    /// The product.
+    pub product_id: String,
+    /// Units sold (in completed orders).
+    pub quantity: u64,
+}
+
+/// The analytics of one minute of outcomes (by the outcome's own time), republished whenever
+/// an outcome of that minute arrives; the latest one per `windowStart` is the current figure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalyticsSnapshot {
+    /// The minute's start.
+    pub window_start: DateTime<Utc>,
+    /// Orders completed in the minute.
+    pub completed: u64,
+    /// Orders cancelled in the minute.
+    pub cancelled: u64,
+    /// Revenue of the completed orders, in minor units per currency.
+    pub revenue_minor: std::collections::BTreeMap<String, i64>,
+    /// The best-selling products of the minute, most units first (at most five).
+    pub top_products: Vec<ProductCount>,
+}
+
+contract!(AnalyticsSnapshot, "AnalyticsSnapshot", 1);

@@ -167,16 +167,8 @@ pub struct Running {
     pub stock: Store<i64>,
     /// Reservations per saga.
     pub reservations: Store<Reservation>,
-    task: tokio::task::JoinHandle<Result<(), Error>>,
-}
-
-impl Running {
-    /// Waits for the service to stop (after its shutdown token is cancelled).
-    pub async fn stopped(self) -> Result<(), Error> {
-        self.task
-            .await
-            .map_err(|e| Error::Internal(format!("inventory panicked: {e}")))?
-    }
+    /// Its work; `task.stopped()` waits for it to end after shutdown.
+    pub task: sagashop_kit::Task,
 }
 
 /// Restores stock and reservations, seeds unknown products, then serves commands until
@@ -235,10 +227,11 @@ pub async fn start(
     );
     let processor = Processor::new(
         kafka,
-        ProcessorConfig {
-            transactional_id: Some(config.transactional_id.clone()),
-            ..ProcessorConfig::new(&config.group_id, &config.dead_letter_topic)
-        },
+        ProcessorConfig::exactly_once(
+            &config.group_id,
+            &config.dead_letter_topic,
+            &config.transactional_id,
+        ),
         router,
         publisher,
         monitor,
@@ -246,7 +239,7 @@ pub async fn start(
     .reloads(stock.clone())
     .reloads(reservations.clone());
     let stats = processor.stats();
-    let task = tokio::spawn(processor.run(shutdown));
+    let task = sagashop_kit::Task::spawn("inventory", processor.run(shutdown));
     Ok(Running {
         stats,
         stock,

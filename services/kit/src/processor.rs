@@ -88,6 +88,18 @@ pub struct ProcessorConfig {
 }
 
 impl ProcessorConfig {
+    /// Defaults for an exactly-once member of `group_id` with `transactional_id`.
+    pub fn exactly_once(
+        group_id: impl Into<String>,
+        dead_letter_topic: impl Into<String>,
+        transactional_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            transactional_id: Some(transactional_id.into()),
+            ..Self::new(group_id, dead_letter_topic)
+        }
+    }
+
     /// Defaults for `group_id` dead-lettering to `dead_letter_topic`.
     pub fn new(group_id: impl Into<String>, dead_letter_topic: impl Into<String>) -> Self {
         Self {

@@ -191,10 +191,9 @@ async fn an_aborted_batch_leaves_no_trace_in_the_store() {
         .unwrap();
     let oversized_once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let router = {
-        let (store, oversized_once, topic) = (store.clone(), oversized_once.clone(), topic.clone());
+        let (store, oversized_once, dlq) = (store.clone(), oversized_once.clone(), dlq.clone());
         Router::new().on(&input, move |env: Envelope<SagaStepChanged>| {
-            let (store, oversized_once, _topic) =
-                (store.clone(), oversized_once.clone(), topic.clone());
+            let (store, oversized_once, dlq) = (store.clone(), oversized_once.clone(), dlq.clone());
             async move {
                 let count = store.get(&env.key).unwrap_or(0) + 1;
                 let mut outputs = vec![store.put(&env.key, count).unwrap()];
@@ -204,8 +203,10 @@ async fn an_aborted_batch_leaves_no_trace_in_the_store() {
                     && oversized_once.swap(false, std::sync::atomic::Ordering::SeqCst)
                 {
                     outputs.push(Outgoing {
+                        topic: dlq,
+                        key: None,
                         payload: Some(vec![b'x'; 2 << 20]),
-                        ..store.put("noise", 0).unwrap()
+                        headers: vec![],
                     });
                 }
                 Ok(outputs)

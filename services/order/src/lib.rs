@@ -78,16 +78,8 @@ pub struct Running {
     pub accepted: Arc<dyn Fn() -> u64 + Send + Sync>,
     /// The read model's counters.
     pub stats: Arc<Stats>,
-    task: tokio::task::JoinHandle<Result<(), Error>>,
-}
-
-impl Running {
-    /// Waits for the read model to stop (after its shutdown token is cancelled).
-    pub async fn stopped(self) -> Result<(), Error> {
-        self.task
-            .await
-            .map_err(|e| Error::Internal(format!("the order read model panicked: {e}")))?
-    }
+    /// Its work; `task.stopped()` waits for it to end after shutdown.
+    pub task: sagashop_kit::Task,
 }
 
 /// Restores the idempotency keys, starts rebuilding the read model, and returns the API.
@@ -157,7 +149,7 @@ pub async fn start(
         monitor,
     )?;
     let stats = processor.stats();
-    let task = tokio::spawn(processor.run(shutdown));
+    let task = sagashop_kit::Task::spawn("the order read model", processor.run(shutdown));
     let edge = Arc::new(Edge {
         publisher,
         idempotency,

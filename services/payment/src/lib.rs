@@ -175,16 +175,8 @@ pub struct Running {
     pub balances: Store<i64>,
     /// Payments per saga.
     pub payments: Store<Payment>,
-    task: tokio::task::JoinHandle<Result<(), Error>>,
-}
-
-impl Running {
-    /// Waits for the service to stop (after its shutdown token is cancelled).
-    pub async fn stopped(self) -> Result<(), Error> {
-        self.task
-            .await
-            .map_err(|e| Error::Internal(format!("payment panicked: {e}")))?
-    }
+    /// Its work; `task.stopped()` waits for it to end after shutdown.
+    pub task: sagashop_kit::Task,
 }
 
 /// Restores balances and payments, then serves commands until `shutdown`.
@@ -223,10 +215,11 @@ pub async fn start(
     );
     let processor = Processor::new(
         kafka,
-        ProcessorConfig {
-            transactional_id: Some(config.transactional_id.clone()),
-            ..ProcessorConfig::new(&config.group_id, &config.dead_letter_topic)
-        },
+        ProcessorConfig::exactly_once(
+            &config.group_id,
+            &config.dead_letter_topic,
+            &config.transactional_id,
+        ),
         router,
         Publisher::new(kafka, "payment")?.observed(monitor),
         monitor,
@@ -234,7 +227,7 @@ pub async fn start(
     .reloads(balances.clone())
     .reloads(payments.clone());
     let stats = processor.stats();
-    let task = tokio::spawn(processor.run(shutdown));
+    let task = sagashop_kit::Task::spawn("payment", processor.run(shutdown));
     Ok(Running {
         stats,
         balances,

@@ -228,16 +228,8 @@ pub struct Running {
     pub stats: Arc<Stats>,
     /// The saga instances (read-only use: reports and tests).
     pub instances: Store<Instance>,
-    task: tokio::task::JoinHandle<Result<(), Error>>,
-}
-
-impl Running {
-    /// Waits for the orchestrator to stop (after its shutdown token is cancelled).
-    pub async fn stopped(self) -> Result<(), Error> {
-        self.task
-            .await
-            .map_err(|e| Error::Internal(format!("the orchestrator panicked: {e}")))?
-    }
+    /// Its work; `task.stopped()` waits for it to end after shutdown.
+    pub task: sagashop_kit::Task,
 }
 
 /// Restores the saga state, then runs the orchestrator until `shutdown`.
@@ -297,10 +289,11 @@ pub async fn start(
                 }
             })
     };
-    let processor_config = ProcessorConfig {
-        transactional_id: Some(config.transactional_id.clone()),
-        ..ProcessorConfig::new(config.group_id(), &config.dead_letter_topic)
-    };
+    let processor_config = ProcessorConfig::exactly_once(
+        config.group_id(),
+        &config.dead_letter_topic,
+        &config.transactional_id,
+    );
     let publisher = Publisher::new(kafka, "orchestrator")?.observed(monitor);
     let processor = Processor::new(kafka, processor_config, router, publisher.clone(), monitor)?
         .reloads(instances.clone());
@@ -311,7 +304,7 @@ pub async fn start(
         config.tick,
         shutdown.clone(),
     ));
-    let task = tokio::spawn(async move {
+    let task = sagashop_kit::Task::spawn("the orchestrator", async move {
         let result = processor.run(shutdown).await;
         ticker.abort();
         result

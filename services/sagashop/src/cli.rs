@@ -72,6 +72,10 @@ pub(crate) enum Command {
     Payment(crate::system::SystemArgs),
     /// Run the shipping participant.
     Shipping(crate::system::SystemArgs),
+    /// Run the notification service.
+    Notification(crate::system::SystemArgs),
+    /// Run the analytics service (`GET /api/analytics/summary`).
+    Analytics(crate::system::SystemArgs),
     /// Write the JSON Schema of every event and command version into a directory.
     Schemas {
         /// The directory to write into (created if missing).

@@ -47,6 +47,8 @@ pub(crate) async fn run(command: Command) -> Result<(), Failure> {
         Command::Inventory(args) => crate::system::run(&[Service::Inventory], args).await,
         Command::Payment(args) => crate::system::run(&[Service::Payment], args).await,
         Command::Shipping(args) => crate::system::run(&[Service::Shipping], args).await,
+        Command::Notification(args) => crate::system::run(&[Service::Notification], args).await,
+        Command::Analytics(args) => crate::system::run(&[Service::Analytics], args).await,
     }
 }
 

@@ -121,14 +121,20 @@ pub(crate) enum Service {
     Payment,
     /// Shipments.
     Shipping,
+    /// Customer notifications.
+    Notification,
+    /// Per-minute figures.
+    Analytics,
 }
 
 impl Service {
-    pub(crate) const ALL: [Self; 5] = [
+    pub(crate) const ALL: [Self; 7] = [
         Self::Orchestrator,
         Self::Inventory,
         Self::Payment,
         Self::Shipping,
+        Self::Notification,
+        Self::Analytics,
         Self::Order,
     ];
 
@@ -139,6 +145,8 @@ impl Service {
             Self::Inventory => "inventory",
             Self::Payment => "payment",
             Self::Shipping => "shipping",
+            Self::Notification => "notification",
+            Self::Analytics => "analytics",
         }
     }
 }
@@ -219,10 +227,18 @@ impl Topics {
             "payment.payments.v1",
             "shipping.shipments.v1",
             "orders.idempotency.v1",
+            "analytics.windows.v1",
         ] {
             specs.push(compacted(self.named(name)));
         }
         specs.push(plain(self.named("shipping.v1")));
+        specs.push(plain(self.named("analytics.snapshots.v1")));
+        // Remembered for a week: as long as a duplicate can arrive.
+        specs.push(
+            plain(self.named("notification.sent.v1"))
+                .with_config("cleanup.policy", "compact,delete")
+                .with_config("retention.ms", "604800000"),
+        );
         for service in Service::ALL {
             specs.push(plain(self.dlq(service)));
         }
@@ -239,6 +255,8 @@ enum Handle {
     Payment(sagashop_payment::Running),
     Shipping(sagashop_shipping::Running),
     Order(sagashop_order::Running),
+    Notification(sagashop_notification::Running),
+    Analytics(sagashop_analytics::Running),
 }
 
 impl Handle {
@@ -249,16 +267,20 @@ impl Handle {
             Self::Payment(r) => &r.stats,
             Self::Shipping(r) => &r.stats,
             Self::Order(r) => &r.stats,
+            Self::Notification(r) => &r.stats,
+            Self::Analytics(r) => &r.stats,
         }
     }
 
     async fn stopped(self) -> Result<(), sagashop_kit::Error> {
         match self {
-            Self::Orchestrator(r) => r.stopped().await,
-            Self::Inventory(r) => r.stopped().await,
-            Self::Payment(r) => r.stopped().await,
-            Self::Shipping(r) => r.stopped().await,
-            Self::Order(r) => r.stopped().await,
+            Self::Orchestrator(r) => r.task.stopped().await,
+            Self::Inventory(r) => r.task.stopped().await,
+            Self::Payment(r) => r.task.stopped().await,
+            Self::Shipping(r) => r.task.stopped().await,
+            Self::Order(r) => r.task.stopped().await,
+            Self::Notification(r) => r.task.stopped().await,
+            Self::Analytics(r) => r.task.stopped().await,
         }
     }
 }
@@ -384,6 +406,40 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
                         .await
                         .map_err(unavailable)?,
                 )
+            }
+            Service::Notification => {
+                let d = &topics.definition;
+                let config = sagashop_notification::NotificationConfig {
+                    outcome_topic: d.outcome.topic.clone(),
+                    shipping_topic: topics.named("shipping.v1"),
+                    outcome_events: (d.outcome.completed.clone(), d.outcome.cancelled.clone()),
+                    sent_topic: topics.named("notification.sent.v1"),
+                    dead_letter_topic: topics.dlq(Service::Notification),
+                    group_id: group("notification"),
+                };
+                let sink = Arc::new(sagashop_notification::LogSink);
+                Handle::Notification(
+                    sagashop_notification::start(kafka, config, sink, &monitor, shutdown.clone())
+                        .await
+                        .map_err(unavailable)?,
+                )
+            }
+            Service::Analytics => {
+                let d = &topics.definition;
+                let config = sagashop_analytics::AnalyticsConfig {
+                    outcome_topic: d.outcome.topic.clone(),
+                    outcome_events: (d.outcome.completed.clone(), d.outcome.cancelled.clone()),
+                    windows_topic: topics.named("analytics.windows.v1"),
+                    snapshots_topic: topics.named("analytics.snapshots.v1"),
+                    dead_letter_topic: topics.dlq(Service::Analytics),
+                    group_id: group("analytics"),
+                    transactional_id: format!("{instance}-analytics"),
+                };
+                let running = sagashop_analytics::start(kafka, config, &monitor, shutdown.clone())
+                    .await
+                    .map_err(unavailable)?;
+                app = app.merge(running.api.clone());
+                Handle::Analytics(running)
             }
             Service::Order => {
                 let config = sagashop_order::OrderConfig {

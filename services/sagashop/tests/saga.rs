@@ -347,6 +347,47 @@ async fn two_hundred_concurrent_orders_finish_and_the_books_balance() {
         "{by_reason:?}"
     );
     books_balance(&kafka.config, &prefix, &placed, &outcomes, &STOCK, 20000).await;
+
+    // Analytics counted every outcome once; notification told every customer once.
+    let completed = by_reason.get("completed").copied().unwrap_or(0) as u64;
+    let cancelled = placed.len() as u64 - completed;
+    let revenue: i64 = placed
+        .iter()
+        .filter(|p| outcomes[&p.order_id]["status"] == "COMPLETED")
+        .map(|p| p.total)
+        .sum();
+    let summary_url = format!("{}/api/analytics/summary", dev.base);
+    let total = placed.len() as u64;
+    let summary = eventually("analytics to count every outcome", WAIT, || {
+        let request = reqwest::get(summary_url.clone());
+        async move {
+            let summary: Value = request.await.ok()?.json().await.ok()?;
+            let counted = summary["completed"].as_u64()? + summary["cancelled"].as_u64()?;
+            (counted >= total).then_some(summary)
+        }
+    })
+    .await;
+    assert_eq!(summary["completed"], json!(completed), "{summary}");
+    assert_eq!(summary["cancelled"], json!(cancelled), "{summary}");
+    assert_eq!(summary["revenueMinor"]["EUR"], json!(revenue), "{summary}");
+    let metrics_url = format!("{}/metrics", dev.base);
+    eventually("a notification per outcome", WAIT, || {
+        let request = reqwest::get(metrics_url.clone());
+        async move {
+            let text = request.await.ok()?.text().await.ok()?;
+            let sent = |kind: &str| -> u64 {
+                text.lines()
+                    .filter(|l| {
+                        l.starts_with("sagashop_notifications_sent_total")
+                            && l.contains(&format!("kind=\"{kind}\""))
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>() as u64
+            };
+            (sent("completed") == completed && sent("cancelled") == cancelled).then_some(())
+        }
+    })
+    .await;
     dev.terminate();
 }
 

@@ -215,16 +215,8 @@ pub struct Running {
     pub stats: Arc<Stats>,
     /// Shipments per saga.
     pub shipments: Store<Shipment>,
-    task: tokio::task::JoinHandle<Result<(), Error>>,
-}
-
-impl Running {
-    /// Waits for the service to stop (after its shutdown token is cancelled).
-    pub async fn stopped(self) -> Result<(), Error> {
-        self.task
-            .await
-            .map_err(|e| Error::Internal(format!("shipping panicked: {e}")))?
-    }
+    /// Its work; `task.stopped()` waits for it to end after shutdown.
+    pub task: sagashop_kit::Task,
 }
 
 /// Restores shipments, then serves commands and moves shipments on until `shutdown`.
@@ -266,10 +258,11 @@ pub async fn start(
     let publisher = Publisher::new(kafka, "shipping")?.observed(monitor);
     let processor = Processor::new(
         kafka,
-        ProcessorConfig {
-            transactional_id: Some(config.transactional_id.clone()),
-            ..ProcessorConfig::new(&config.group_id, &config.dead_letter_topic)
-        },
+        ProcessorConfig::exactly_once(
+            &config.group_id,
+            &config.dead_letter_topic,
+            &config.transactional_id,
+        ),
         router,
         publisher.clone(),
         monitor,
@@ -302,7 +295,7 @@ pub async fn start(
             }
         })
     };
-    let task = tokio::spawn(async move {
+    let task = sagashop_kit::Task::spawn("shipping", async move {
         let result = processor.run(shutdown).await;
         mover.abort();
         result

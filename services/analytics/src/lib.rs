@@ -1,0 +1,265 @@
+//! The analytics service: orders, revenue and top products per minute, from the outcome
+//! stream.
+//!
+//! Each outcome updates its minute's window (by the outcome's own timestamp, so a replay or a
+//! late event lands in the right minute) in a store on a compacted topic, and the window's new
+//! figures are published as `AnalyticsSnapshot` to the snapshots topic — both in one
+//! transaction, so every outcome counts exactly once. `GET /api/analytics/summary` serves the
+//! recent windows and their totals.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::routing::get;
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use sagashop_contracts::events::{AnalyticsSnapshot, ProductCount};
+use sagashop_contracts::{Envelope, Metadata};
+use sagashop_kit::router::HandlerResult;
+use sagashop_kit::{
+    Error, FailurePolicy, HandlerError, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig,
+    Publisher, Record, Router, Stats, Store,
+};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// How the analytics service runs.
+#[derive(Debug, Clone)]
+pub struct AnalyticsConfig {
+    /// Outcomes.
+    pub outcome_topic: String,
+    /// The outcome event types: (completed, cancelled).
+    pub outcome_events: (String, String),
+    /// Windows per minute (compacted).
+    pub windows_topic: String,
+    /// Where snapshots go (`analytics.snapshots.v1`).
+    pub snapshots_topic: String,
+    /// Where unreadable events go.
+    pub dead_letter_topic: String,
+    /// Its consumer group.
+    pub group_id: String,
+    /// This member's transactional id.
+    pub transactional_id: String,
+}
+
+/// One minute's figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Window {
+    /// Orders completed.
+    pub completed: u64,
+    /// Orders cancelled.
+    pub cancelled: u64,
+    /// Revenue per currency, minor units.
+    pub revenue_minor: BTreeMap<String, i64>,
+    /// Units sold per product.
+    pub products: BTreeMap<String, u64>,
+}
+
+fn top(products: &BTreeMap<String, u64>, n: usize) -> Vec<ProductCount> {
+    let mut counts: Vec<ProductCount> = products
+        .iter()
+        .map(|(product_id, quantity)| ProductCount {
+            product_id: product_id.clone(),
+            quantity: *quantity,
+        })
+        .collect();
+    counts.sort_by(|a, b| {
+        b.quantity
+            .cmp(&a.quantity)
+            .then(a.product_id.cmp(&b.product_id))
+    });
+    counts.truncate(n);
+    counts
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Outcome {
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    total_minor: Option<i64>,
+    #[serde(default)]
+    items: Vec<Item>,
+    #[serde(default)]
+    completed_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    cancelled_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Item {
+    product_id: String,
+    quantity: u64,
+}
+
+struct Analytics {
+    windows: Store<Window>,
+    config: AnalyticsConfig,
+    guard: std::sync::Mutex<()>,
+}
+
+impl Analytics {
+    fn count(&self, record: &Record, metadata: &Metadata, completed: bool) -> HandlerResult {
+        let outcome: Outcome =
+            serde_json::from_slice(record.payload.as_deref().unwrap_or_default())
+                .map_err(|e| HandlerError::Permanent(format!("not an outcome: {e}")))?;
+        let at = outcome
+            .completed_at
+            .or(outcome.cancelled_at)
+            .unwrap_or_else(Utc::now);
+        let start = at
+            .duration_trunc(TimeDelta::minutes(1))
+            .map_err(|e| HandlerError::Permanent(format!("bad timestamp: {e}")))?;
+        let key = start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let _held = self
+            .guard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut window = self.windows.get(&key).unwrap_or_default();
+        if completed {
+            window.completed += 1;
+            if let (Some(currency), Some(total)) = (outcome.currency, outcome.total_minor) {
+                *window.revenue_minor.entry(currency).or_default() += total;
+            }
+            for item in outcome.items {
+                *window.products.entry(item.product_id).or_default() += item.quantity;
+            }
+        } else {
+            window.cancelled += 1;
+        }
+        let snapshot = snapshot(start, &window);
+        let envelope = Envelope::caused_by(metadata, key.clone(), snapshot);
+        Ok(vec![
+            self.windows
+                .put(&key, window)
+                .map_err(|e| HandlerError::Transient(e.to_string()))?,
+            Outgoing::event(&self.config.snapshots_topic, &envelope)
+                .map_err(|e| HandlerError::Permanent(e.to_string()))?,
+        ])
+    }
+}
+
+fn snapshot(start: DateTime<Utc>, window: &Window) -> AnalyticsSnapshot {
+    AnalyticsSnapshot {
+        window_start: start,
+        completed: window.completed,
+        cancelled: window.cancelled,
+        revenue_minor: window.revenue_minor.clone(),
+        top_products: top(&window.products, 5),
+    }
+}
+
+/// What `GET /api/analytics/summary` answers.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// The last minutes with outcomes, newest first (at most 60).
+    pub minutes: Vec<AnalyticsSnapshot>,
+    /// Completed orders over those minutes.
+    pub completed: u64,
+    /// Cancelled orders over those minutes.
+    pub cancelled: u64,
+    /// Revenue over those minutes, per currency.
+    pub revenue_minor: BTreeMap<String, i64>,
+    /// Best sellers over those minutes.
+    pub top_products: Vec<ProductCount>,
+}
+
+/// The summary of the latest hour of windows.
+pub fn summarise(windows: &Store<Window>) -> Summary {
+    let mut entries: Vec<(DateTime<Utc>, Window)> = windows
+        .entries()
+        .into_iter()
+        .filter_map(|(k, w)| Some((DateTime::parse_from_rfc3339(&k).ok()?.to_utc(), w)))
+        .collect();
+    entries.sort_by_key(|(start, _)| std::cmp::Reverse(*start));
+    entries.truncate(60);
+    let mut total = Window::default();
+    for (_, w) in &entries {
+        total.completed += w.completed;
+        total.cancelled += w.cancelled;
+        for (currency, revenue) in &w.revenue_minor {
+            *total.revenue_minor.entry(currency.clone()).or_default() += revenue;
+        }
+        for (product, quantity) in &w.products {
+            *total.products.entry(product.clone()).or_default() += quantity;
+        }
+    }
+    Summary {
+        minutes: entries.iter().map(|(s, w)| snapshot(*s, w)).collect(),
+        completed: total.completed,
+        cancelled: total.cancelled,
+        revenue_minor: total.revenue_minor,
+        top_products: top(&total.products, 5),
+    }
+}
+
+/// A running analytics service.
+pub struct Running {
+    /// The processor's counters.
+    pub stats: Arc<Stats>,
+    /// The minute windows.
+    pub windows: Store<Window>,
+    /// `GET /api/analytics/summary`.
+    pub api: axum::Router,
+    /// Its work; `task.stopped()` waits for it to end after shutdown.
+    pub task: sagashop_kit::Task,
+}
+
+/// Restores the windows, then counts outcomes until `shutdown`.
+pub async fn start(
+    kafka: &KafkaConfig,
+    config: AnalyticsConfig,
+    monitor: &Monitor,
+    shutdown: CancellationToken,
+) -> Result<Running, Error> {
+    let windows: Store<Window> =
+        Store::open(kafka, "analytics-windows", &config.windows_topic, monitor).await?;
+    let analytics = Arc::new(Analytics {
+        windows: windows.clone(),
+        config: config.clone(),
+        guard: std::sync::Mutex::new(()),
+    });
+    let on = |completed: bool| {
+        let analytics = Arc::clone(&analytics);
+        move |record: Record, metadata: Metadata| {
+            let result = analytics.count(&record, &metadata, completed);
+            async move { result }
+        }
+    };
+    let policy = FailurePolicy::default();
+    let (completed, cancelled) = &config.outcome_events;
+    let router = Router::new()
+        .on_raw(&config.outcome_topic, completed, policy, on(true))
+        .on_raw(&config.outcome_topic, cancelled, policy, on(false));
+    let processor = Processor::new(
+        kafka,
+        ProcessorConfig::exactly_once(
+            &config.group_id,
+            &config.dead_letter_topic,
+            &config.transactional_id,
+        ),
+        router,
+        Publisher::new(kafka, "analytics")?.observed(monitor),
+        monitor,
+    )?
+    .reloads(windows.clone());
+    let stats = processor.stats();
+    let task = sagashop_kit::Task::spawn("analytics", processor.run(shutdown));
+    let api = axum::Router::new()
+        .route(
+            "/api/analytics/summary",
+            get(|State(windows): State<Store<Window>>| async move { Json(summarise(&windows)) }),
+        )
+        .with_state(windows.clone());
+    Ok(Running {
+        stats,
+        windows,
+        api,
+        task,
+    })
+}
