@@ -217,6 +217,13 @@ pub async fn start(
     monitor: &Monitor,
     shutdown: CancellationToken,
 ) -> Result<Running, Error> {
+    sagashop_kit::fence(
+        kafka,
+        &config.group_id,
+        &config.transactional_id,
+        std::time::Duration::from_secs(30),
+    )
+    .await?;
     let windows: Store<Window> =
         Store::open(kafka, "analytics-windows", &config.windows_topic, monitor).await?;
     let analytics = Arc::new(Analytics {

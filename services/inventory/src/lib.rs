@@ -179,6 +179,13 @@ pub async fn start(
     monitor: &Monitor,
     shutdown: CancellationToken,
 ) -> Result<Running, Error> {
+    sagashop_kit::fence(
+        kafka,
+        &config.group_id,
+        &config.transactional_id,
+        std::time::Duration::from_secs(30),
+    )
+    .await?;
     let stock: Store<i64> =
         Store::open(kafka, "inventory-stock", &config.stock_topic, monitor).await?;
     let reservations: Store<Reservation> = Store::open(

@@ -89,6 +89,22 @@ async fn producer(config: &ClientConfig, timeout: Duration) -> Result<FutureProd
     Ok(producer)
 }
 
+/// Fences the previous incarnation of `transactional_id` (a member killed mid-transaction):
+/// registering the id aborts whatever it left open at once, instead of after the transaction
+/// timeout. Call it before restoring stores: an open transaction holds back what
+/// `read_committed` readers (the restore) can see.
+pub async fn fence(
+    kafka: &crate::KafkaConfig,
+    group_id: &str,
+    transactional_id: &str,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let config = kafka.transactional_producer(group_id, transactional_id);
+    let fenced = producer(&config, timeout).await?;
+    drop(fenced);
+    Ok(())
+}
+
 /// The transactional consume loop; returns when `shutdown` is cancelled between batches.
 pub(crate) async fn run(
     consumer: Arc<StreamConsumer<GroupContext>>,

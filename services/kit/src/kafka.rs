@@ -164,6 +164,11 @@ impl KafkaConfig {
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            // A member that died without leaving (kill -9, a lost node) holds its partitions
+            // until this runs out: 10 s rather than librdkafka's 45 s, so a restarted or
+            // surviving member takes over quickly. Heartbeats every 3 s keep live members in.
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "3000")
             // Incremental rebalances: a member joining or leaving moves only the partitions
             // that change owner; the others keep processing.
             .set("partition.assignment.strategy", "cooperative-sticky");

@@ -29,6 +29,7 @@ pub mod router;
 pub mod store;
 pub mod telemetry;
 
+pub use exactly_once::fence;
 pub use http::ops_router;
 pub use kafka::{ClusterInfo, KafkaConfig};
 pub use monitor::{Monitor, ReadyFlag};

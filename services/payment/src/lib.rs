@@ -186,6 +186,13 @@ pub async fn start(
     monitor: &Monitor,
     shutdown: CancellationToken,
 ) -> Result<Running, Error> {
+    sagashop_kit::fence(
+        kafka,
+        &config.group_id,
+        &config.transactional_id,
+        std::time::Duration::from_secs(30),
+    )
+    .await?;
     let balances: Store<i64> =
         Store::open(kafka, "payment-balances", &config.balances_topic, monitor).await?;
     let payments: Store<Payment> =

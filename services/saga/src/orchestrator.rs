@@ -240,6 +240,13 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, Error> {
     let d = config.definition.clone();
+    sagashop_kit::fence(
+        kafka,
+        &config.group_id(),
+        &config.transactional_id,
+        std::time::Duration::from_secs(30),
+    )
+    .await?;
     let instances: Store<Instance> =
         Store::open(kafka, &format!("saga:{}", d.name), &d.state_topic, monitor).await?;
     let orchestrator = Arc::new(Orchestrator {

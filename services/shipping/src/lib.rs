@@ -226,6 +226,13 @@ pub async fn start(
     monitor: &Monitor,
     shutdown: CancellationToken,
 ) -> Result<Running, Error> {
+    sagashop_kit::fence(
+        kafka,
+        &config.group_id,
+        &config.transactional_id,
+        std::time::Duration::from_secs(30),
+    )
+    .await?;
     let shipments: Store<Shipment> = Store::open(
         kafka,
         "shipping-shipments",
