@@ -4,10 +4,13 @@
 //! resource, and `sagashop dev` reads the same YAML from a file. [`SagaSpec::validate`] turns a
 //! spec into a [`Definition`] the orchestrator can run, or names every field that is wrong.
 
+// KubeSchema re-emits `SagaSpec` in a private module to build its schema.
+#![allow(unreachable_pub, reason = "a derive's private copy of a public type")]
+
 use std::collections::HashSet;
 use std::time::Duration;
 
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -15,24 +18,33 @@ use sagashop_kit::RetryPolicy;
 
 /// A saga: steps run in order by participants; on failure, the completed steps' compensations
 /// run in reverse order.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "sagashop.dev",
     version = "v1alpha1",
     kind = "Saga",
     namespaced,
     shortname = "saga",
+    status = "SagaStatus",
+    printcolumn = r#"{"name":"Trigger","type":"string","jsonPath":".spec.trigger.topic"}"#,
+    printcolumn = r#"{"name":"Steps","type":"integer","jsonPath":".status.steps"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     doc = "A declarative saga run by the sagashop orchestrator"
+)]
+#[x_kube(
+    validation = Rule::new("self.steps.all(s, self.steps.filter(t, t.name == s.name).size() == 1)").message("step names must be unique"),
+    validation = Rule::new("self.participants.all(p, self.participants.filter(q, q.name == p.name).size() == 1)").message("participant names must be unique"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SagaSpec {
     /// The event that starts one saga instance; its key is the saga id.
     pub trigger: Trigger,
     /// The services that run steps, and where their commands go.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 32))]
     pub participants: Vec<Participant>,
     /// The steps, in order.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 32))]
     pub steps: Vec<Step>,
     /// Where participants reply (`StepSucceeded` / `StepFailed`); default
     /// `saga.<name>.replies.v1`.
@@ -43,6 +55,41 @@ pub struct SagaSpec {
     /// Partitions and replicas for the topics the saga needs.
     #[serde(default)]
     pub topic_defaults: TopicDefaults,
+}
+
+/// What the operator last saw of a saga.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SagaStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// How many steps the saga has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<i32>,
+    /// `Ready` (topics and configuration in place), with reason and message.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A status condition, as Kubernetes objects report them (shared by sagashop's resources).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason.
+    pub reason: String,
+    /// In words.
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation this condition describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 /// The event that starts a saga.
@@ -60,6 +107,7 @@ pub struct Trigger {
 #[serde(rename_all = "camelCase")]
 pub struct Participant {
     /// Its name, as steps refer to it.
+    #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// The topic its commands go to.
     pub command_topic: String,
@@ -70,6 +118,7 @@ pub struct Participant {
 #[serde(rename_all = "camelCase")]
 pub struct Step {
     /// Unique within the saga.
+    #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// The participant that runs it.
     pub participant: String,

@@ -1,0 +1,158 @@
+//! sagashop's custom resources: [`KafkaTopic`] (here) and [`Saga`] (defined with the saga it
+//! describes, in `sagashop-saga`), both `sagashop.dev/v1alpha1`.
+//!
+//! Validation lives in the CRD schemas, so that a bad edit is refused by `kubectl apply`, not
+//! discovered later in a status: minimums, enums, patterns, and CEL transition rules
+//! (`partitions` never decreases, `topicName` and `replicas` never change once set, step names
+//! of a saga are unique). `sagashop-operator crds` prints the definitions; the copies in
+//! `charts/sagashop/crds/` are checked by a test to be current.
+
+use kube::CustomResourceExt;
+
+pub use sagashop_saga::definition::Saga;
+
+pub use sagashop_saga::definition::Condition;
+pub use topic::{DeletionPolicy, KafkaTopic, KafkaTopicSpec, KafkaTopicStatus};
+
+#[allow(
+    unreachable_pub,
+    reason = "KubeSchema re-emits the spec in a private module to build its schema"
+)]
+mod topic {
+    use std::collections::BTreeMap;
+
+    use kube::{CustomResource, KubeSchema};
+    use sagashop_saga::definition::Condition;
+    use serde::{Deserialize, Serialize};
+
+    /// What happens to the Kafka topic when its `KafkaTopic` is deleted.
+    #[derive(
+        Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+    )]
+    pub enum DeletionPolicy {
+        /// The topic is deleted with the resource.
+        Delete,
+        /// The topic (and its data) stays.
+        #[default]
+        Retain,
+    }
+
+    /// A Kafka topic, managed by the operator. Field names follow Strimzi's `KafkaTopic`.
+    #[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[kube(
+        group = "sagashop.dev",
+        version = "v1alpha1",
+        kind = "KafkaTopic",
+        namespaced,
+        shortname = "kt",
+        status = "KafkaTopicStatus",
+        printcolumn = r#"{"name":"Topic","type":"string","jsonPath":".status.topicName"}"#,
+        printcolumn = r#"{"name":"Partitions","type":"integer","jsonPath":".spec.partitions"}"#,
+        printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+        doc = "A Kafka topic managed by the sagashop operator"
+    )]
+    #[x_kube(
+        validation = Rule::new("!has(oldSelf.topicName) || (has(self.topicName) && self.topicName == oldSelf.topicName)").message("topicName cannot change once set"),
+        validation = Rule::new("self.replicas == oldSelf.replicas").message("replicas cannot change: Kafka cannot change a topic's replication factor in place"),
+        validation = Rule::new("self.partitions >= oldSelf.partitions").message("partitions cannot decrease: Kafka can only add partitions"),
+    )]
+    #[serde(rename_all = "camelCase")]
+    pub struct KafkaTopicSpec {
+        /// The topic's name in Kafka (the resource's name when unset).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+        pub topic_name: Option<String>,
+        /// Partitions (only ever raised).
+        #[schemars(range(min = 1, max = 10000))]
+        pub partitions: i32,
+        /// Replicas of each partition (fixed at creation).
+        #[serde(default = "one")]
+        #[schemars(range(min = 1, max = 32767))]
+        pub replicas: i32,
+        /// Topic configuration (`cleanup.policy`, `retention.ms`, …); a key removed from here is
+        /// reset to the broker's default.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        pub config: BTreeMap<String, String>,
+        /// `Retain` (default) keeps the Kafka topic when the resource is deleted; `Delete` deletes it.
+        #[serde(default)]
+        pub deletion_policy: DeletionPolicy,
+    }
+
+    fn one() -> i32 {
+        1
+    }
+
+    /// What the operator last saw and did.
+    #[derive(
+        Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+    )]
+    #[serde(rename_all = "camelCase")]
+    pub struct KafkaTopicStatus {
+        /// `Ready` with reason and message.
+        #[serde(default)]
+        pub conditions: Vec<Condition>,
+        /// The generation the status describes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub observed_generation: Option<i64>,
+        /// The topic in Kafka.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub topic_name: Option<String>,
+        /// Its partitions in Kafka.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub partitions: Option<i32>,
+        /// Its replicas in Kafka.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub replicas: Option<i32>,
+    }
+}
+
+/// The CRDs, in the order they are written, with the file name each goes to.
+pub fn crds() -> Vec<(&'static str, String)> {
+    let render = |crd| {
+        serde_saphyr::to_string(&crd).unwrap_or_else(|e| {
+            // Serializing a generated CRD cannot fail; if it did, the output says so.
+            format!("# could not render the CRD: {e}\n")
+        })
+    };
+    vec![
+        ("kafkatopics.sagashop.dev.yaml", render(KafkaTopic::crd())),
+        ("sagas.sagashop.dev.yaml", render(Saga::crd())),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+
+    #[test]
+    fn the_committed_crds_are_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/sagashop/crds");
+        for (file, yaml) in crds() {
+            let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            assert!(
+                committed == yaml,
+                "charts/sagashop/crds/{file} is out of date; run \
+                 `cargo run -p sagashop-operator -- crds --out charts/sagashop/crds`"
+            );
+        }
+    }
+
+    #[test]
+    fn the_kafka_topic_crd_carries_its_rules_and_columns() {
+        let crd = serde_json::to_string(&KafkaTopic::crd()).unwrap();
+        for needle in [
+            "self.partitions >= oldSelf.partitions",
+            "self.replicas == oldSelf.replicas",
+            "\"minimum\":1",
+            "\"Retain\"",
+            "\"shortNames\":[\"kt\"]",
+            "\"subresources\":{\"status\":{}}",
+        ] {
+            assert!(crd.contains(needle), "missing {needle}");
+        }
+    }
+}
