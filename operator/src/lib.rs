@@ -9,6 +9,8 @@
 
 use kube::CustomResourceExt;
 
+pub mod topics;
+
 pub use sagashop_saga::definition::Saga;
 
 pub use sagashop_saga::definition::Condition;

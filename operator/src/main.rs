@@ -17,6 +17,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Reconcile `KafkaTopic` resources into Kafka topics until Ctrl-C or SIGTERM. The cluster
+    /// comes from `KUBECONFIG` (or the in-cluster service account).
+    Run {
+        /// Kafka connection.
+        #[command(flatten)]
+        kafka: sagashop_kit::KafkaConfig,
+        /// Watch only this namespace (every namespace when unset).
+        #[arg(long, env = "WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        /// Resources reconciled at once.
+        #[arg(long, env = "OPERATOR_CONCURRENCY", default_value_t = 8)]
+        concurrency: u16,
+    },
     /// Print the CustomResourceDefinitions (or write one file per CRD into `--out`).
     Crds {
         /// A directory to write `<plural>.<group>.yaml` files into.
@@ -25,7 +38,8 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -39,6 +53,61 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Crds { out } => crds(out.as_deref()),
+        Command::Run {
+            kafka,
+            namespace,
+            concurrency,
+        } => run(kafka, namespace, concurrency).await,
+    }
+}
+
+async fn run(
+    kafka: sagashop_kit::KafkaConfig,
+    namespace: Option<String>,
+    concurrency: u16,
+) -> ExitCode {
+    let _telemetry = match sagashop_kit::telemetry::init(
+        sagashop_kit::telemetry::LogFormat::Auto,
+        "sagashop-operator",
+    ) {
+        Ok(guard) => guard,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "sagashop-operator: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    if let Err(e) = kafka.validate() {
+        tracing::error!("{e}");
+        return ExitCode::from(64);
+    }
+    let client = match kube::Client::try_default().await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!("no Kubernetes API server: {e} (set KUBECONFIG, or run in a cluster)");
+            return ExitCode::from(69);
+        }
+    };
+    tracing::info!(
+        namespace = namespace.as_deref().unwrap_or("(all)"),
+        concurrency,
+        "reconciling KafkaTopics"
+    );
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(()) = async { term.as_mut()?.recv().await } => {}
+        }
+    };
+    match sagashop_operator::topics::run(client, kafka, namespace, concurrency.max(1), shutdown)
+        .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(69)
+        }
     }
 }
 

@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
+    OwnedResourceSpecifier, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -137,4 +140,163 @@ pub async fn wait_for_leaders(
     waiting
         .await
         .map_err(|e| Error::Internal(format!("waiting for topic leaders panicked: {e}")))?
+}
+
+/// A topic as it is in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicState {
+    /// Partitions.
+    pub partitions: i32,
+    /// Replicas of partition 0 (the replication factor).
+    pub replicas: i32,
+    /// The configuration set on the topic itself (not broker defaults).
+    pub config: BTreeMap<String, String>,
+}
+
+/// How `names` are in Kafka; topics that do not exist are absent from the answer.
+pub async fn describe_topics(
+    kafka: &KafkaConfig,
+    admin: &AdminClient<DefaultClientContext>,
+    names: &[String],
+    timeout: Duration,
+) -> Result<std::collections::HashMap<String, TopicState>, Error> {
+    let client: BaseProducer =
+        kafka
+            .admin("topic-metadata")
+            .create()
+            .map_err(|cause| Error::Client {
+                what: "metadata client",
+                cause,
+            })?;
+    let metadata =
+        tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout))
+            .await
+            .map_err(|e| Error::Internal(format!("reading topic metadata panicked: {e}")))?
+            .map_err(|cause| Error::Admin {
+                action: "read topic metadata",
+                cause,
+            })?;
+    let mut found = std::collections::HashMap::new();
+    for topic in metadata.topics() {
+        if topic.error().is_some() || !names.iter().any(|n| n == topic.name()) {
+            continue;
+        }
+        let replicas = topic
+            .partitions()
+            .iter()
+            .find(|p| p.id() == 0)
+            .map_or(0, |p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX));
+        found.insert(
+            topic.name().to_owned(),
+            TopicState {
+                partitions: i32::try_from(topic.partitions().len()).unwrap_or(i32::MAX),
+                replicas,
+                config: BTreeMap::new(),
+            },
+        );
+    }
+    if found.is_empty() {
+        return Ok(found);
+    }
+    let specifiers: Vec<ResourceSpecifier<'_>> = found
+        .keys()
+        .map(|name| ResourceSpecifier::Topic(name.as_str()))
+        .collect();
+    let options = AdminOptions::new().request_timeout(Some(timeout));
+    let described = admin
+        .describe_configs(&specifiers, &options)
+        .await
+        .map_err(|cause| Error::Admin {
+            action: "describe topic configs",
+            cause,
+        })?;
+    let mut configs = Vec::new();
+    for resource in described.into_iter().flatten() {
+        if let OwnedResourceSpecifier::Topic(name) = &resource.specifier {
+            let set: BTreeMap<String, String> = resource
+                .entries
+                .iter()
+                .filter(|e| e.source == ConfigSource::DynamicTopic)
+                .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+                .collect();
+            configs.push((name.clone(), set));
+        }
+    }
+    for (name, set) in configs {
+        if let Some(state) = found.get_mut(&name) {
+            state.config = set;
+        }
+    }
+    Ok(found)
+}
+
+/// Raises `topic` to `partitions` partitions.
+pub async fn raise_partitions(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let count = usize::try_from(partitions).unwrap_or(0);
+    let request = [NewPartitions::new(topic, count)];
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    let results = admin
+        .create_partitions(&request, &options)
+        .await
+        .map_err(|cause| Error::Admin {
+            action: "create partitions",
+            cause,
+        })?;
+    results.into_iter().try_for_each(|r| {
+        r.map(|_| ())
+            .map_err(|(topic, code)| Error::TopicRefused { topic, code })
+    })
+}
+
+/// Makes `config` the whole of `topic`'s own configuration: keys it does not name go back to the
+/// broker's defaults.
+pub async fn replace_config(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    config: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let alter = config.iter().fold(
+        AlterConfig::new(ResourceSpecifier::Topic(topic)),
+        |alter, (k, v)| alter.set(k, v),
+    );
+    let options = AdminOptions::new().request_timeout(Some(timeout));
+    let results = admin
+        .alter_configs([&alter], &options)
+        .await
+        .map_err(|cause| Error::Admin {
+            action: "alter topic config",
+            cause,
+        })?;
+    results.into_iter().try_for_each(|r| {
+        r.map(|_| ()).map_err(|(_, code)| Error::TopicRefused {
+            topic: topic.to_owned(),
+            code,
+        })
+    })
+}
+
+/// Deletes `topic`; a topic that is already gone is not an error.
+pub async fn delete_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    let results = admin
+        .delete_topics(&[topic], &options)
+        .await
+        .map_err(|cause| Error::Admin {
+            action: "delete topics",
+            cause,
+        })?;
+    results.into_iter().try_for_each(|r| match r {
+        Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => Ok(()),
+        Err((topic, code)) => Err(Error::TopicRefused { topic, code }),
+    })
 }
