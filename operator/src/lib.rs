@@ -1,4 +1,9 @@
-//! sagashop's custom resources: [`KafkaTopic`] (here) and [`Saga`] (defined with the saga it
+//! sagashop's operator: it reconciles [`KafkaTopic`] resources into real Kafka topics
+//! ([`topics`]) and [`Saga`] resources into the topics, configuration and rollouts their
+//! services need ([`sagas`]), one replica at a time ([`lease`]), with `/healthz`, `/readyz` and
+//! `/metrics` ([`metrics`]). [`run`] is the whole operator; the binary parses flags and calls it.
+//!
+//! The custom resources: [`KafkaTopic`] (here) and [`Saga`] (defined with the saga it
 //! describes, in `sagashop-saga`), both `sagashop.dev/v1alpha1`.
 //!
 //! Validation lives in the CRD schemas, so that a bad edit is refused by `kubectl apply`, not
@@ -7,9 +12,22 @@
 //! of a saga are unique). `sagashop-operator crds` prints the definitions; the copies in
 //! `charts/sagashop/crds/` are checked by a test to be current.
 
-use kube::CustomResourceExt;
+use std::sync::Arc;
+use std::time::Duration;
 
+use kube::CustomResourceExt;
+use kube::runtime::events::{Recorder, Reporter};
+use sagashop_kit::{KafkaConfig, Monitor};
+use tokio_util::sync::CancellationToken;
+
+pub mod admin;
+pub mod context;
+pub mod lease;
+pub mod metrics;
+pub mod sagas;
 pub mod topics;
+
+pub use context::Scope;
 
 pub use sagashop_saga::definition::Saga;
 
@@ -122,6 +140,104 @@ pub fn crds() -> Vec<(&'static str, String)> {
         ("kafkatopics.sagashop.dev.yaml", render(KafkaTopic::crd())),
         ("sagas.sagashop.dev.yaml", render(Saga::crd())),
     ]
+}
+
+/// How the operator runs.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// Kafka, where the topics go.
+    pub kafka: KafkaConfig,
+    /// The namespaces it manages.
+    pub scope: Scope,
+    /// Objects of each kind reconciled at once.
+    pub concurrency: u16,
+    /// How often every object is reconciled even when nothing changed.
+    pub resync: Duration,
+    /// How long Kafka admin requests wait to be batched with others.
+    pub batch_linger: Duration,
+    /// Leader election; `None` runs without (one replica only).
+    pub lease: Option<lease::LeaseConfig>,
+    /// The name events are reported under (the pod name).
+    pub instance: Option<String>,
+}
+
+/// Why the operator stopped other than by request.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Kafka's admin client could not be created.
+    #[error(transparent)]
+    Kafka(#[from] sagashop_kit::Error),
+    /// Another replica took over: this one must not go on reconciling.
+    #[error("lost the leader lease `{0}`; stopping so that only one replica reconciles")]
+    LeaseLost(String),
+}
+
+/// Runs both reconcilers until `shutdown` (or until leadership is lost), reporting readiness
+/// and metrics through `monitor`.
+pub async fn run(
+    client: kube::Client,
+    config: OperatorConfig,
+    monitor: &Monitor,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let metrics = Arc::new(metrics::Metrics::new(monitor));
+    let ready = monitor.component("operator:leading-or-standby");
+    let admin = admin::TopicAdmin::start(
+        config.kafka.admin_client("operator")?,
+        Arc::clone(&metrics),
+        config.batch_linger,
+        500,
+    );
+    let reporter = Reporter {
+        controller: context::MANAGER.to_owned(),
+        instance: config.instance.clone(),
+    };
+    let shared = Arc::new(context::Shared::new(
+        client.clone(),
+        admin,
+        Recorder::new(client.clone(), reporter),
+        Arc::clone(&metrics),
+        config.scope.clone(),
+        config.resync,
+    ));
+    // A standby is healthy and ready: it is doing its job, which is to wait.
+    ready.set(true);
+    let leadership = match config.lease.clone() {
+        Some(lease) => match lease::acquire(client, lease, &shutdown).await {
+            Some(held) => Some(held),
+            None => return Ok(()),
+        },
+        None => None,
+    };
+    metrics.leader.set(1);
+    let stop = shutdown.child_token();
+    if let Some(held) = &leadership {
+        let (lost, stop) = (held.lost.clone(), stop.clone());
+        tokio::spawn(async move {
+            lost.cancelled().await;
+            stop.cancel();
+        });
+    }
+    tracing::info!(scope = ?config.scope, concurrency = config.concurrency, "reconciling KafkaTopics and Sagas");
+    let (a, b) = (stop.clone(), stop.clone());
+    tokio::join!(
+        topics::run(Arc::clone(&shared), config.concurrency, async move {
+            a.cancelled().await;
+        }),
+        sagas::run(Arc::clone(&shared), config.concurrency, async move {
+            b.cancelled().await;
+        }),
+    );
+    metrics.leader.set(0);
+    if let Some(held) = leadership {
+        let lost = held.lost.is_cancelled();
+        held.release().await;
+        if lost && !shutdown.is_cancelled() {
+            let name = config.lease.map(|l| l.name).unwrap_or_default();
+            return Err(RunError::LeaseLost(name));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

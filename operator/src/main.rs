@@ -1,11 +1,16 @@
-//! `sagashop-operator`: reconciles `KafkaTopic` and `Saga` resources (being built), and prints
-//! their CRDs.
+//! `sagashop-operator`: reconciles `KafkaTopic` and `Saga` resources, and prints their CRDs.
+//! Thin: flags and environment in, [`sagashop_operator::run`], an exit code out.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use sagashop_operator::lease::LeaseConfig;
+use sagashop_operator::{OperatorConfig, RunError, Scope};
+use tokio_util::sync::CancellationToken;
 
 /// sagashop's Kubernetes operator.
 #[derive(Debug, Parser)]
@@ -17,25 +22,57 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Reconcile `KafkaTopic` resources into Kafka topics until Ctrl-C or SIGTERM. The cluster
-    /// comes from `KUBECONFIG` (or the in-cluster service account).
-    Run {
-        /// Kafka connection.
-        #[command(flatten)]
-        kafka: sagashop_kit::KafkaConfig,
-        /// Watch only this namespace (every namespace when unset).
-        #[arg(long, env = "WATCH_NAMESPACE")]
-        namespace: Option<String>,
-        /// Resources reconciled at once.
-        #[arg(long, env = "OPERATOR_CONCURRENCY", default_value_t = 8)]
-        concurrency: u16,
-    },
+    /// Reconcile `KafkaTopic` and `Saga` resources until Ctrl-C or SIGTERM. The cluster comes
+    /// from `KUBECONFIG` (or the in-cluster service account).
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions (or write one file per CRD into `--out`).
     Crds {
         /// A directory to write `<plural>.<group>.yaml` files into.
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    kafka: sagashop_kit::KafkaConfig,
+    /// Namespaces to manage, comma-separated (every namespace when unset). With exactly one,
+    /// only that namespace is watched, so a namespaced Role is enough.
+    #[arg(long = "namespaces", env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Objects of each kind reconciled at once.
+    #[arg(long, env = "OPERATOR_CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
+    /// How often every object is reconciled even when nothing changed (reverts drift).
+    #[arg(long, env = "OPERATOR_RESYNC", default_value = "5m", value_parser = humantime::parse_duration)]
+    resync: Duration,
+    /// How long a Kafka admin request waits to be batched with others.
+    #[arg(long, env = "OPERATOR_BATCH_LINGER", default_value = "20ms", value_parser = humantime::parse_duration)]
+    batch_linger: Duration,
+    /// `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "OPERATOR_HTTP", default_value = "127.0.0.1:8081")]
+    http: SocketAddr,
+    /// Take part in leader election (off: this replica reconciles alone, unconditionally).
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// The Lease's name.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_LEASE",
+        default_value = "sagashop-operator"
+    )]
+    lease_name: String,
+    /// The Lease's namespace (the pod's own, in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's name in the Lease and in events (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a Lease lasts unrenewed before a standby takes over.
+    #[arg(long, env = "LEADER_ELECTION_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
 }
 
 #[tokio::main]
@@ -53,19 +90,16 @@ async fn main() -> ExitCode {
     };
     match cli.command {
         Command::Crds { out } => crds(out.as_deref()),
-        Command::Run {
-            kafka,
-            namespace,
-            concurrency,
-        } => run(kafka, namespace, concurrency).await,
+        Command::Run(args) => run(*args).await,
     }
 }
 
-async fn run(
-    kafka: sagashop_kit::KafkaConfig,
-    namespace: Option<String>,
-    concurrency: u16,
-) -> ExitCode {
+fn usage(message: &str) -> ExitCode {
+    tracing::error!("{message}");
+    ExitCode::from(64)
+}
+
+async fn run(args: RunArgs) -> ExitCode {
     let _telemetry = match sagashop_kit::telemetry::init(
         sagashop_kit::telemetry::LogFormat::Auto,
         "sagashop-operator",
@@ -76,10 +110,26 @@ async fn run(
             return ExitCode::from(70);
         }
     };
-    if let Err(e) = kafka.validate() {
-        tracing::error!("{e}");
-        return ExitCode::from(64);
+    if let Err(e) = args.kafka.validate() {
+        return usage(&e.to_string());
     }
+    if args.lease_duration < Duration::from_secs(2) {
+        return usage("invalid setting LEADER_ELECTION_DURATION: must be at least 2s");
+    }
+    if args.resync < Duration::from_secs(1) {
+        return usage("invalid setting OPERATOR_RESYNC: must be at least 1s");
+    }
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
+        format!("{host}-{}", std::process::id())
+    });
+    let listener = match tokio::net::TcpListener::bind(args.http).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!("cannot listen on {} (OPERATOR_HTTP): {e}", args.http);
+            return ExitCode::from(69);
+        }
+    };
     let client = match kube::Client::try_default().await {
         Ok(client) => client,
         Err(e) => {
@@ -87,26 +137,56 @@ async fn run(
             return ExitCode::from(69);
         }
     };
-    tracing::info!(
-        namespace = namespace.as_deref().unwrap_or("(all)"),
-        concurrency,
-        "reconciling KafkaTopics"
-    );
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            Some(()) = async { term.as_mut()?.recv().await } => {}
-        }
+    let config = OperatorConfig {
+        kafka: args.kafka,
+        scope: Scope::only(args.namespaces),
+        concurrency: args.concurrency.max(1),
+        resync: args.resync,
+        batch_linger: args.batch_linger,
+        lease: args.leader_election.then(|| LeaseConfig {
+            name: args.lease_name,
+            namespace: args.lease_namespace,
+            identity: identity.clone(),
+            duration: args.lease_duration,
+            renew_every: args.lease_duration / 3,
+        }),
+        instance: Some(identity),
     };
-    match sagashop_operator::topics::run(client, kafka, namespace, concurrency.max(1), shutdown)
-        .await
+    let shutdown = CancellationToken::new();
+    let monitor = sagashop_kit::Monitor::new();
+    let server = {
+        let (app, stop) = (sagashop_kit::ops_router(monitor.clone()), shutdown.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    };
     {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                Some(()) = async { term.as_mut()?.recv().await } => {}
+            }
+            tracing::info!("shutting down");
+            shutdown.cancel();
+        });
+    }
+    let result = sagashop_operator::run(client, config, &monitor, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = server.await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(e @ RunError::Kafka(_)) => {
             tracing::error!("{e}");
             ExitCode::from(69)
+        }
+        Err(e @ RunError::LeaseLost(_)) => {
+            tracing::error!("{e}");
+            ExitCode::from(75)
         }
     }
 }

@@ -11,57 +11,37 @@
 //! | annotation `sagashop.dev/managed: "false"` | `Ready=False`, reason `Unmanaged`; the finalizer is removed, the topic left alone |
 //! | the resource is deleted | `deletionPolicy: Delete` deletes the topic (unless another resource claims it, which then owns it); `Retain` keeps it |
 //!
-//! Every object is resynced every five minutes, which detects and reverts drift. Errors back off
-//! exponentially per object, with jitter. Status goes through server-side apply.
+//! | the resource's namespace is outside the operator's scope | `Ready=False`, reason `NotWatched` (unless another operator manages it) |
+//!
+//! Every object is resynced periodically (five minutes by default), which detects and reverts
+//! drift. Errors back off exponentially per object, with jitter. Status goes through server-side
+//! apply; every change and refusal is also a Kubernetes event. Kafka calls are batched across
+//! resources ([`crate::admin`]). The decision itself is [`decide`], a pure function.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
-use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
-use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
+use kube::{Api, Resource, ResourceExt};
 use sagashop_kit::admin::{TopicSpec, TopicState};
-use sagashop_kit::{KafkaConfig, RetryPolicy};
 use serde_json::json;
 
-use crate::{Condition, DeletionPolicy, KafkaTopic, KafkaTopicStatus};
+use crate::context::{Error, MANAGER, Shared, condition, drain, key};
+use crate::{DeletionPolicy, KafkaTopic, KafkaTopicSpec, KafkaTopicStatus};
 
 /// The finalizer the operator puts on every managed `KafkaTopic`.
 pub const FINALIZER: &str = "sagashop.dev/topic";
 /// Set to `"false"` to stop managing a topic without deleting it.
 pub const MANAGED: &str = "sagashop.dev/managed";
-const MANAGER: &str = "sagashop-operator";
-const RESYNC: Duration = Duration::from_secs(300);
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Why a reconciliation failed (it is retried with backoff).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Kafka refused or did not answer.
-    #[error("kafka: {0}")]
-    Kafka(#[from] sagashop_kit::Error),
-    /// The API server refused or did not answer.
-    #[error("kubernetes: {0}")]
-    Kube(#[from] kube::Error),
-    /// The finalizer helper failed.
-    #[error("finalizer: {0}")]
-    Finalizer(String),
-}
+const KIND: &str = "KafkaTopic";
 
 /// What the reconciler shares.
 pub struct Context {
-    client: Client,
-    kafka: KafkaConfig,
-    admin: AdminClient<DefaultClientContext>,
+    shared: Arc<Shared>,
     store: Store<KafkaTopic>,
-    failures: Mutex<HashMap<ObjectRef<KafkaTopic>, u32>>,
 }
 
 /// The topic name a resource declares.
@@ -96,7 +76,81 @@ fn same(a: &KafkaTopic, b: &KafkaTopic) -> bool {
     a.namespace() == b.namespace() && a.name_any() == b.name_any()
 }
 
-/// Writes the status: one `Ready` condition, keeping its transition time when unchanged.
+/// What to do about one topic, given the spec and how Kafka has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The topic does not exist: create it as declared.
+    Create,
+    /// Kafka cannot do what the spec asks: change nothing and say why.
+    Refuse {
+        /// The condition's reason.
+        reason: &'static str,
+        /// What to do about it.
+        message: String,
+    },
+    /// Bring the existing topic to the spec (possibly nothing to do).
+    Update {
+        /// Raise the partitions to this many.
+        raise_partitions: Option<i32>,
+        /// Replace the topic's own configuration with the spec's.
+        replace_config: bool,
+    },
+}
+
+/// Decides what to do with the topic `spec` declares when Kafka has it as `kafka`.
+pub fn decide(spec: &KafkaTopicSpec, kafka: Option<&TopicState>) -> Decision {
+    let Some(state) = kafka else {
+        return Decision::Create;
+    };
+    if state.replicas != spec.replicas {
+        return Decision::Refuse {
+            reason: "ReplicationFactorMismatch",
+            message: format!(
+                "the topic has replication factor {} and Kafka cannot change it in place; \
+                 declare {} or recreate the topic",
+                state.replicas, state.replicas
+            ),
+        };
+    }
+    if state.partitions > spec.partitions {
+        return Decision::Refuse {
+            reason: "PartitionDecrease",
+            message: format!(
+                "the topic has {} partitions and Kafka cannot remove partitions; declare at least {}",
+                state.partitions, state.partitions
+            ),
+        };
+    }
+    Decision::Update {
+        raise_partitions: (state.partitions < spec.partitions).then_some(spec.partitions),
+        replace_config: state.config != spec.config,
+    }
+}
+
+/// The `Ready` reason and message after an update: `Adopted` the first time the operator
+/// manages an existing topic, then what changed, else what was last said.
+pub fn update_outcome(
+    adopted: bool,
+    changes: &[String],
+    previous: Option<(&str, &str)>,
+) -> (String, String) {
+    let joined = changes.join(", ");
+    if adopted {
+        let message = format!("adopted the existing topic {joined}");
+        return ("Adopted".to_owned(), message.trim().to_owned());
+    }
+    match (changes, previous) {
+        ([], Some((reason, message))) => (reason.to_owned(), message.to_owned()),
+        ([], None) => (
+            "UpToDate".to_owned(),
+            "the topic matches the spec".to_owned(),
+        ),
+        ([only], _) if only.starts_with("partitions") => ("PartitionsIncreased".to_owned(), joined),
+        _ => ("ConfigUpdated".to_owned(), joined),
+    }
+}
+
+/// Writes the status (one `Ready` condition) and, when the reason changes, an event.
 async fn report(
     ctx: &Context,
     resource: &KafkaTopic,
@@ -105,35 +159,33 @@ async fn report(
     message: String,
     kafka: Option<&TopicState>,
 ) -> Result<(), Error> {
-    let status = if ready { "True" } else { "False" };
     let previous = resource
         .status
         .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-    let last_transition_time = previous
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
     let generation = resource.meta().generation;
+    let ready_condition = condition(previous, "Ready", ready, reason, message, generation);
     let new = KafkaTopicStatus {
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            last_transition_time,
-            observed_generation: generation,
-        }],
+        conditions: vec![ready_condition],
         observed_generation: generation,
         topic_name: Some(topic_name(resource)),
         partitions: kafka.map(|k| k.partitions),
         replicas: kafka.map(|k| k.replicas),
     };
+    ctx.shared.metrics.readiness(
+        KIND,
+        key(resource),
+        Some(if ready { "True" } else { "False" }),
+    );
     if resource.status.as_ref() == Some(&new) {
         return Ok(());
     }
+    let said_before = previous.iter().any(|c| {
+        c.type_ == "Ready" && c.reason == reason && c.message == new.conditions[0].message
+    });
     let api: Api<KafkaTopic> = Api::namespaced(
-        ctx.client.clone(),
+        ctx.shared.client.clone(),
         &resource.namespace().unwrap_or_default(),
     );
     let patch = json!({
@@ -147,10 +199,25 @@ async fn report(
         &Patch::Apply(&patch),
     )
     .await?;
+    if !said_before {
+        let note = new.conditions[0].message.clone();
+        ctx.shared.event(resource, !ready, reason, note).await;
+    }
     Ok(())
 }
 
+fn previous_ready(resource: &KafkaTopic) -> Option<(&str, &str)> {
+    resource
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")
+        .map(|c| (c.reason.as_str(), c.message.as_str()))
+}
+
 async fn apply(resource: Arc<KafkaTopic>, ctx: &Context) -> Result<Action, Error> {
+    let resync = Action::requeue(ctx.shared.resync);
     let name = topic_name(&resource);
     if let Some(owner) = owner(&ctx.store, &name)
         && !same(&owner, &resource)
@@ -161,140 +228,92 @@ async fn apply(resource: Arc<KafkaTopic>, ctx: &Context) -> Result<Action, Error
             owner.name_any()
         );
         report(ctx, &resource, false, "ResourceConflict", message, None).await?;
-        return Ok(Action::requeue(RESYNC));
+        return Ok(resync);
     }
     let spec = &resource.spec;
-    let existing = sagashop_kit::admin::describe_topics(
-        &ctx.kafka,
-        &ctx.admin,
-        std::slice::from_ref(&name),
-        KAFKA_TIMEOUT,
-    )
-    .await?
-    .remove(&name);
-    let Some(mut state) = existing else {
-        let topic = TopicSpec {
-            replicas: spec.replicas,
-            config: spec.config.clone(),
-            ..TopicSpec::new(&name, spec.partitions)
-        };
-        sagashop_kit::admin::create_topics(&ctx.admin, &[topic], KAFKA_TIMEOUT).await?;
-        let state = TopicState {
-            partitions: spec.partitions,
-            replicas: spec.replicas,
-            config: spec.config.clone(),
-        };
-        let message = format!("created with {} partitions", spec.partitions);
-        report(ctx, &resource, true, "Created", message, Some(&state)).await?;
-        return Ok(Action::requeue(RESYNC));
-    };
-    if state.replicas != spec.replicas {
-        let message = format!(
-            "the topic has replication factor {} and Kafka cannot change it in place; declare {} or recreate the topic",
-            state.replicas, state.replicas
-        );
-        report(
-            ctx,
-            &resource,
-            false,
-            "ReplicationFactorMismatch",
-            message,
-            Some(&state),
-        )
-        .await?;
-        return Ok(Action::requeue(RESYNC));
-    }
-    if state.partitions > spec.partitions {
-        let message = format!(
-            "the topic has {} partitions and Kafka cannot remove partitions; declare at least {}",
-            state.partitions, state.partitions
-        );
-        report(
-            ctx,
-            &resource,
-            false,
-            "PartitionDecrease",
-            message,
-            Some(&state),
-        )
-        .await?;
-        return Ok(Action::requeue(RESYNC));
-    }
-    // Never reported the topic's state as ours: this is the first time we manage it.
-    let adopted = resource
-        .status
-        .as_ref()
-        .and_then(|s| s.partitions)
-        .is_none();
-    let mut changes = Vec::new();
-    if state.partitions < spec.partitions {
-        sagashop_kit::admin::raise_partitions(&ctx.admin, &name, spec.partitions, KAFKA_TIMEOUT)
-            .await?;
-        changes.push(format!(
-            "partitions raised from {} to {}",
-            state.partitions, spec.partitions
-        ));
-        state.partitions = spec.partitions;
-    }
-    if state.config != spec.config {
-        sagashop_kit::admin::replace_config(&ctx.admin, &name, &spec.config, KAFKA_TIMEOUT).await?;
-        changes.push("configuration updated".to_owned());
-        state.config = spec.config.clone();
-    }
-    let (reason, message) = match (adopted, changes.is_empty()) {
-        (true, _) => (
-            "Adopted",
-            format!("adopted the existing topic {}", changes.join(", ")),
-        ),
-        // Nothing to do: keep saying what was last done.
-        (false, true) => match resource
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-            .filter(|c| c.status == "True")
-        {
-            Some(c) => (c.reason.as_str(), c.message.clone()),
-            None => ("UpToDate", "the topic matches the spec".to_owned()),
-        },
-        (false, false) if changes.len() == 1 && changes[0].starts_with("partitions") => {
-            ("PartitionsIncreased", changes.join(", "))
+    let admin = &ctx.shared.admin;
+    let existing = admin.describe(&name).await?;
+    match decide(spec, existing.as_ref()) {
+        Decision::Create => {
+            let topic = TopicSpec {
+                replicas: spec.replicas,
+                config: spec.config.clone(),
+                ..TopicSpec::new(&name, spec.partitions)
+            };
+            admin.create(topic).await?;
+            let state = TopicState {
+                partitions: spec.partitions,
+                replicas: spec.replicas,
+                config: spec.config.clone(),
+            };
+            let message = format!("created with {} partitions", spec.partitions);
+            tracing::info!(topic = %name, %message, "topic created");
+            report(ctx, &resource, true, "Created", message, Some(&state)).await?;
         }
-        (false, false) => ("ConfigUpdated", changes.join(", ")),
-    };
-    if !changes.is_empty() {
-        tracing::info!(topic = %name, %message, "topic changed");
+        Decision::Refuse { reason, message } => {
+            report(ctx, &resource, false, reason, message, existing.as_ref()).await?;
+        }
+        Decision::Update {
+            raise_partitions,
+            replace_config,
+        } => {
+            let Some(mut state) = existing else {
+                return Ok(resync);
+            };
+            // Never reported the topic's state as ours: this is the first time we manage it.
+            let adopted = resource
+                .status
+                .as_ref()
+                .and_then(|s| s.partitions)
+                .is_none();
+            let mut changes = Vec::new();
+            if let Some(partitions) = raise_partitions {
+                admin.raise_partitions(&name, partitions).await?;
+                changes.push(format!(
+                    "partitions raised from {} to {partitions}",
+                    state.partitions
+                ));
+                state.partitions = partitions;
+            }
+            if replace_config {
+                admin.replace_config(&name, &spec.config).await?;
+                changes.push("configuration updated".to_owned());
+                state.config = spec.config.clone();
+            }
+            let (reason, message) = update_outcome(adopted, &changes, previous_ready(&resource));
+            if !changes.is_empty() {
+                tracing::info!(topic = %name, %message, "topic changed");
+            }
+            report(ctx, &resource, true, &reason, message, Some(&state)).await?;
+        }
     }
-    report(
-        ctx,
-        &resource,
-        true,
-        reason,
-        message.trim().to_owned(),
-        Some(&state),
-    )
-    .await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(resync)
 }
 
 async fn cleanup(resource: Arc<KafkaTopic>, ctx: &Context) -> Result<Action, Error> {
     let name = topic_name(&resource);
     let successor = owner(&ctx.store, &name).filter(|o| !same(o, &resource));
-    match (resource.spec.deletion_policy, successor) {
+    let note = match (resource.spec.deletion_policy, &successor) {
         (DeletionPolicy::Delete, None) => {
-            sagashop_kit::admin::delete_topic(&ctx.admin, &name, KAFKA_TIMEOUT).await?;
-            tracing::info!(topic = %name, "topic deleted with its resource");
+            ctx.shared.admin.delete(&name).await?;
+            format!("topic `{name}` deleted with its resource")
         }
-        (DeletionPolicy::Delete, Some(next)) => {
-            tracing::info!(topic = %name, next = %next.name_any(), "topic handed to the next claimant instead of being deleted");
-        }
-        (DeletionPolicy::Retain, _) => {
-            tracing::info!(topic = %name, "resource deleted; topic retained");
-        }
-    }
+        (DeletionPolicy::Delete, Some(next)) => format!(
+            "topic `{name}` kept: KafkaTopic {}/{} claims it and now manages it",
+            next.namespace().unwrap_or_default(),
+            next.name_any()
+        ),
+        (DeletionPolicy::Retain, _) => format!("resource deleted; topic `{name}` retained"),
+    };
+    tracing::info!(topic = %name, "{note}");
+    ctx.shared.event(&*resource, false, "Deleted", note).await;
+    ctx.shared.metrics.readiness(KIND, key(&*resource), None);
     // The next claimant takes over now, not at its next resync: tell it.
-    if let Some(next) = owner(&ctx.store, &name).filter(|o| !same(o, &resource)) {
-        let api: Api<KafkaTopic> =
-            Api::namespaced(ctx.client.clone(), &next.namespace().unwrap_or_default());
+    if let Some(next) = successor {
+        let api: Api<KafkaTopic> = Api::namespaced(
+            ctx.shared.client.clone(),
+            &next.namespace().unwrap_or_default(),
+        );
         let from = format!(
             "{}/{}",
             resource.namespace().unwrap_or_default(),
@@ -311,27 +330,40 @@ async fn cleanup(resource: Arc<KafkaTopic>, ctx: &Context) -> Result<Action, Err
     Ok(Action::await_change())
 }
 
+/// Removes the operator's finalizer from `resource`, if it has it.
+async fn release(api: &Api<KafkaTopic>, resource: &KafkaTopic) -> Result<(), Error> {
+    if resource.finalizers().iter().any(|f| f == FINALIZER) {
+        let kept: Vec<&String> = resource
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .collect();
+        let patch = json!({"metadata": {"finalizers": kept}});
+        api.patch(
+            &resource.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 async fn reconcile(resource: Arc<KafkaTopic>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let api: Api<KafkaTopic> = Api::namespaced(
-        ctx.client.clone(),
-        &resource.namespace().unwrap_or_default(),
-    );
-    if !managed(&resource) {
-        // Stop managing, delete nothing: drop our finalizer if it is there.
-        if resource.finalizers().iter().any(|f| f == FINALIZER) {
-            let kept: Vec<&String> = resource
-                .finalizers()
-                .iter()
-                .filter(|f| *f != FINALIZER)
-                .collect();
-            let patch = json!({"metadata": {"finalizers": kept}});
-            api.patch(
-                &resource.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+    let namespace = resource.namespace().unwrap_or_default();
+    let api: Api<KafkaTopic> = Api::namespaced(ctx.shared.client.clone(), &namespace);
+    if !ctx.shared.scope.manages(&namespace) {
+        // Another operator that manages this namespace puts its finalizer on: leave it to it.
+        let claimed = resource.finalizers().iter().any(|f| f == FINALIZER);
+        if !claimed && resource.meta().deletion_timestamp.is_none() {
+            let message = ctx.shared.scope.refusal(&namespace);
+            report(&ctx, &resource, false, "NotWatched", message, None).await?;
         }
+        return Ok(Action::await_change());
+    }
+    if !managed(&resource) {
+        // Stop managing, delete nothing.
+        release(&api, &resource).await?;
         if resource.meta().deletion_timestamp.is_none() {
             let message =
                 format!("annotation {MANAGED}=false: the operator leaves this topic alone");
@@ -346,69 +378,155 @@ async fn reconcile(resource: Arc<KafkaTopic>, ctx: Arc<Context>) -> Result<Actio
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(e.to_string()))?;
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })?;
     Ok(action)
 }
 
-fn error_policy(resource: Arc<KafkaTopic>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = ObjectRef::from_obj(&*resource);
-    let attempt = {
-        let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = failures.entry(key).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    let backoff = RetryPolicy::unbounded(Duration::from_millis(500), Duration::from_secs(300))
-        .backoff(attempt);
-    tracing::warn!(name = %resource.name_any(), %error, attempt, ?backoff, "reconcile failed; retrying");
-    Action::requeue(backoff)
-}
-
-/// Runs the reconciler over `KafkaTopic`s in `namespace` (every namespace when `None`) until
-/// `shutdown`.
+/// Runs the reconciler over `KafkaTopic`s in the shared scope until `shutdown`.
 pub async fn run(
-    client: Client,
-    kafka: KafkaConfig,
-    namespace: Option<String>,
+    shared: Arc<Shared>,
     concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> Result<(), sagashop_kit::Error> {
-    let api: Api<KafkaTopic> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+) {
+    let api: Api<KafkaTopic> = match shared.scope.single() {
+        Some(ns) => Api::namespaced(shared.client.clone(), ns),
+        None => Api::all(shared.client.clone()),
     };
-    let admin = kafka.admin_client("operator")?;
     let controller = Controller::new(api, watcher::Config::default())
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown);
     let ctx = Arc::new(Context {
-        client,
-        kafka,
-        admin,
+        shared,
         store: controller.store(),
-        failures: Mutex::default(),
     });
-    controller
-        .run(
-            |resource, ctx: Arc<Context>| async move {
-                let key = ObjectRef::from_obj(&*resource);
-                let result = reconcile(resource, Arc::clone(&ctx)).await;
-                if result.is_ok() {
-                    ctx.failures
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&key);
+    drain(controller.run(
+        |resource, ctx: Arc<Context>| async move {
+            let shared = Arc::clone(&ctx.shared);
+            shared
+                .measured(KIND, &*resource, reconcile(Arc::clone(&resource), ctx))
+                .await
+        },
+        |resource, error, ctx| ctx.shared.error_action(&*resource, error),
+        ctx,
+    ))
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn spec(partitions: i32, replicas: i32, config: &[(&str, &str)]) -> KafkaTopicSpec {
+        KafkaTopicSpec {
+            topic_name: None,
+            partitions,
+            replicas,
+            config: config
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            deletion_policy: DeletionPolicy::Retain,
+        }
+    }
+
+    fn kafka(partitions: i32, replicas: i32, config: &[(&str, &str)]) -> TopicState {
+        TopicState {
+            partitions,
+            replicas,
+            config: config
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn a_missing_topic_is_created() {
+        assert_eq!(decide(&spec(3, 1, &[]), None), Decision::Create);
+    }
+
+    #[test]
+    fn fewer_partitions_than_kafka_has_is_refused_with_the_number_to_declare() {
+        let Decision::Refuse { reason, message } =
+            decide(&spec(2, 1, &[]), Some(&kafka(6, 1, &[])))
+        else {
+            panic!("not refused");
+        };
+        assert_eq!(reason, "PartitionDecrease");
+        assert!(message.contains("declare at least 6"), "{message}");
+    }
+
+    #[test]
+    fn another_replication_factor_is_refused_before_anything_changes() {
+        // Partitions would also be raised: nothing happens while the refusal stands.
+        let decision = decide(&spec(8, 3, &[]), Some(&kafka(4, 1, &[])));
+        assert!(
+            matches!(
+                decision,
+                Decision::Refuse {
+                    reason: "ReplicationFactorMismatch",
+                    ..
                 }
-                result
-            },
-            error_policy,
-            ctx,
-        )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile");
+            ),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn more_partitions_and_other_config_are_both_applied() {
+        let decision = decide(
+            &spec(8, 1, &[("retention.ms", "1000")]),
+            Some(&kafka(4, 1, &[("cleanup.policy", "compact")])),
+        );
+        assert_eq!(
+            decision,
+            Decision::Update {
+                raise_partitions: Some(8),
+                replace_config: true
             }
-        })
-        .await;
-    Ok(())
+        );
+    }
+
+    #[test]
+    fn a_topic_as_declared_needs_nothing() {
+        let decision = decide(
+            &spec(4, 1, &[("cleanup.policy", "compact")]),
+            Some(&kafka(4, 1, &[("cleanup.policy", "compact")])),
+        );
+        assert_eq!(
+            decision,
+            Decision::Update {
+                raise_partitions: None,
+                replace_config: false
+            }
+        );
+    }
+
+    #[test]
+    fn the_outcome_names_adoption_then_the_change_then_keeps_the_last_words() {
+        let adopted = update_outcome(true, &[], None);
+        assert_eq!(adopted.0, "Adopted");
+        let raised = update_outcome(false, &["partitions raised from 4 to 8".into()], None);
+        assert_eq!(raised.0, "PartitionsIncreased");
+        let both = update_outcome(
+            false,
+            &[
+                "partitions raised from 4 to 8".into(),
+                "configuration updated".into(),
+            ],
+            None,
+        );
+        assert_eq!(both.0, "ConfigUpdated");
+        let quiet = update_outcome(false, &[], Some(("Created", "created with 4 partitions")));
+        assert_eq!(
+            quiet,
+            ("Created".into(), "created with 4 partitions".into())
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Topic administration: create what a service needs, batched, tolerant of what already exists.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{
@@ -61,6 +62,20 @@ pub async fn create_topics(
     topics: &[TopicSpec],
     timeout: Duration,
 ) -> Result<Vec<(String, Created)>, Error> {
+    create_each(admin, topics, timeout)
+        .await?
+        .into_iter()
+        .map(|(name, result)| result.map(|created| (name, created)))
+        .collect()
+}
+
+/// Creates every topic in one batched request and answers for each topic on its own: a topic
+/// the broker refused does not fail the others. The outer error is the request's.
+pub async fn create_each(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[TopicSpec],
+    timeout: Duration,
+) -> Result<Vec<(String, Result<Created, Error>)>, Error> {
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
@@ -78,14 +93,14 @@ pub async fn create_topics(
             action: "create topics",
             cause,
         })?;
-    results
+    Ok(results
         .into_iter()
         .map(|result| match result {
-            Ok(name) => Ok((name, Created::New)),
-            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => Ok((name, Created::Existed)),
-            Err((topic, code)) => Err(Error::TopicRefused { topic, code }),
+            Ok(name) => (name, Ok(Created::New)),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => (name, Ok(Created::Existed)),
+            Err((topic, code)) => (topic.clone(), Err(Error::TopicRefused { topic, code })),
         })
-        .collect()
+        .collect())
 }
 
 /// Waits until every topic in `names` is in the cluster metadata with a leader for each
@@ -153,23 +168,16 @@ pub struct TopicState {
     pub config: BTreeMap<String, String>,
 }
 
-/// How `names` are in Kafka; topics that do not exist are absent from the answer.
+/// How `names` are in Kafka; topics that do not exist are absent from the answer. Two requests
+/// whatever the number of names: one for metadata, one for the topics' configuration.
 pub async fn describe_topics(
-    kafka: &KafkaConfig,
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &Arc<AdminClient<DefaultClientContext>>,
     names: &[String],
     timeout: Duration,
 ) -> Result<std::collections::HashMap<String, TopicState>, Error> {
-    let client: BaseProducer =
-        kafka
-            .admin("topic-metadata")
-            .create()
-            .map_err(|cause| Error::Client {
-                what: "metadata client",
-                cause,
-            })?;
+    let client = Arc::clone(admin);
     let metadata =
-        tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout))
+        tokio::task::spawn_blocking(move || client.inner().fetch_metadata(None, timeout))
             .await
             .map_err(|e| Error::Internal(format!("reading topic metadata panicked: {e}")))?
             .map_err(|cause| Error::Admin {

@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use sagashop_kit::RetryPolicy;
+use sagashop_kit::admin::TopicSpec;
 
 /// A saga: steps run in order by participants; on failure, the completed steps' compensations
 /// run in reverse order.
@@ -28,6 +29,7 @@ use sagashop_kit::RetryPolicy;
     status = "SagaStatus",
     printcolumn = r#"{"name":"Trigger","type":"string","jsonPath":".spec.trigger.topic"}"#,
     printcolumn = r#"{"name":"Steps","type":"integer","jsonPath":".status.steps"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     doc = "A declarative saga run by the sagashop orchestrator"
@@ -55,6 +57,10 @@ pub struct SagaSpec {
     /// Partitions and replicas for the topics the saga needs.
     #[serde(default)]
     pub topic_defaults: TopicDefaults,
+    /// Deployments (in the saga's namespace) that run this saga's orchestrator or participants:
+    /// the operator rolls them when the saga's configuration changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<String>,
 }
 
 /// What the operator last saw of a saga.
@@ -67,9 +73,21 @@ pub struct SagaStatus {
     /// How many steps the saga has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<i32>,
-    /// `Ready` (topics and configuration in place), with reason and message.
+    /// `Pending`, `Ready` or `Invalid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// `TopicsReady`, `ConfigReady` and `Ready` (both), with reason and message.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The Kafka topics the saga needs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// The ConfigMap holding the services' configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+    /// A hash of that configuration: the Deployments it rolled carry it as an annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
 }
 
 /// A status condition, as Kubernetes objects report them (shared by sagashop's resources).
@@ -263,10 +281,63 @@ impl Definition {
         topics
     }
 
+    /// The consumer group of the saga's orchestrators (before any prefix).
+    pub fn orchestrator_group(&self) -> String {
+        format!("saga-{}", self.name)
+    }
+
+    /// The participants' names, in the order their first step runs.
+    pub fn participants(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for step in &self.steps {
+            if !names.contains(&step.participant.as_str()) {
+                names.push(&step.participant);
+            }
+        }
+        names
+    }
+
+    /// Every topic the saga needs, sized by its topic defaults: trigger, commands, replies and
+    /// outcome as plain topics, the state topic compacted, and a dead-letter topic for the
+    /// orchestrator and for each participant. `sagashop dev` creates these; the operator
+    /// declares them as `KafkaTopic`s.
+    pub fn topic_specs(&self) -> Vec<TopicSpec> {
+        let plain = |name: String| TopicSpec {
+            replicas: self.topic_defaults.replicas,
+            ..TopicSpec::new(name, self.topic_defaults.partitions)
+        };
+        let mut specs: Vec<TopicSpec> = self
+            .topics()
+            .into_iter()
+            .map(|topic| {
+                if topic == self.state_topic {
+                    plain(topic).with_config("cleanup.policy", "compact")
+                } else {
+                    plain(topic)
+                }
+            })
+            .collect();
+        for service in std::iter::once(ORCHESTRATOR).chain(self.participants()) {
+            let dlq = dead_letter_topic(service);
+            if !specs.iter().any(|s| s.name == dlq) {
+                specs.push(plain(dlq));
+            }
+        }
+        specs
+    }
+
     /// The step called `name`, with its index.
     pub fn step(&self, name: &str) -> Option<(usize, &StepDefinition)> {
         self.steps.iter().enumerate().find(|(_, s)| s.name == name)
     }
+}
+
+/// The name the orchestrator goes by as a service (its dead-letter topic, its configuration).
+pub const ORCHESTRATOR: &str = "orchestrator";
+
+/// The dead-letter topic of `service` (a participant's name, or [`ORCHESTRATOR`]).
+pub fn dead_letter_topic(service: &str) -> String {
+    format!("{service}.dlq.v1")
 }
 
 fn duration(problems: &mut Vec<String>, field: &str, text: &str) -> Duration {

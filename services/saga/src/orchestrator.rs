@@ -48,7 +48,11 @@ pub struct OrchestratorConfig {
 impl OrchestratorConfig {
     /// The consumer group of the saga's orchestrators.
     pub fn group_id(&self) -> String {
-        format!("{}saga-{}", self.group_prefix, self.definition.name)
+        format!(
+            "{}{}",
+            self.group_prefix,
+            self.definition.orchestrator_group()
+        )
     }
 }
 

@@ -155,6 +155,8 @@ impl Service {
 struct Topics {
     prefix: String,
     definition: Definition,
+    /// The saga's own topics (what the operator declares for it), prefixed.
+    saga_topics: Vec<TopicSpec>,
 }
 
 impl Topics {
@@ -169,6 +171,10 @@ impl Topics {
         };
         let mut definition = Saga::load(&yaml, &path)?;
         let p = &args.topic_prefix;
+        let mut saga_topics = definition.topic_specs();
+        for spec in &mut saga_topics {
+            spec.name = format!("{p}{}", spec.name);
+        }
         if !p.is_empty() {
             let prefixed = |t: &mut String| *t = format!("{p}{t}");
             prefixed(&mut definition.trigger.topic);
@@ -182,6 +188,7 @@ impl Topics {
         Ok(Self {
             prefix: p.clone(),
             definition,
+            saga_topics,
         })
     }
 
@@ -199,10 +206,13 @@ impl Topics {
     }
 
     fn dlq(&self, service: Service) -> String {
-        self.named(&format!("{}.dlq.v1", service.name()))
+        self.named(&sagashop_saga::definition::dead_letter_topic(
+            service.name(),
+        ))
     }
 
-    /// Every topic the services need, with how it is kept.
+    /// Every topic the services need, with how it is kept: the saga's own (as the operator
+    /// declares them) and the services' stores and streams.
     fn specs(&self) -> Vec<TopicSpec> {
         let d = &self.definition;
         let partitions = d.topic_defaults.partitions;
@@ -212,14 +222,7 @@ impl Topics {
             ..TopicSpec::new(name, partitions)
         };
         let compacted = |name: String| plain(name).with_config("cleanup.policy", "compact");
-        let mut specs: Vec<TopicSpec> = Vec::new();
-        for topic in d.topics() {
-            if topic == d.state_topic {
-                specs.push(compacted(topic));
-            } else {
-                specs.push(plain(topic));
-            }
-        }
+        let mut specs = self.saga_topics.clone();
         for name in [
             "inventory.stock.v1",
             "inventory.reservations.v1",

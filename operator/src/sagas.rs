@@ -1,0 +1,654 @@
+//! The `Saga` reconciler: turns a saga definition into what its services need to run.
+//!
+//! For each `Saga` it
+//! 1. validates the spec with the same [`SagaSpec::validate`](crate::Saga) `sagashop dev`
+//!    uses; an invalid one gets `phase: Invalid` and `Ready=False` naming every bad field, and
+//!    nothing else is touched;
+//! 2. declares an owned `KafkaTopic` for every topic the saga needs (trigger, commands, replies,
+//!    state, outcome, dead letters: [`Definition::topic_specs`]), which the KafkaTopic
+//!    reconciler turns into real topics. A `KafkaTopic` of that name that the saga does not own
+//!    is left alone and counted as the saga's if it is Ready;
+//! 3. writes the ConfigMap `saga-<name>`: `saga.yaml` (the definition the services load with
+//!    `SAGASHOP_SAGA`) and one `<service>.json` per service with its consumer configuration
+//!    (group id, topics, retry policy, isolation level);
+//! 4. stamps the hash of that configuration on the pod template of every Deployment the saga
+//!    names (`spec.deployments`), so a changed saga rolls its services;
+//! 5. reports `TopicsReady`, `ConfigReady` and `Ready`, the phase, the topics and the hash.
+//!
+//! Deleting the saga deletes what it owns (garbage collection); its topics stay in Kafka
+//! (`deletionPolicy: Retain`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Resource, ResourceExt};
+use sagashop_kit::RetryPolicy;
+use sagashop_saga::definition::{Definition, ORCHESTRATOR, SagaStatus, dead_letter_topic};
+use serde_json::{Value, json};
+
+use crate::context::{Error, MANAGER, Shared, condition, drain, key};
+use crate::{DeletionPolicy, KafkaTopic, KafkaTopicSpec, Saga};
+
+const KIND: &str = "Saga";
+/// The label on everything a saga owns, naming the saga.
+pub const SAGA_LABEL: &str = "sagashop.dev/saga";
+/// The pod-template annotation that carries the saga's configuration hash.
+pub const CONFIG_HASH: &str = "sagashop.dev/config-hash";
+
+/// What a saga should have in the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// `(resource name, spec)` of each `KafkaTopic`.
+    pub topics: Vec<(String, KafkaTopicSpec)>,
+    /// The ConfigMap's name.
+    pub config_map: String,
+    /// Its data.
+    pub config: BTreeMap<String, String>,
+    /// A stable hash of the data (FNV-1a, hex).
+    pub hash: String,
+}
+
+/// A Kubernetes object name for a Kafka topic: lower case, `[a-z0-9.-]`, alphanumeric ends.
+pub fn resource_name(topic: &str) -> String {
+    let mapped: String = topic
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '.' | '-') => c,
+            _ => '-',
+        })
+        .collect();
+    let trimmed = mapped.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    let mut name: String = trimmed.chars().take(253).collect();
+    if name.is_empty() {
+        name = "topic".to_owned();
+    }
+    name
+}
+
+fn fnv1a(data: &BTreeMap<String, String>) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in data {
+        for byte in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+fn retry_json(policy: &RetryPolicy) -> Value {
+    json!({
+        "maxAttempts": policy.max_attempts,
+        "initialBackoff": humantime::format_duration(policy.initial_backoff).to_string(),
+        "maxBackoff": humantime::format_duration(policy.max_backoff).to_string(),
+    })
+}
+
+/// Computes what `saga` (valid, compiled into `definition`) should have.
+pub fn desired(saga: &Saga, definition: &Definition) -> Desired {
+    let topics = definition
+        .topic_specs()
+        .into_iter()
+        .map(|t| {
+            let spec = KafkaTopicSpec {
+                topic_name: Some(t.name.clone()),
+                partitions: t.partitions,
+                replicas: t.replicas,
+                config: t.config,
+                deletion_policy: DeletionPolicy::Retain,
+            };
+            (resource_name(&t.name), spec)
+        })
+        .collect();
+    let mut config = BTreeMap::new();
+    let manifest = json!({
+        "apiVersion": "sagashop.dev/v1alpha1",
+        "kind": "Saga",
+        "metadata": {"name": saga.name_any()},
+        "spec": saga.spec,
+    });
+    // JSON is YAML: the services' loader reads it as it reads the shipped manifest.
+    config.insert(
+        "saga.yaml".to_owned(),
+        serde_json::to_string_pretty(&manifest).unwrap_or_default(),
+    );
+    let steps: Vec<Value> = definition
+        .steps
+        .iter()
+        .map(|s| json!({"step": s.name, "timeout": humantime::format_duration(s.timeout).to_string(), "retry": retry_json(&s.retry)}))
+        .collect();
+    let mut outputs: Vec<&str> = definition
+        .steps
+        .iter()
+        .map(|s| s.command_topic.as_str())
+        .collect();
+    outputs.dedup();
+    let orchestrator = json!({
+        "service": ORCHESTRATOR,
+        "groupId": definition.orchestrator_group(),
+        "topics": [definition.trigger.topic, definition.reply_topic],
+        "outputs": outputs,
+        "stateTopic": definition.state_topic,
+        "outcomeTopic": definition.outcome.topic,
+        "deadLetterTopic": dead_letter_topic(ORCHESTRATOR),
+        "isolationLevel": "read_committed",
+        "processing": "exactly-once",
+        "steps": steps,
+    });
+    config.insert(
+        format!("{ORCHESTRATOR}.json"),
+        serde_json::to_string_pretty(&orchestrator).unwrap_or_default(),
+    );
+    for participant in definition.participants() {
+        let command_topic = definition
+            .steps
+            .iter()
+            .find(|s| s.participant == participant)
+            .map(|s| s.command_topic.clone())
+            .unwrap_or_default();
+        let value = json!({
+            "service": participant,
+            "groupId": participant,
+            "topics": [command_topic],
+            "replyTopic": definition.reply_topic,
+            "deadLetterTopic": dead_letter_topic(participant),
+            "isolationLevel": "read_committed",
+            "processing": "exactly-once",
+            "retry": retry_json(&RetryPolicy::default()),
+        });
+        config.insert(
+            format!("{participant}.json"),
+            serde_json::to_string_pretty(&value).unwrap_or_default(),
+        );
+    }
+    let hash = fnv1a(&config);
+    Desired {
+        topics,
+        config_map: format!("saga-{}", saga.name_any()),
+        config,
+        hash,
+    }
+}
+
+/// How the saga's topics are: `(ready, not ready yet)` by topic name.
+pub fn topics_readiness(
+    desired: &[(String, KafkaTopicSpec)],
+    existing: &BTreeMap<String, KafkaTopic>,
+) -> (Vec<String>, Vec<String>) {
+    let mut ready = Vec::new();
+    let mut waiting = Vec::new();
+    for (name, spec) in desired {
+        let topic = spec.topic_name.clone().unwrap_or_else(|| name.clone());
+        let is_ready = existing.get(name).is_some_and(|r| {
+            r.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        });
+        if is_ready {
+            ready.push(topic);
+        } else {
+            waiting.push(topic);
+        }
+    }
+    (ready, waiting)
+}
+
+fn owned_by(resource: &KafkaTopic, saga: &Saga) -> bool {
+    let uid = saga.uid();
+    resource
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == uid.as_ref())
+}
+
+async fn write_status(shared: &Shared, saga: &Saga, status: SagaStatus) -> Result<(), Error> {
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map_or(
+            "Unknown",
+            |c| if c.status == "True" { "True" } else { "False" },
+        );
+    shared.metrics.readiness(KIND, key(saga), Some(ready));
+    if saga.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<Saga> =
+        Api::namespaced(shared.client.clone(), &saga.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": "sagashop.dev/v1alpha1", "kind": "Saga", "status": status});
+    api.patch_status(
+        &saga.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    let before = saga
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    for c in &status.conditions {
+        let said = before
+            .iter()
+            .any(|b| b.type_ == c.type_ && b.status == c.status && b.reason == c.reason);
+        if c.type_ == "Ready" && !said {
+            shared
+                .event(saga, c.status != "True", &c.reason, c.message.clone())
+                .await;
+        }
+    }
+    Ok(())
+}
+
+async fn reconcile(saga: Arc<Saga>, shared: Arc<Shared>) -> Result<Action, Error> {
+    let namespace = saga.namespace().unwrap_or_default();
+    let generation = saga.meta().generation;
+    let previous = saga
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    if !shared.scope.manages(&namespace) {
+        // Only claim "not watched" where no operator has reported anything else.
+        if previous.iter().all(|c| c.reason == "NotWatched") {
+            let status = SagaStatus {
+                observed_generation: generation,
+                conditions: vec![condition(
+                    previous,
+                    "Ready",
+                    false,
+                    "NotWatched",
+                    shared.scope.refusal(&namespace),
+                    generation,
+                )],
+                ..SagaStatus::default()
+            };
+            write_status(&shared, &saga, status).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    let steps = i32::try_from(saga.spec.steps.len()).ok();
+    let definition = match saga.spec.validate(&saga.name_any()) {
+        Ok(definition) => definition,
+        Err(invalid) => {
+            let status = SagaStatus {
+                observed_generation: generation,
+                steps,
+                phase: Some("Invalid".to_owned()),
+                conditions: vec![condition(
+                    previous,
+                    "Ready",
+                    false,
+                    "InvalidSpec",
+                    invalid.problems.join("; "),
+                    generation,
+                )],
+                ..SagaStatus::default()
+            };
+            write_status(&shared, &saga, status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let want = desired(&saga, &definition);
+    let owner = saga
+        .controller_owner_ref(&())
+        .map(|o| vec![o])
+        .unwrap_or_default();
+    let labels = BTreeMap::from([
+        (SAGA_LABEL.to_owned(), saga.name_any()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            MANAGER.to_owned(),
+        ),
+    ]);
+    let topics_api: Api<KafkaTopic> = Api::namespaced(shared.client.clone(), &namespace);
+    let mut existing: BTreeMap<String, KafkaTopic> = topics_api
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .map(|t| (t.name_any(), t))
+        .collect();
+    let apply = PatchParams::apply(MANAGER).force();
+    for (name, spec) in &want.topics {
+        if existing.get(name).is_some_and(|t| !owned_by(t, &saga)) {
+            continue; // declared by someone else: theirs to manage
+        }
+        let patch = json!({
+            "apiVersion": "sagashop.dev/v1alpha1",
+            "kind": "KafkaTopic",
+            "metadata": {"name": name, "labels": labels, "ownerReferences": owner},
+            "spec": spec,
+        });
+        let applied = topics_api
+            .patch(name, &apply, &Patch::Apply(&patch))
+            .await?;
+        existing.insert(name.clone(), applied);
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(shared.client.clone(), &namespace);
+    let config_map = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": want.config_map, "labels": labels, "ownerReferences": owner,
+                     "annotations": {CONFIG_HASH: want.hash}},
+        "data": want.config,
+    });
+    config_maps
+        .patch(&want.config_map, &apply, &Patch::Apply(&config_map))
+        .await?;
+    let hash_changed =
+        saga.status.as_ref().and_then(|s| s.config_hash.as_deref()) != Some(want.hash.as_str());
+    let deployments: Api<Deployment> = Api::namespaced(shared.client.clone(), &namespace);
+    let mut missing = Vec::new();
+    let mut rolled = Vec::new();
+    for name in &saga.spec.deployments {
+        let Some(deployment) = deployments.get_opt(name).await? else {
+            missing.push(name.clone());
+            continue;
+        };
+        let current = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(CONFIG_HASH));
+        if current != Some(&want.hash) {
+            let patch = json!({"spec": {"template": {"metadata": {"annotations": {CONFIG_HASH: want.hash}}}}});
+            deployments
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            rolled.push(name.clone());
+        }
+    }
+    if hash_changed || !rolled.is_empty() {
+        let note = if rolled.is_empty() {
+            format!(
+                "configuration {} written to ConfigMap {}",
+                want.hash, want.config_map
+            )
+        } else {
+            format!(
+                "configuration {} written; rolled Deployments {}",
+                want.hash,
+                rolled.join(", ")
+            )
+        };
+        shared.event(&*saga, false, "ConfigChanged", note).await;
+    }
+    let (ready_topics, waiting) = topics_readiness(&want.topics, &existing);
+    let topics_ready = waiting.is_empty();
+    let topics_condition = if topics_ready {
+        condition(
+            previous,
+            "TopicsReady",
+            true,
+            "TopicsReady",
+            format!("all {} topics are ready", ready_topics.len()),
+            generation,
+        )
+    } else {
+        condition(
+            previous,
+            "TopicsReady",
+            false,
+            "TopicsPending",
+            format!(
+                "{} of {} topics ready; waiting for {}",
+                ready_topics.len(),
+                want.topics.len(),
+                waiting.join(", ")
+            ),
+            generation,
+        )
+    };
+    let config_ready = missing.is_empty();
+    let config_condition = if config_ready {
+        condition(
+            previous,
+            "ConfigReady",
+            true,
+            "ConfigWritten",
+            format!(
+                "ConfigMap {} holds configuration {}",
+                want.config_map, want.hash
+            ),
+            generation,
+        )
+    } else {
+        condition(
+            previous,
+            "ConfigReady",
+            false,
+            "DeploymentMissing",
+            format!(
+                "ConfigMap {} written, but Deployments {} do not exist to roll",
+                want.config_map,
+                missing.join(", ")
+            ),
+            generation,
+        )
+    };
+    let ready = topics_ready && config_ready;
+    let ready_condition = if ready {
+        condition(
+            previous,
+            "Ready",
+            true,
+            "Ready",
+            "topics and configuration are in place".to_owned(),
+            generation,
+        )
+    } else {
+        let why = if topics_ready {
+            "DeploymentMissing"
+        } else {
+            "TopicsPending"
+        };
+        condition(
+            previous,
+            "Ready",
+            false,
+            why,
+            "see the TopicsReady and ConfigReady conditions".to_owned(),
+            generation,
+        )
+    };
+    let status = SagaStatus {
+        observed_generation: generation,
+        steps,
+        phase: Some(if ready { "Ready" } else { "Pending" }.to_owned()),
+        conditions: vec![topics_condition, config_condition, ready_condition],
+        topics: want
+            .topics
+            .iter()
+            .filter_map(|(_, s)| s.topic_name.clone())
+            .collect(),
+        config_map: Some(want.config_map.clone()),
+        config_hash: Some(want.hash.clone()),
+    };
+    write_status(&shared, &saga, status).await?;
+    // Children's status changes wake the saga; a missing Deployment is looked for again.
+    Ok(if config_ready {
+        Action::requeue(shared.resync)
+    } else {
+        Action::requeue(Duration::from_secs(30))
+    })
+}
+
+/// Runs the reconciler over `Saga`s in the shared scope until `shutdown`.
+pub async fn run(
+    shared: Arc<Shared>,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (sagas, topics, config_maps) = match shared.scope.single() {
+        Some(ns) => (
+            Api::<Saga>::namespaced(shared.client.clone(), ns),
+            Api::<KafkaTopic>::namespaced(shared.client.clone(), ns),
+            Api::<ConfigMap>::namespaced(shared.client.clone(), ns),
+        ),
+        None => (
+            Api::all(shared.client.clone()),
+            Api::all(shared.client.clone()),
+            Api::all(shared.client.clone()),
+        ),
+    };
+    let owned = watcher::Config::default().labels(SAGA_LABEL);
+    drain(
+        Controller::new(sagas, watcher::Config::default())
+            .owns(topics, owned.clone())
+            .owns(config_maps, owned)
+            .with_config(ControllerConfig::default().concurrency(concurrency))
+            .graceful_shutdown_on(shutdown)
+            .run(
+                |saga, shared: Arc<Shared>| async move {
+                    shared
+                        .measured(
+                            KIND,
+                            &*saga,
+                            reconcile(Arc::clone(&saga), Arc::clone(&shared)),
+                        )
+                        .await
+                },
+                |saga, error, shared| shared.error_action(&*saga, error),
+                shared,
+            ),
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+
+    fn shipped() -> Saga {
+        let yaml = include_str!("../../k8s/sagas/order-fulfilment.yaml");
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn the_order_saga_needs_its_topics_with_the_state_compacted_and_a_dead_letter_topic_each() {
+        let saga = shipped();
+        let definition = saga.spec.validate(&saga.name_any()).unwrap();
+        let want = desired(&saga, &definition);
+        let names: Vec<&str> = want.topics.iter().map(|(n, _)| n.as_str()).collect();
+        for topic in [
+            "orders.v1",
+            "inventory.commands.v1",
+            "payment.commands.v1",
+            "shipping.commands.v1",
+            "saga.order-fulfilment.replies.v1",
+            "saga.order-fulfilment.state",
+            "orders.outcome.v1",
+            "orchestrator.dlq.v1",
+            "inventory.dlq.v1",
+            "payment.dlq.v1",
+            "shipping.dlq.v1",
+        ] {
+            assert!(names.contains(&topic), "{topic} missing from {names:?}");
+        }
+        assert_eq!(want.topics.len(), 11);
+        let state = &want
+            .topics
+            .iter()
+            .find(|(n, _)| n == "saga.order-fulfilment.state")
+            .unwrap()
+            .1;
+        assert_eq!(
+            state.config.get("cleanup.policy").map(String::as_str),
+            Some("compact")
+        );
+        assert!(
+            want.topics
+                .iter()
+                .all(|(_, s)| s.partitions == 4 && s.deletion_policy == DeletionPolicy::Retain)
+        );
+    }
+
+    #[test]
+    fn each_participant_gets_its_consumer_configuration_and_the_services_can_load_the_saga() {
+        let saga = shipped();
+        let definition = saga.spec.validate(&saga.name_any()).unwrap();
+        let want = desired(&saga, &definition);
+        assert_eq!(want.config_map, "saga-order-fulfilment");
+        let payment: Value = serde_json::from_str(&want.config["payment.json"]).unwrap();
+        assert_eq!(payment["groupId"], "payment");
+        assert_eq!(payment["topics"], json!(["payment.commands.v1"]));
+        assert_eq!(payment["isolationLevel"], "read_committed");
+        assert_eq!(payment["deadLetterTopic"], "payment.dlq.v1");
+        assert!(payment["retry"]["maxAttempts"].as_u64().unwrap() >= 1);
+        let orchestrator: Value = serde_json::from_str(&want.config["orchestrator.json"]).unwrap();
+        assert_eq!(orchestrator["groupId"], "saga-order-fulfilment");
+        // The manifest in the ConfigMap is one `sagashop dev --saga` accepts.
+        let loaded = Saga::load(&want.config["saga.yaml"], "configmap").unwrap();
+        assert_eq!(loaded, definition);
+    }
+
+    #[test]
+    fn the_hash_changes_with_the_definition_and_only_then() {
+        let saga = shipped();
+        let definition = saga.spec.validate(&saga.name_any()).unwrap();
+        let first = desired(&saga, &definition).hash;
+        assert_eq!(desired(&saga, &definition).hash, first);
+        let mut changed = saga.clone();
+        changed.spec.steps[0].timeout = "9s".to_owned();
+        let definition = changed.spec.validate(&changed.name_any()).unwrap();
+        assert_ne!(desired(&changed, &definition).hash, first);
+    }
+
+    #[test]
+    fn topic_names_become_valid_object_names() {
+        assert_eq!(resource_name("orders.v1"), "orders.v1");
+        assert_eq!(resource_name("Orders_Topic.V2"), "orders-topic.v2");
+        assert_eq!(resource_name("__internal"), "internal");
+    }
+
+    #[test]
+    fn topics_count_as_ready_only_with_a_ready_condition() {
+        let spec = KafkaTopicSpec {
+            topic_name: Some("a.v1".into()),
+            partitions: 1,
+            replicas: 1,
+            config: BTreeMap::new(),
+            deletion_policy: DeletionPolicy::Retain,
+        };
+        let mut ready = KafkaTopic::new("a.v1", spec.clone());
+        ready.status = Some(crate::KafkaTopicStatus {
+            conditions: vec![condition(
+                &[],
+                "Ready",
+                true,
+                "Created",
+                String::new(),
+                None,
+            )],
+            ..Default::default()
+        });
+        let desired = vec![
+            ("a.v1".to_owned(), spec.clone()),
+            (
+                "b.v1".to_owned(),
+                KafkaTopicSpec {
+                    topic_name: Some("b.v1".into()),
+                    ..spec
+                },
+            ),
+        ];
+        let existing = BTreeMap::from([("a.v1".to_owned(), ready)]);
+        let (ok, waiting) = topics_readiness(&desired, &existing);
+        assert_eq!(
+            (ok, waiting),
+            (vec!["a.v1".to_owned()], vec!["b.v1".to_owned()])
+        );
+    }
+}
