@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 pub mod admin;
 pub mod context;
+#[cfg(test)]
+mod fixtures;
 pub mod lease;
 pub mod metrics;
 pub mod sagas;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use sagashop_kit::telemetry::LogFormat;
 use sagashop_operator::lease::LeaseConfig;
 use sagashop_operator::{OperatorConfig, RunError, Scope};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "sagashop-operator", version, about, long_about = None)]
 struct Cli {
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,7 +94,7 @@ async fn main() -> ExitCode {
     };
     match cli.command {
         Command::Crds { out } => crds(out.as_deref()),
-        Command::Run(args) => run(*args).await,
+        Command::Run(args) => run(*args, cli.log_format).await,
     }
 }
 
@@ -99,11 +103,8 @@ fn usage(message: &str) -> ExitCode {
     ExitCode::from(64)
 }
 
-async fn run(args: RunArgs) -> ExitCode {
-    let _telemetry = match sagashop_kit::telemetry::init(
-        sagashop_kit::telemetry::LogFormat::Auto,
-        "sagashop-operator",
-    ) {
+async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
+    let _telemetry = match sagashop_kit::telemetry::init(log_format, "sagashop-operator") {
         Ok(guard) => guard,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "sagashop-operator: {e}");

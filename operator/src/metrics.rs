@@ -71,32 +71,32 @@ impl Metrics {
             readiness: Mutex::default(),
         };
         monitor.register(
-            "sagashop_operator_reconciliations",
+            "operator_reconciliations",
             "Reconciliations run",
             metrics.reconciliations.clone(),
         );
         monitor.register(
-            "sagashop_operator_reconcile_failures",
+            "operator_reconcile_failures",
             "Reconciliations that failed, by cause",
             metrics.failures.clone(),
         );
         monitor.register(
-            "sagashop_operator_reconcile_duration_seconds",
+            "operator_reconcile_duration_seconds",
             "How long one reconciliation took",
             metrics.duration.clone(),
         );
         monitor.register(
-            "sagashop_operator_objects",
+            "operator_objects",
             "Objects by their Ready condition",
             metrics.objects.clone(),
         );
         monitor.register(
-            "sagashop_operator_kafka_requests",
+            "operator_kafka_requests",
             "Kafka admin requests sent to the broker",
             metrics.requests.clone(),
         );
         monitor.register(
-            "sagashop_operator_leader",
+            "operator_leader",
             "1 while this replica holds the leader lease",
             metrics.leader.clone(),
         );

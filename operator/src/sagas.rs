@@ -530,6 +530,43 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
 
     use super::*;
+    use crate::context::Scope;
+    use crate::fixtures::{api_server, event_answer, shared};
+
+    #[tokio::test]
+    async fn an_invalid_saga_gets_a_status_naming_the_fields_and_nothing_else() {
+        let mut saga = shipped();
+        saga.metadata.namespace = Some("shop".into());
+        saga.metadata.uid = Some("u1".into());
+        saga.spec.steps[0].participant = "billing".into();
+        saga.spec.steps[1].compensation = None;
+        let echo = serde_json::to_value(&saga).unwrap();
+        let (client, calls) = api_server(move |_, path| {
+            if path.contains("/events") {
+                event_answer()
+            } else {
+                echo.clone()
+            }
+        });
+        let action = reconcile(Arc::new(saga), shared(client, Scope::all()))
+            .await
+            .unwrap();
+        assert_eq!(action, Action::await_change());
+        assert_eq!(
+            calls.summary(),
+            ["PATCH /apis/sagashop.dev/v1alpha1/namespaces/shop/sagas/order-fulfilment/status"]
+        );
+        let status = &calls.all()[0].body;
+        for needle in [
+            "InvalidSpec",
+            "Invalid",
+            "spec.steps[0].participant",
+            "spec.steps[1].compensation",
+        ] {
+            assert!(status.contains(needle), "{needle} not in {status}");
+        }
+        assert_eq!(calls.event_reasons(), ["InvalidSpec"]);
+    }
 
     fn shipped() -> Saga {
         let yaml = include_str!("../../k8s/sagas/order-fulfilment.yaml");

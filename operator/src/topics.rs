@@ -418,9 +418,84 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::context::Scope;
+    use crate::fixtures::{api_server, event_answer, shared};
+
+    /// A KafkaTopic in namespace `shop` as the API server returns it.
+    fn resource(annotations: serde_json::Value, finalizers: &[&str]) -> KafkaTopic {
+        serde_json::from_value(json!({
+            "apiVersion": "sagashop.dev/v1alpha1",
+            "kind": "KafkaTopic",
+            "metadata": {"name": "orders", "namespace": "shop", "uid": "u1", "generation": 1,
+                         "annotations": annotations, "finalizers": finalizers},
+            "spec": {"topicName": "orders.v1", "partitions": 4},
+        }))
+        .unwrap()
+    }
+
+    async fn reconciled(scope: Scope, topic: KafkaTopic) -> crate::fixtures::Calls {
+        let echo = serde_json::to_value(&topic).unwrap();
+        let (client, calls) = api_server(move |_, path| {
+            if path.contains("/events") {
+                event_answer()
+            } else {
+                echo.clone()
+            }
+        });
+        let ctx = Arc::new(Context {
+            shared: shared(client, scope),
+            store: kube::runtime::reflector::store::<KafkaTopic>().0,
+        });
+        let action = reconcile(Arc::new(topic), ctx).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        calls
+    }
+
+    #[tokio::test]
+    async fn an_unmanaged_topic_loses_the_finalizer_and_says_so_without_touching_kafka() {
+        let topic = resource(json!({MANAGED: "false"}), &[FINALIZER, "other/keep"]);
+        let calls = reconciled(Scope::all(), topic).await;
+        assert_eq!(
+            calls.summary(),
+            [
+                "PATCH /apis/sagashop.dev/v1alpha1/namespaces/shop/kafkatopics/orders",
+                "PATCH /apis/sagashop.dev/v1alpha1/namespaces/shop/kafkatopics/orders/status",
+            ]
+        );
+        let all = calls.all();
+        assert!(
+            all[0].body.contains("other/keep") && !all[0].body.contains(FINALIZER),
+            "{}",
+            all[0].body
+        );
+        assert!(all[1].body.contains("\"Unmanaged\""), "{}", all[1].body);
+        assert_eq!(calls.event_reasons(), ["Unmanaged"]);
+    }
+
+    #[tokio::test]
+    async fn a_topic_outside_the_managed_namespaces_is_told_so_and_left_alone() {
+        let calls = reconciled(Scope::only(["payments"]), resource(json!({}), &[])).await;
+        assert_eq!(
+            calls.summary(),
+            ["PATCH /apis/sagashop.dev/v1alpha1/namespaces/shop/kafkatopics/orders/status"]
+        );
+        let status = &calls.all()[0].body;
+        assert!(
+            status.contains("\"NotWatched\"") && status.contains("payments"),
+            "{status}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_topic_another_operator_manages_is_not_claimed_as_unwatched() {
+        let calls = reconciled(Scope::only(["payments"]), resource(json!({}), &[FINALIZER])).await;
+        assert!(calls.all().is_empty(), "{:?}", calls.summary());
+    }
 
     fn spec(partitions: i32, replicas: i32, config: &[(&str, &str)]) -> KafkaTopicSpec {
         KafkaTopicSpec {

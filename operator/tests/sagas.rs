@@ -10,12 +10,11 @@
 
 mod common;
 
-use common::{WAIT, in_kafka, operator};
+use common::{WAIT, config_hash, in_kafka, kubectl, operator};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use sagashop_operator::sagas::CONFIG_HASH;
 use sagashop_operator::{KafkaTopic, Saga};
 use sagashop_testkit::{TestKafka, TestKube, eventually, unique_name};
 use serde_json::json;
@@ -75,16 +74,9 @@ async fn an_applied_saga_gets_its_topics_config_and_rollout_and_reports_ready() 
 
     let manifest = std::env::temp_dir().join(format!("{run}.json"));
     std::fs::write(&manifest, unique_saga(&run, "orchestrator")).unwrap();
-    let applied = kube
-        .kubectl()
-        .args(["apply", "-n", &ns, "-f"])
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
+    kubectl(
+        &kube,
+        &["apply", "-n", &ns, "-f", manifest.to_str().unwrap()],
     );
 
     let sagas: Api<Saga> = Api::namespaced(kube.client.clone(), &ns);
@@ -139,11 +131,14 @@ async fn an_applied_saga_gets_its_topics_config_and_rollout_and_reports_ready() 
     .await;
     let metrics = op.monitor.encode();
     for needle in [
-        "sagashop_operator_reconciliations_total{kind=\"Saga\"}",
+        "sagashop_operator_reconciliations_total{kind=\"Saga\"} ",
         "sagashop_operator_objects{kind=\"KafkaTopic\",ready=\"True\"} 11",
-        "sagashop_operator_kafka_requests_total{request=\"create_topics\"}",
+        "sagashop_operator_kafka_requests_total{request=\"create_topics\"} ",
     ] {
-        assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l.starts_with(needle)),
+            "no line starts with {needle} in\n{metrics}"
+        );
     }
 
     // The ConfigMap holds the consumer configuration; the Deployment carries its hash.
@@ -159,15 +154,7 @@ async fn an_applied_saga_gets_its_topics_config_and_rollout_and_reports_ready() 
     assert_eq!(inventory["isolationLevel"], "read_committed");
     let hash = status.config_hash.clone().unwrap();
     let rolled = deployments.get("orchestrator").await.unwrap();
-    let stamped = rolled
-        .spec
-        .unwrap()
-        .template
-        .metadata
-        .unwrap()
-        .annotations
-        .unwrap();
-    assert_eq!(stamped.get(CONFIG_HASH), Some(&hash));
+    assert_eq!(config_hash(&rolled), Some(hash.clone()));
 
     // A changed step rolls the Deployment to the new configuration.
     let patch = json!({"spec": {"steps": [
@@ -188,13 +175,7 @@ async fn an_applied_saga_gets_its_topics_config_and_rollout_and_reports_ready() 
         .unwrap();
     eventually("the Deployment to roll to the new hash", WAIT, || async {
         let d = deployments.get("orchestrator").await.ok()?;
-        let now = d
-            .spec?
-            .template
-            .metadata?
-            .annotations?
-            .get(CONFIG_HASH)?
-            .clone();
+        let now = config_hash(&d)?;
         (now != hash).then_some(())
     })
     .await;

@@ -22,6 +22,66 @@ use tokio_util::sync::CancellationToken;
 /// How long any wait lasts.
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// Runs kubectl with `args` and panics with its stderr when it fails; returns its stdout.
+pub fn kubectl(kube: &TestKube, args: &[&str]) -> String {
+    let output = kube.kubectl().args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The saga configuration hash the operator stamped on a Deployment's pod template.
+pub fn config_hash(deployment: &k8s_openapi::api::apps::v1::Deployment) -> Option<String> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(sagashop_operator::sagas::CONFIG_HASH)
+        .cloned()
+}
+
+/// Installs (or updates) the chart's CRDs and waits until the API server serves them.
+pub fn install_crds(kube: &TestKube) {
+    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/sagashop/crds");
+    let crds = crds.to_str().unwrap();
+    kubectl(
+        kube,
+        &["apply", "--server-side", "--force-conflicts", "-f", crds],
+    );
+    kubectl(
+        kube,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/kafkatopics.sagashop.dev",
+            "crd/sagas.sagashop.dev",
+        ],
+    );
+}
+
+/// Removes every KafkaTopic's finalizers in `namespace` (no operator is left to do it), then
+/// deletes the namespace.
+pub async fn delete_namespace(kube: &TestKube, namespace: &str) {
+    let api: Api<KafkaTopic> = Api::namespaced(kube.client.clone(), namespace);
+    for topic in api.list(&Default::default()).await.unwrap() {
+        let name = topic.metadata.name.clone().unwrap();
+        let patch = serde_json::json!({"metadata": {"finalizers": []}});
+        let _ = api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+    }
+    kube.delete_namespace(namespace).await;
+}
+
 /// A running operator and its namespace.
 pub struct Operator {
     /// KafkaTopics in the namespace.
@@ -37,42 +97,38 @@ pub struct Operator {
 /// Starts the whole operator (both reconcilers, no leader election) on a new namespace, with a
 /// `resync` period short enough for drift tests.
 pub async fn operator(kube: &TestKube, kafka: &TestKafka) -> Operator {
+    operator_with(
+        kube,
+        kafka,
+        Duration::from_secs(3),
+        Duration::from_millis(20),
+        8,
+    )
+    .await
+}
+
+/// Starts the whole operator with this resync period, batch linger and concurrency.
+pub async fn operator_with(
+    kube: &TestKube,
+    kafka: &TestKafka,
+    resync: Duration,
+    batch_linger: Duration,
+    concurrency: u16,
+) -> Operator {
     // The operator's own account of what it did, shown when a test fails.
     let _ = tracing_subscriber::fmt()
         .with_env_filter("sagashop_operator=debug,info")
         .with_test_writer()
         .try_init();
-    let output = kube
-        .kubectl()
-        .args(["apply", "--server-side", "--force-conflicts", "-f"])
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/sagashop/crds"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let wait = kube
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/kafkatopics.sagashop.dev",
-            "crd/sagas.sagashop.dev",
-        ])
-        .output()
-        .unwrap();
-    assert!(wait.status.success());
-    let namespace = kube.namespace("topics").await;
+    install_crds(kube);
+    let namespace = kube.namespace("operator").await;
     let stop = CancellationToken::new();
     let config = OperatorConfig {
         kafka: kafka.config.clone(),
         scope: Scope::only([namespace.clone()]),
-        concurrency: 8,
-        resync: Duration::from_secs(3),
-        batch_linger: Duration::from_millis(20),
+        concurrency,
+        resync,
+        batch_linger,
         lease: None,
         instance: Some("test".into()),
     };
@@ -103,15 +159,7 @@ impl Operator {
             .unwrap()
             .unwrap();
         // Finalizers of what is left would hold the namespace: let them go first.
-        for topic in self.api.list(&Default::default()).await.unwrap() {
-            let name = topic.metadata.name.clone().unwrap();
-            let patch = serde_json::json!({"metadata": {"finalizers": []}});
-            let _ = self
-                .api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await;
-        }
-        kube.delete_namespace(&self.namespace).await;
+        delete_namespace(kube, &self.namespace).await;
     }
 
     /// Creates a KafkaTopic.
