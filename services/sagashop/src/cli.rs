@@ -76,6 +76,16 @@ pub(crate) enum Command {
     Notification(crate::system::SystemArgs),
     /// Run the analytics service (`GET /api/analytics/summary`).
     Analytics(crate::system::SystemArgs),
+    /// Print every Kafka topic the services need as JSON: name, partitions, replicas, config,
+    /// and who declares it in Kubernetes (`saga`: the operator; `services`: KafkaTopics).
+    Topics {
+        /// A `Saga` manifest (the shipped order saga when unset).
+        #[arg(long, env = "SAGASHOP_SAGA")]
+        saga: Option<PathBuf>,
+        /// Prepended to every topic name.
+        #[arg(long, env = "SAGASHOP_TOPIC_PREFIX", default_value = "")]
+        topic_prefix: String,
+    },
     /// Write the JSON Schema of every event and command version into a directory.
     Schemas {
         /// The directory to write into (created if missing).

@@ -32,6 +32,19 @@ pub(crate) async fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Doctor { kafka, timeout } => doctor(&kafka, timeout).await,
         Command::Schemas { out } => schemas(&out).map_err(fail(EX_CANTCREAT)),
+        Command::Topics { saga, topic_prefix } => {
+            let list = crate::system::topic_list(saga.as_deref(), &topic_prefix)
+                .map_err(fail(EX_USAGE))?;
+            let json: Vec<serde_json::Value> = list
+                .into_iter()
+                .map(|(t, by)| {
+                    serde_json::json!({"name": t.name, "partitions": t.partitions,
+                        "replicas": t.replicas, "config": t.config, "declaredBy": by})
+                })
+                .collect();
+            let text = serde_json::to_string_pretty(&json).unwrap_or_default();
+            output(writeln!(std::io::stdout().lock(), "{text}"))
+        }
         Command::Dlq {
             kafka,
             topic,

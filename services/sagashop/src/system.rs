@@ -160,8 +160,8 @@ struct Topics {
 }
 
 impl Topics {
-    fn new(args: &SystemArgs) -> anyhow::Result<Self> {
-        let (yaml, path) = match &args.saga {
+    fn new(saga: Option<&std::path::Path>, prefix: &str) -> anyhow::Result<Self> {
+        let (yaml, path) = match saga {
             Some(path) => (
                 std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?,
@@ -170,7 +170,7 @@ impl Topics {
             None => (SHIPPED_SAGA.to_owned(), "the shipped order saga".to_owned()),
         };
         let mut definition = Saga::load(&yaml, &path)?;
-        let p = &args.topic_prefix;
+        let p = prefix;
         let mut saga_topics = definition.topic_specs();
         for spec in &mut saga_topics {
             spec.name = format!("{p}{}", spec.name);
@@ -186,7 +186,7 @@ impl Topics {
             }
         }
         Ok(Self {
-            prefix: p.clone(),
+            prefix: p.to_owned(),
             definition,
             saga_topics,
         })
@@ -251,6 +251,27 @@ impl Topics {
     }
 }
 
+/// Every topic the system needs, and who declares it in Kubernetes: `saga` (the operator,
+/// from the Saga resource) or `services` (the chart's and `k8s/topics.yaml`'s KafkaTopics).
+pub(crate) fn topic_list(
+    saga: Option<&std::path::Path>,
+    prefix: &str,
+) -> anyhow::Result<Vec<(TopicSpec, &'static str)>> {
+    let topics = Topics::new(saga, prefix)?;
+    Ok(topics
+        .specs()
+        .into_iter()
+        .map(|spec| {
+            let by = if topics.saga_topics.iter().any(|t| t.name == spec.name) {
+                "saga"
+            } else {
+                "services"
+            };
+            (spec, by)
+        })
+        .collect())
+}
+
 /// What a running service reports to the summary and waits on at shutdown.
 enum Handle {
     Orchestrator(sagashop_saga::orchestrator::Running),
@@ -302,7 +323,7 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
     args.kafka
         .validate()
         .map_err(|e| fail(EX_USAGE)(e.into()))?;
-    let topics = Topics::new(&args).map_err(fail(EX_USAGE))?;
+    let topics = Topics::new(args.saga.as_deref(), &args.topic_prefix).map_err(fail(EX_USAGE))?;
     let kafka = &args.kafka;
     kafka
         .probe(Duration::from_secs(15))

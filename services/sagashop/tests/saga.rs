@@ -7,122 +7,18 @@
     reason = "test code: a panic is the failure report"
 )]
 
+mod common;
+
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use common::{Dev, WAIT};
 
 use reqwest::StatusCode;
 use sagashop_kit::reader::read_to_end;
 use sagashop_kit::{KafkaConfig, Outgoing, Publisher};
 use sagashop_testkit::{TestKafka, eventually, unique_name};
 use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(120);
-
-/// A `sagashop dev` process.
-struct Dev {
-    child: Child,
-    base: String,
-    prefix: String,
-    log: std::path::PathBuf,
-}
-
-impl Dev {
-    async fn start(kafka: &TestKafka, prefix: &str, extra: &[&str]) -> Self {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let log = std::env::temp_dir().join(format!("{prefix}dev-{port}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sagashop"))
-            .args(["dev", "--topic-prefix", prefix, "--summary-every", "0s"])
-            .args(["--http", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.config.bootstrap_servers)
-            .env("LOG_FORMAT", "text")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        let mut dev = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            prefix: prefix.to_owned(),
-            log,
-        };
-        dev.wait_ready().await;
-        dev
-    }
-
-    async fn wait_ready(&mut self) {
-        let client = reqwest::Client::new();
-        let url = format!("{}/readyz", self.base);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("sagashop dev exited ({status}): {}", self.logs());
-            }
-            if let Ok(r) = client.get(&url).send().await
-                && r.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "sagashop dev not ready: {}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn topic(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
-    /// SIGTERM, and wait for a graceful exit.
-    fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "sagashop dev exited with {status}: {}",
-                    self.logs()
-                );
-                return;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("sagashop dev did not stop on SIGTERM: {}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGKILL: no drain, no commit.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        // Only reached when a test failed with the process still running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn order(customer: &str, product: &str, quantity: i64, unit_price: i64) -> Value {
     json!({
