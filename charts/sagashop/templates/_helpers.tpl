@@ -1,0 +1,88 @@
+{{/* The release's base name: the release name, with "-sagashop" unless it says so already. */}}
+{{- define "sagashop.fullname" -}}
+{{- if contains "sagashop" .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-sagashop" .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "sagashop.labels" -}}
+app.kubernetes.io/name: sagashop
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: sagashop
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "order"). */}}
+{{- define "sagashop.selectorLabels" -}}
+app.kubernetes.io/name: sagashop
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* The one image. */}}
+{{- define "sagashop.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Kafka's bootstrap servers: the chart's broker, or the external one (required then). */}}
+{{- define "sagashop.bootstrap" -}}
+{{- if .Values.kafka.enabled -}}
+{{- printf "%s-kafka:9092" (include "sagashop.fullname" .) -}}
+{{- else -}}
+{{- required "set kafka.bootstrapServers to your Kafka (host:port), or kafka.enabled=true for an in-cluster broker" .Values.kafka.bootstrapServers -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The name of the ConfigMap the operator writes for the saga. */}}
+{{- define "sagashop.sagaName" -}}
+{{- (.Files.Get "files/order-fulfilment.yaml" | fromYaml).metadata.name -}}
+{{- end -}}
+
+{{/* Pod-level security: never root. */}}
+{{- define "sagashop.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Container-level security: non-root, read-only root filesystem, no privilege escalation. */}}
+{{- define "sagashop.containerSecurityContext" -}}
+runAsNonRoot: true
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
+{{/* Kafka settings every sagashop container gets. */}}
+{{- define "sagashop.kafkaEnv" -}}
+- name: KAFKA_BOOTSTRAP_SERVERS
+  value: {{ include "sagashop.bootstrap" . | quote }}
+{{- with .Values.kafka.clientProperties }}
+- name: KAFKA_CLIENT_PROPERTIES
+  value: {{ . | quote }}
+{{- end }}
+- name: LOG_FORMAT
+  value: json
+{{- with .Values.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* envFrom for the Kafka credentials Secret, when one is named. */}}
+{{- define "sagashop.kafkaEnvFrom" -}}
+{{- with .Values.kafka.existingSecret }}
+envFrom:
+  - secretRef:
+      name: {{ . }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,482 @@
+//! The Helm chart against real helm and the real API server: it lints; it renders with defaults
+//! and with every option, and the API server accepts every object; every container runs the one
+//! image as non-root with probes and resources; the operator's role grants only what it uses;
+//! and, installed, the operator — run as a local process under the chart's own ServiceAccount —
+//! turns the chart's Saga and `k8s/topics.yaml` into Ready resources and real topics.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::{WAIT, config_hash, delete_namespace, in_kafka, install_crds, kubectl};
+use kube::Api;
+use sagashop_operator::{KafkaTopic, Saga};
+use sagashop_testkit::{TestKafka, TestKube, eventually, tool};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn chart() -> String {
+    root().join("charts/sagashop").display().to_string()
+}
+
+/// Runs helm against the test API server; panics with its stderr when it fails.
+fn helm(kube: &TestKube, args: &[&str]) -> String {
+    let output = Command::new(tool("helm"))
+        .args(args)
+        .env("KUBECONFIG", &kube.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "helm {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `helm template` with `sets`, parsed into objects.
+fn render(kube: &TestKube, namespace: &str, sets: &[&str]) -> (String, Vec<Value>) {
+    let chart = chart();
+    let mut args = vec!["template", "sagashop", &chart, "-n", namespace];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let yaml = helm(kube, &args);
+    let objects = serde_saphyr::from_multiple::<Option<Value>>(&yaml)
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    (yaml, objects)
+}
+
+const EVERY_OPTION: &[&str] = &[
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.grafanaDashboard.enabled=true",
+    "networkPolicy.enabled=true",
+    "loadTest.enabled=true",
+    "otel.endpoint=http://otel-collector:4318",
+    "kafka.existingSecret=kafka-credentials",
+];
+
+/// What prometheus-operator installs, reduced to what lets the API server accept a
+/// ServiceMonitor: the test cluster has no prometheus-operator.
+const SERVICE_MONITOR_CRD: &str = r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+"metadata":{"name":"servicemonitors.monitoring.coreos.com"},
+"spec":{"group":"monitoring.coreos.com","scope":"Namespaced",
+"names":{"kind":"ServiceMonitor","plural":"servicemonitors","singular":"servicemonitor","listKind":"ServiceMonitorList"},
+"versions":[{"name":"v1","served":true,"storage":true,"schema":{"openAPIV3Schema":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
+
+fn apply_stdin(kube: &TestKube, args: &[&str], input: &str) {
+    let mut child = kube
+        .kubectl()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_option() {
+    let kube = TestKube::connect().await;
+    install_crds(&kube);
+    apply_stdin(
+        &kube,
+        &["apply", "--server-side", "-f", "-"],
+        SERVICE_MONITOR_CRD,
+    );
+    kubectl(
+        &kube,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/servicemonitors.monitoring.coreos.com",
+        ],
+    );
+    helm(&kube, &["lint", &chart()]);
+    helm(
+        &kube,
+        &[
+            "lint",
+            &chart(),
+            "--set",
+            "kafka.enabled=false",
+            "--set",
+            "kafka.bootstrapServers=kafka:9092",
+        ],
+    );
+    let ns = kube.namespace("chart").await;
+    let external = [
+        "kafka.enabled=false",
+        "kafka.bootstrapServers=kafka.example:9092",
+    ];
+    let mut variants: Vec<Vec<&str>> = vec![
+        vec![],
+        external.to_vec(),
+        vec!["operator.watchAllNamespaces=true"],
+    ];
+    variants.extend(EVERY_OPTION.iter().map(|o| vec![*o]));
+    variants.push(EVERY_OPTION.to_vec());
+    for sets in &variants {
+        let (yaml, objects) = render(&kube, &ns, sets);
+        assert!(
+            objects.len() > 40,
+            "{sets:?} rendered only {} objects",
+            objects.len()
+        );
+        apply_stdin(
+            &kube,
+            &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+            &yaml,
+        );
+    }
+    // A value the schema refuses is refused with the key's name.
+    let refused = Command::new(tool("helm"))
+        .args([
+            "template",
+            "sagashop",
+            &chart(),
+            "--set",
+            "loadTest.rate=lots",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("/loadTest/rate"));
+    // So is an external Kafka without an address.
+    let refused = Command::new(tool("helm"))
+        .args([
+            "template",
+            "sagashop",
+            &chart(),
+            "--set",
+            "kafka.enabled=false",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    kube.delete_namespace(&ns).await;
+}
+
+fn containers(object: &Value) -> Vec<(Value, Value)> {
+    let pod = match object["kind"].as_str() {
+        Some("CronJob") => &object["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        _ => &object["spec"]["template"]["spec"],
+    };
+    pod["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (pod["securityContext"].clone(), c))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_container_runs_non_root_with_resources_and_every_service_is_the_one_image_with_probes()
+ {
+    let kube = TestKube::connect().await;
+    let (_, objects) = render(&kube, "shop", EVERY_OPTION);
+    let image = "ghcr.io/sagashop/sagashop:0.1.0";
+    let mut deployments = BTreeSet::new();
+    let mut checked = 0;
+    for object in &objects {
+        let kind = object["kind"].as_str().unwrap_or_default();
+        if !matches!(kind, "Deployment" | "StatefulSet" | "CronJob") {
+            continue;
+        }
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        for (pod, c) in containers(object) {
+            let what = format!("{kind} {name} container {}", c["name"]);
+            let resources = &c["resources"];
+            assert!(
+                resources["requests"].is_object() && resources["limits"].is_object(),
+                "{what}: resources"
+            );
+            let non_root = c["securityContext"]["runAsNonRoot"] == Value::Bool(true)
+                || pod["runAsNonRoot"] == Value::Bool(true);
+            assert!(non_root, "{what}: may run as root");
+            assert_eq!(
+                c["securityContext"]["allowPrivilegeEscalation"],
+                Value::Bool(false),
+                "{what}"
+            );
+            if kind == "Deployment" {
+                assert_eq!(c["image"], image, "{what}: not the one image");
+                assert!(
+                    c["livenessProbe"]["httpGet"]["path"] == "/healthz",
+                    "{what}: liveness"
+                );
+                assert!(
+                    c["readinessProbe"]["httpGet"]["path"] == "/readyz",
+                    "{what}: readiness"
+                );
+                assert_eq!(
+                    c["securityContext"]["readOnlyRootFilesystem"],
+                    Value::Bool(true),
+                    "{what}"
+                );
+                deployments.insert(name.clone());
+            }
+            checked += 1;
+        }
+    }
+    // Seven services and the operator, plus the broker and the k6 CronJob.
+    assert_eq!(deployments.len(), 8, "{deployments:?}");
+    assert_eq!(checked, 10);
+}
+
+#[tokio::test]
+async fn the_operators_role_grants_only_what_it_uses() {
+    let kube = TestKube::connect().await;
+    let (_, objects) = render(&kube, "shop", &[]);
+    let role = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for group in rule["apiGroups"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                for verb in rule["verbs"].as_array().unwrap() {
+                    granted.insert(format!(
+                        "{}/{} {}",
+                        group.as_str().unwrap(),
+                        resource.as_str().unwrap(),
+                        verb.as_str().unwrap()
+                    ));
+                }
+            }
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "sagashop.dev/kafkatopics get",
+        "sagashop.dev/kafkatopics list",
+        "sagashop.dev/kafkatopics watch",
+        "sagashop.dev/kafkatopics create",
+        "sagashop.dev/kafkatopics patch",
+        "sagashop.dev/kafkatopics/status patch",
+        "sagashop.dev/sagas/status patch",
+        "sagashop.dev/sagas get",
+        "sagashop.dev/sagas list",
+        "sagashop.dev/sagas watch",
+        "sagashop.dev/sagas/finalizers update",
+        "/configmaps get",
+        "/configmaps list",
+        "/configmaps watch",
+        "/configmaps create",
+        "/configmaps patch",
+        "apps/deployments get",
+        "apps/deployments patch",
+        "events.k8s.io/events create",
+        "events.k8s.io/events patch",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(
+        granted, expected,
+        "the ClusterRole grants more or less than the operator uses"
+    );
+    // Nothing cluster-wide unless asked for: the default binds the role in one namespace.
+    assert!(!objects.iter().any(|o| o["kind"] == "ClusterRoleBinding"));
+}
+
+/// A kubeconfig for the API server in `kube` that authenticates with `token`.
+fn kubeconfig_with_token(kube: &TestKube, token: &str, path: &std::path::Path) {
+    let cluster = kubectl(
+        kube,
+        &[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server} {.clusters[0].cluster.certificate-authority-data}",
+        ],
+    );
+    let (server, ca) = cluster.split_once(' ').unwrap();
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: operator\n  user:\n    token: {}\ncontexts:\n- name: operator\n  context:\n    cluster: test\n    user: operator\ncurrent-context: operator\n",
+        token.trim()
+    );
+    std::fs::write(path, config).unwrap();
+}
+
+fn ready(conditions: Option<&Vec<sagashop_operator::Condition>>) -> bool {
+    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_installed_chart_and_plain_topics_are_reconciled_by_the_operator_under_its_own_account()
+{
+    let (kube, kafka) = (TestKube::connect().await, TestKafka::connect().await);
+    install_crds(&kube);
+    let ns = kube.namespace("install").await;
+    let bootstrap = format!("kafka.bootstrapServers={}", kafka.config.bootstrap_servers);
+    helm(
+        &kube,
+        &[
+            "install",
+            "sagashop",
+            &chart(),
+            "-n",
+            &ns,
+            "--set",
+            "kafka.enabled=false",
+            "--set",
+            &bootstrap,
+            "--set",
+            "topics.create=false",
+        ],
+    );
+    // The plain manifests' topics, in this test's namespace.
+    let plain = std::fs::read_to_string(root().join("k8s/topics.yaml"))
+        .unwrap()
+        .replace("namespace: sagashop", &format!("namespace: {ns}"));
+    apply_stdin(&kube, &["apply", "-f", "-"], &plain);
+
+    // The operator binary, with the token of the chart's ServiceAccount: the chart's RBAC is all
+    // it has.
+    let token = kubectl(
+        &kube,
+        &[
+            "create",
+            "token",
+            "sagashop-operator",
+            "-n",
+            &ns,
+            "--duration=1h",
+        ],
+    );
+    let dir = std::env::temp_dir();
+    let config = dir.join(format!("{ns}.kubeconfig"));
+    kubeconfig_with_token(&kube, &token, &config);
+    let log = dir.join(format!("{ns}-operator.log"));
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_sagashop-operator"))
+        .arg("run")
+        .env("KUBECONFIG", &config)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.config.bootstrap_servers)
+        .env("WATCH_NAMESPACES", &ns)
+        .env("POD_NAMESPACE", &ns)
+        .env("POD_NAME", "operator-0")
+        .env("LEADER_ELECTION_LEASE", "sagashop-operator")
+        .env("OPERATOR_HTTP", "127.0.0.1:0")
+        .env("LOG_FORMAT", "text")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let sagas: Api<Saga> = Api::namespaced(kube.client.clone(), &ns);
+    let topics: Api<KafkaTopic> = Api::namespaced(kube.client.clone(), &ns);
+    let outcome = tokio::time::timeout(WAIT, async {
+        loop {
+            let saga_ready = sagas
+                .get_opt("order-fulfilment")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| ready(s.status.as_ref().map(|s| &s.conditions)));
+            let list = topics
+                .list(&Default::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            let ready_topics = list
+                .iter()
+                .filter(|t| ready(t.status.as_ref().map(|s| &s.conditions)))
+                .count();
+            if saga_ready && ready_topics == 24 {
+                return list;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &operator.id().to_string()])
+        .status();
+    let stopped = operator.wait().unwrap();
+    let list = outcome.unwrap_or_else(|_| {
+        panic!(
+            "not everything Ready in time; the operator said:\n{}",
+            logs()
+        )
+    });
+    assert!(
+        stopped.success(),
+        "the operator exited with {stopped}:\n{}",
+        logs()
+    );
+    assert!(
+        !logs().contains("forbidden"),
+        "the chart's RBAC refused the operator something:\n{}",
+        logs()
+    );
+    for topic in &list {
+        let name = sagashop_operator::topics::topic_name(topic);
+        assert!(
+            in_kafka(&kafka, &name).await.is_some(),
+            "{name} is Ready but not in Kafka"
+        );
+    }
+    // The saga rolled the chart's Deployments to its configuration.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(kube.client.clone(), &ns);
+    let order = deployments.get("sagashop-order").await.unwrap();
+    assert!(
+        config_hash(&order).is_some(),
+        "sagashop-order was not stamped"
+    );
+    eventually("the operator to have released its lease", WAIT, || async {
+        let lease = kubectl(
+            &kube,
+            &[
+                "get",
+                "lease",
+                "sagashop-operator",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+        );
+        lease.trim().is_empty().then_some(())
+    })
+    .await;
+    helm(&kube, &["uninstall", "sagashop", "-n", &ns]);
+    delete_namespace(&kube, &ns).await;
+}
