@@ -28,8 +28,7 @@ RUN cargo chef prepare --recipe-path recipe.json
 FROM chef AS builder
 ENV LIBZ_SYS_STATIC=1 CARGO_TERM_COLOR=never
 COPY --from=planner /src/recipe.json recipe.json
-RUN cargo chef cook --release --locked --recipe-path recipe.json \
-      -p sagashop -p sagashop-operator
+RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
 RUN cargo build --release --locked -p sagashop -p sagashop-operator \
  && install -D -m 0755 target/release/sagashop /out/sagashop \
