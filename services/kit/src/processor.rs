@@ -629,12 +629,8 @@ async fn prune_dedupe(shared: Arc<Shared>, shutdown: CancellationToken) {
         let cutoff = chrono::Utc::now()
             .timestamp_millis()
             .saturating_sub(retention_ms);
-        let tombstones: Vec<Outgoing> = store
-            .entries()
-            .into_iter()
-            .filter(|(_, handled_at)| *handled_at < cutoff)
-            .map(|(id, _)| store.delete(&id))
-            .collect();
+        let expired = store.select(|id, handled_at| (*handled_at < cutoff).then(|| id.to_owned()));
+        let tombstones: Vec<Outgoing> = expired.iter().map(|id| store.delete(id)).collect();
         if tombstones.is_empty() {
             continue;
         }

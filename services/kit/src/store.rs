@@ -134,6 +134,13 @@ where
         self.lock().get(key).cloned()
     }
 
+    /// What `pick` returns for each entry, where it returns something, in no particular order.
+    /// A scan that clones only what it keeps: periodic scans of a store that keeps history
+    /// (deadlines, deliveries, pruning) use this, so their cost is not a copy of everything.
+    pub fn select<T>(&self, mut pick: impl FnMut(&str, &V) -> Option<T>) -> Vec<T> {
+        self.lock().iter().filter_map(|(k, v)| pick(k, v)).collect()
+    }
+
     /// Every entry, in no particular order (for read models and reports).
     pub fn entries(&self) -> Vec<(String, V)> {
         self.lock()

@@ -344,18 +344,18 @@ async fn tick(
             () = tokio::time::sleep(every) => {}
         }
         let now = now();
-        let due: Vec<Instance> = orchestrator
-            .instances
-            .entries()
-            .into_iter()
-            .map(|(_, i)| i)
-            .filter(|i| !i.status.is_final() && i.deadline <= now)
-            .filter(|i| {
-                let sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
-                sent.get(&i.saga_id)
-                    .is_none_or(|(deadline, at)| *deadline != i.deadline || now - at > resend_after)
+        // Instances are kept after they finish: clone only the few that are due.
+        let due: Vec<Instance> = {
+            let sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
+            orchestrator.instances.select(|_, i| {
+                let due = !i.status.is_final()
+                    && i.deadline <= now
+                    && sent.get(&i.saga_id).is_none_or(|(deadline, at)| {
+                        *deadline != i.deadline || now - at > resend_after
+                    });
+                due.then(|| i.clone())
             })
-            .collect();
+        };
         let mut outputs = Vec::with_capacity(due.len());
         for instance in &due {
             let Some(command) = instance.awaited_command(d) else {

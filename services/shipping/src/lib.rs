@@ -147,7 +147,17 @@ impl Shipping {
         let deliver_after = millis(self.config.deliver_after);
         let _held = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
         let mut outputs = Vec::new();
-        for (saga, shipment) in self.shipments.entries() {
+        // Delivered shipments are kept: clone only those due to move on.
+        let due = self.shipments.select(|saga, shipment| match shipment {
+            Shipment::Created { at, .. } if now - at >= ship_after => {
+                Some((saga.to_owned(), shipment.clone()))
+            }
+            Shipment::Shipped { at, .. } if now - at >= deliver_after => {
+                Some((saga.to_owned(), shipment.clone()))
+            }
+            _ => None,
+        });
+        for (saga, shipment) in due {
             match shipment {
                 Shipment::Created {
                     shipment_id,
