@@ -13,7 +13,7 @@ const PRODUCTS = ['sku-1', 'sku-2', 'sku-3', 'sku-4', 'sku-5'];
 /** An order body for one customer, of in-stock products unless `product` is given. */
 export function orderBody(n, product) {
   return JSON.stringify({
-    customerId: `k6-${__VU}-${n % 50}`,
+    customerId: `${__ENV.RUN_TAG || 'k6'}-${__VU}-${n % 50}`,
     currency: 'EUR',
     items: [
       { productId: product || PRODUCTS[n % PRODUCTS.length], quantity: 1 + (n % 3), unitPrice: 1250 },

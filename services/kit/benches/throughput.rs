@@ -18,16 +18,12 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagashop_contracts::Envelope;
-use sagashop_contracts::events::{OrderItem, OrderPlaced};
-use sagashop_kit::admin::{TopicSpec, create_topics};
+use sagashop_contracts::events::OrderPlaced;
 use sagashop_kit::{
     KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig, Publisher, Router, Stats,
 };
+use sagashop_testkit::ceiling::{raw_consume, raw_produce, topic};
 use sagashop_testkit::{TestKafka, unique_name};
 use tokio_util::sync::CancellationToken;
 
@@ -36,94 +32,6 @@ fn env_number(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn order(i: usize) -> Outgoing {
-    let id = uuid::Uuid::from_u128(i as u128 % 1000);
-    let placed = OrderPlaced {
-        order_id: id,
-        customer_id: format!("customer-{}", i % 97),
-        items: vec![
-            OrderItem {
-                product_id: "sku-1".into(),
-                quantity: 2,
-                unit_price_minor: 1250,
-            },
-            OrderItem {
-                product_id: "sku-7".into(),
-                quantity: 1,
-                unit_price_minor: 4999,
-            },
-        ],
-        currency: "EUR".into(),
-        total_minor: 7499,
-        placed_at: Utc::now(),
-    };
-    Outgoing::event("", &Envelope::new(id.to_string(), id.to_string(), placed)).unwrap()
-}
-
-async fn topic(kafka: &KafkaConfig, prefix: &str) -> String {
-    let name = unique_name(prefix);
-    let admin = kafka.admin_client("bench").unwrap();
-    create_topics(&admin, &[TopicSpec::new(&name, 4)], Duration::from_secs(30))
-        .await
-        .unwrap();
-    name
-}
-
-async fn raw_produce(kafka: &KafkaConfig, topic: &str, n: usize) -> (f64, usize) {
-    let producer: FutureProducer = kafka.producer("bench").create().unwrap();
-    let records: Vec<Outgoing> = (0..n).map(order).collect();
-    let bytes = records
-        .iter()
-        .map(|r| r.payload.as_ref().map_or(0, Vec::len))
-        .sum::<usize>()
-        / n;
-    let started = Instant::now();
-    for chunk in records.chunks(10_000) {
-        let mut pending = Vec::with_capacity(chunk.len());
-        for record in chunk {
-            let key = record.key.as_deref().unwrap();
-            let headers = record
-                .headers
-                .iter()
-                .fold(OwnedHeaders::new(), |h, (k, v)| {
-                    h.insert(Header {
-                        key: k,
-                        value: Some(v.as_slice()),
-                    })
-                });
-            let sent = producer
-                .send_result(
-                    FutureRecord::to(topic)
-                        .key(key)
-                        .payload(record.payload.as_deref().unwrap_or_default())
-                        .headers(headers),
-                )
-                .map_err(|(e, _)| e)
-                .unwrap();
-            pending.push(sent);
-        }
-        for delivery in pending {
-            delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
-        }
-    }
-    (n as f64 / started.elapsed().as_secs_f64(), bytes)
-}
-
-async fn raw_consume(kafka: &KafkaConfig, topic: &str, n: usize) -> f64 {
-    let consumer: StreamConsumer = kafka
-        .consumer("bench", &unique_name("bench-raw"))
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let first = consumer.recv().await.unwrap();
-    drop(first);
-    let started = Instant::now();
-    for _ in 1..n {
-        consumer.recv().await.unwrap();
-    }
-    n as f64 / started.elapsed().as_secs_f64()
 }
 
 async fn processor(kafka: &KafkaConfig, input: &str, n: usize, transactional: bool) -> f64 {

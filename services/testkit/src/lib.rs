@@ -11,6 +11,7 @@
 // Test support: panicking with a clear message is how a fixture reports a broken environment.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod ceiling;
 mod events;
 mod kafka;
 mod kube;

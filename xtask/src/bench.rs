@@ -1,0 +1,426 @@
+//! The measurements: ceiling, edge and end to end, each repeated and summarised as a median
+//! with its range.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sagashop_kit::KafkaConfig;
+use sagashop_testkit::ceiling;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::report::{Edge, EndToEnd, Figure, Report, RunFigures};
+
+/// What `xtask bench` measures and where it writes.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Kafka connection.
+    #[command(flatten)]
+    kafka: KafkaConfig,
+    /// The release `sagashop` binary to run as `sagashop dev`.
+    #[arg(long, default_value = "target/release/sagashop")]
+    sagashop: PathBuf,
+    /// The k6 binary.
+    #[arg(long, default_value = ".local/bin/k6")]
+    k6: PathBuf,
+    /// Offered order rates (orders/s), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "25,50,100,200")]
+    rates: Vec<u32>,
+    /// How long each rate is offered per run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Runs per measurement (medians are over these).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Records per ceiling run.
+    #[arg(long, default_value_t = 50_000)]
+    messages: usize,
+    /// Where the report, charts and logs go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Record a CPU profile of `sagashop dev` (perf, cpu-clock) during the first run at the
+    /// highest rate.
+    #[arg(long)]
+    profile: bool,
+}
+
+fn step(message: &str) {
+    eprintln!("bench: {message}");
+}
+
+/// Starts `sagashop dev` on a free port with its own topic prefix; waits until it is ready.
+async fn start_dev(args: &BenchArgs, prefix: &str) -> anyhow::Result<(Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let log = std::fs::File::create(args.out.join("sagashop-dev.log"))?;
+    let child = Command::new(&args.sagashop)
+        .args(["dev", "--topic-prefix", prefix, "--summary-every", "0s"])
+        .args(["--http", &format!("127.0.0.1:{port}")])
+        .env("KAFKA_BOOTSTRAP_SERVERS", &args.kafka.bootstrap_servers)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it with `cargo build --release -p sagashop`)",
+                args.sagashop.display()
+            )
+        })?;
+    let address = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while http_status(&address, "/readyz").await != Some(200) {
+        if Instant::now() > deadline {
+            bail!(
+                "sagashop dev was not ready in 120 s; see {}/sagashop-dev.log",
+                args.out.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok((child, address))
+}
+
+/// The status code of `GET path`, or `None` when nothing answers.
+async fn http_status(address: &str, path: &str) -> Option<u16> {
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// The sum of the end offsets of every topic whose name starts with `prefix`: records written
+/// plus transaction markers.
+async fn offsets(kafka: &KafkaConfig, prefix: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = kafka.consumer("bench", "sagashop-bench").create()?;
+    let prefix = prefix.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
+        let timeout = Duration::from_secs(10);
+        let metadata = consumer.fetch_metadata(None, timeout)?;
+        let mut total = 0;
+        for topic in metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name().starts_with(&prefix))
+        {
+            for partition in topic.partitions() {
+                let (low, high) =
+                    consumer.fetch_watermarks(topic.name(), partition.id(), timeout)?;
+                total += high - low;
+            }
+        }
+        Ok(total)
+    })
+    .await?
+}
+
+/// One k6 load run; its summary JSON.
+fn k6_load(
+    args: &BenchArgs,
+    base: &str,
+    rate: u32,
+    tag: &str,
+    duration: Duration,
+) -> anyhow::Result<Value> {
+    let summary = args.out.join(format!("k6-{tag}.json"));
+    let output = Command::new(&args.k6)
+        .args([
+            "run",
+            "--quiet",
+            "--no-color",
+            "--no-usage-report",
+            "k6/load.js",
+        ])
+        .env("BASE_URL", format!("http://{base}"))
+        .env("RATE", rate.to_string())
+        .env("DURATION", format!("{}s", duration.as_secs()))
+        .env("VUS", (rate / 2).max(10).to_string())
+        .env("MAX_VUS", (rate * 4).max(50).to_string())
+        .env("DRAIN", "60")
+        // Measure, do not gate: the report says what the thresholds would.
+        .env("P95_MS", "1000000")
+        .env("P99_MS", "1000000")
+        .env("RUN_TAG", tag)
+        .env("SUMMARY_JSON", &summary)
+        .output()
+        .with_context(|| {
+            format!(
+                "running {} (install it with `scripts/tools`)",
+                args.k6.display()
+            )
+        })?;
+    // Exit code 99 means a threshold failed (an error rate over 1 %): still a measurement.
+    if !output.status.success() && output.status.code() != Some(99) {
+        bail!(
+            "k6 failed at {rate}/s: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let text = std::fs::read_to_string(&summary)
+        .with_context(|| format!("reading {}", summary.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn metric(summary: &Value, name: &str, field: &str) -> f64 {
+    summary["metrics"][name]["values"][field]
+        .as_f64()
+        .unwrap_or(0.0)
+}
+
+fn edge_figures(summary: &Value, duration: Duration) -> Edge {
+    let accepted = metric(summary, "orders_accepted", "count");
+    let place = "http_req_duration{name:place}";
+    Edge {
+        accepted_per_s: accepted / duration.as_secs_f64(),
+        errors: metric(summary, "orders_rejected", "count"),
+        p50_ms: metric(summary, place, "med"),
+        p95_ms: metric(summary, place, "p(95)"),
+        p99_ms: metric(summary, place, "p(99)"),
+        accepted,
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// The sagas of one run (customers tagged `tag`), from the outcome topic: how many finished,
+/// how fast, and the time from `placedAt` (the 202) to `completedAt`/`cancelledAt`.
+async fn end_to_end(kafka: &KafkaConfig, outcome: &str, tag: &str) -> anyhow::Result<EndToEnd> {
+    let records =
+        sagashop_kit::reader::read_to_end(kafka, "bench", outcome, Duration::from_secs(60)).await?;
+    let prefix = format!("{tag}-");
+    let time =
+        |v: &Value, field: &str| -> Option<DateTime<Utc>> { v[field].as_str()?.parse().ok() };
+    let mut latencies = Vec::new();
+    let (mut first, mut last): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (None, None);
+    let mut completed = 0.0;
+    for record in records {
+        let Some(payload) = record.payload else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&payload) else {
+            continue;
+        };
+        if !v["customerId"]
+            .as_str()
+            .is_some_and(|c| c.starts_with(&prefix))
+        {
+            continue;
+        }
+        let Some(placed) = time(&v, "placedAt") else {
+            continue;
+        };
+        let Some(done) = time(&v, "completedAt").or_else(|| time(&v, "cancelledAt")) else {
+            continue; // a progress event, not an outcome
+        };
+        if v.get("completedAt").is_some() {
+            completed += 1.0;
+        }
+        latencies.push((done - placed).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        first = Some(first.map_or(placed, |f| f.min(placed)));
+        last = Some(last.map_or(done, |l| l.max(done)));
+    }
+    latencies.sort_by(f64::total_cmp);
+    let span = match (first, last) {
+        (Some(f), Some(l)) => (l - f).num_milliseconds().max(1) as f64 / 1000.0,
+        _ => 1.0,
+    };
+    Ok(EndToEnd {
+        finished: latencies.len() as f64,
+        completed,
+        completed_per_s: completed / span,
+        p50_ms: percentile(&latencies, 50.0),
+        p95_ms: percentile(&latencies, 95.0),
+        p99_ms: percentile(&latencies, 99.0),
+    })
+}
+
+/// CPU time (user + system) the process has used so far, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second: u64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100);
+    Some(Duration::from_millis(ticks * 1000 / per_second.max(1)))
+}
+
+fn perf_record(pid: u32, seconds: u64, out: &Path) -> Option<Child> {
+    Command::new("perf")
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "499",
+            "-g",
+            "-p",
+            &pid.to_string(),
+            "-o",
+        ])
+        .arg(out.join("perf.data"))
+        .args(["--", "sleep", &seconds.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            step(&format!(
+                "no profile: perf did not start ({e}); apt-get install linux-perf"
+            ));
+        })
+        .ok()
+}
+
+/// The hottest functions of the recorded profile (self time), as text.
+fn perf_top(out: &Path) -> Option<String> {
+    let report = Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "--percent-limit",
+            "1.5",
+            "-g",
+            "none",
+            "-i",
+        ])
+        .arg(out.join("perf.data"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&report.stdout);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .take(25)
+        .collect();
+    Some(lines.join("\n"))
+}
+
+/// Runs every measurement and writes the report.
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.out)?;
+    args.kafka.validate()?;
+    let info = args.kafka.probe(Duration::from_secs(15)).await?;
+    step(&format!(
+        "Kafka at {} ({} broker)",
+        args.kafka.bootstrap_servers,
+        info.brokers.len()
+    ));
+
+    step(&format!(
+        "ceiling: raw rdkafka produce and consume, {} records x {} runs",
+        args.messages, args.runs
+    ));
+    let mut produce = Vec::new();
+    let mut consume = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..args.runs {
+        let topic = ceiling::topic(&args.kafka, "bench-ceiling").await;
+        let (rate, size) = ceiling::raw_produce(&args.kafka, &topic, args.messages).await;
+        produce.push(rate);
+        consume.push(ceiling::raw_consume(&args.kafka, &topic, args.messages).await);
+        bytes = size;
+    }
+
+    let prefix = format!("{}.", sagashop_testkit::unique_name("bench"));
+    step("starting sagashop dev (release build)");
+    let (mut dev, address) = start_dev(&args, &prefix).await?;
+    let outcome_topic = format!("{prefix}orders.outcome.v1");
+    let before = offsets(&args.kafka, &prefix).await?;
+    step("warm-up: 20 orders/s for 3 s");
+    let warm = k6_load(&args, &address, 20, "warmup", Duration::from_secs(3));
+    let mut accepted_total = warm
+        .as_ref()
+        .map(|s| metric(s, "orders_accepted", "count"))
+        .unwrap_or(0.0);
+    warm?;
+
+    let mut runs: Vec<RunFigures> = Vec::new();
+    let top = args.rates.iter().copied().max().unwrap_or(0);
+    for &rate in &args.rates {
+        for run in 0..args.runs {
+            let tag = format!("r{rate}n{run}");
+            step(&format!(
+                "{rate} orders/s for {:?}, run {} of {}",
+                args.duration,
+                run + 1,
+                args.runs
+            ));
+            let profiling = (args.profile && rate == top && run == 0)
+                .then(|| perf_record(dev.id(), args.duration.as_secs(), &args.out))
+                .flatten();
+            let cpu_before = cpu_time(dev.id());
+            let summary = k6_load(&args, &address, rate, &tag, args.duration)?;
+            let cpu = cpu_time(dev.id())
+                .zip(cpu_before)
+                .map(|(a, b)| a.saturating_sub(b));
+            if let Some(mut perf) = profiling {
+                let _ = perf.wait();
+            }
+            let edge = edge_figures(&summary, args.duration);
+            accepted_total += edge.accepted;
+            let e2e = end_to_end(&args.kafka, &outcome_topic, &tag).await?;
+            let cpu_ms_per_order =
+                cpu.map_or(0.0, |c| c.as_secs_f64() * 1000.0 / edge.accepted.max(1.0));
+            runs.push(RunFigures {
+                rate,
+                edge,
+                e2e,
+                cpu_ms_per_order,
+            });
+        }
+    }
+    let after = offsets(&args.kafka, &prefix).await?;
+    let _ = Command::new("kill")
+        .args(["-TERM", &dev.id().to_string()])
+        .status();
+    let _ = dev.wait();
+
+    let profile = if args.profile {
+        perf_top(&args.out)
+    } else {
+        None
+    };
+    let operator = std::fs::read_to_string(args.out.join("operator.txt")).ok();
+    let report = Report {
+        message_bytes: bytes,
+        produce: Figure::of(&produce),
+        consume: Figure::of(&consume),
+        runs,
+        rates: args.rates.clone(),
+        duration: args.duration,
+        offsets_per_order: (after - before) as f64 / accepted_total.max(1.0),
+        operator,
+        profile,
+        took: started.elapsed(),
+    };
+    report.write(&args.out)?;
+    println!("{}", report.table());
+    step(&format!(
+        "report: {}/report.md with edge.png, throughput.png, e2e.png ({:.0?} in all)",
+        args.out.display(),
+        started.elapsed()
+    ));
+    Ok(())
+}

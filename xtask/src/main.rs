@@ -1,0 +1,58 @@
+//! `xtask`: sagashop's development tasks, run by the scripts in `scripts/`.
+//!
+//! `xtask bench` (what `scripts/bench` runs) measures the system on the real broker and writes
+//! `target/bench/report.md` with PNG charts: the raw Kafka ceiling, the HTTP edge and end-to-end
+//! saga rates and latencies at a ladder of offered rates (k6), and their ratios to the ceiling.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool: its output is the table, its progress goes to stderr"
+)]
+
+mod bench;
+mod charts;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// sagashop's development tasks.
+#[derive(Debug, Parser)]
+#[command(name = "xtask", about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Measure the ceiling, the edge and the end-to-end saga; write the report and charts.
+    Bench(Box<bench::BenchArgs>),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.task {
+        Task::Bench(args) => bench::run(*args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
