@@ -28,10 +28,10 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value = ".local/bin/k6")]
     k6: PathBuf,
     /// Offered order rates (orders/s), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "25,50,100,200")]
+    #[arg(long, value_delimiter = ',', default_value = "50,100,200,400,800")]
     rates: Vec<u32>,
     /// How long each rate is offered per run.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Runs per measurement (medians are over these).
     #[arg(long, default_value_t = 3)]
