@@ -83,14 +83,7 @@ struct RunArgs {
 async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(64)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(e) => return sagashop_kit::kafka::usage_exit(&e),
     };
     match cli.command {
         Command::Crds { out } => crds(out.as_deref()),

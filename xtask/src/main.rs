@@ -36,14 +36,7 @@ enum Task {
 async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(64)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(e) => return sagashop_kit::kafka::usage_exit(&e),
     };
     let result = match cli.task {
         Task::Bench(args) => bench::run(*args).await,

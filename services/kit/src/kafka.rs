@@ -236,6 +236,23 @@ pub(crate) fn millis(duration: Duration) -> String {
     duration.as_millis().to_string()
 }
 
+/// sysexits `EX_USAGE`: a bad command line or setting.
+pub const EX_USAGE: u8 = 64;
+
+/// Prints a command-line parse error (or the help or version asked for) and returns the exit
+/// code every sagashop binary uses for it: 0 for `--help` and `--version`, 64 otherwise.
+pub fn usage_exit(error: &clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    // Printing can only fail when stdout/stderr are closed; nothing useful is left to do then.
+    let _ = error.print();
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => std::process::ExitCode::SUCCESS,
+        _ => std::process::ExitCode::from(EX_USAGE),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,6 @@
 //! The command line: flags and environment, with `--help` as the documentation.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -9,7 +8,7 @@ use sagashop_kit::KafkaConfig;
 use sagashop_kit::telemetry::LogFormat;
 
 /// sysexits: a bad command line or setting.
-pub(crate) const EX_USAGE: u8 = 64;
+pub(crate) const EX_USAGE: u8 = sagashop_kit::kafka::EX_USAGE;
 /// sysexits: a service we need (Kafka) is unavailable.
 pub(crate) const EX_UNAVAILABLE: u8 = 69;
 /// sysexits: an internal error.
@@ -124,19 +123,6 @@ pub(crate) enum DlqAction {
         #[arg(long)]
         to: Option<String>,
     },
-}
-
-/// Prints a clap error and picks the exit code: 0 for `--help`/`--version`, 64 otherwise.
-pub(crate) fn usage_error(error: &clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    // Printing can only fail when stdout/stderr are closed; nothing useful is left to do then.
-    let _ = error.print();
-    match error.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::SUCCESS,
-        _ => ExitCode::from(EX_USAGE),
-    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::cli::Cli;
 async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return cli::usage_error(&e),
+        Err(e) => return sagashop_kit::kafka::usage_exit(&e),
     };
     let _telemetry = match sagashop_kit::telemetry::init(cli.log_format, "sagashop") {
         Ok(guard) => guard,
