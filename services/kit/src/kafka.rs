@@ -27,7 +27,8 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
 
     /// Extra librdkafka properties, `key=value`, comma-separated; applied last, so they override
-    /// sagashop's defaults (e.g. `security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512`).
+    /// sagashop's defaults (e.g. `linger.ms=20,batch.num.messages=5000`). This build has no
+    /// OpenSSL: TLS and SASL_SSL are not available yet.
     #[arg(
         long = "kafka-property",
         env = "KAFKA_CLIENT_PROPERTIES",
