@@ -143,6 +143,10 @@ async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_o
         vec![],
         external.to_vec(),
         vec!["operator.watchAllNamespaces=true"],
+        vec![
+            "operator.watchAllNamespaces=true",
+            "operator.watchNamespaces={a,b}",
+        ],
     ];
     variants.extend(EVERY_OPTION.iter().map(|o| vec![*o]));
     variants.push(EVERY_OPTION.to_vec());
@@ -172,6 +176,19 @@ async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_o
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("/loadTest/rate"));
+    // So are several namespaces without the cluster-wide watch they need.
+    let refused = Command::new(tool("helm"))
+        .args([
+            "template",
+            "sagashop",
+            &chart(),
+            "--set",
+            "operator.watchNamespaces={a,b}",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("watchAllNamespaces=true"));
     // So is an external Kafka without an address.
     let refused = Command::new(tool("helm"))
         .args([
