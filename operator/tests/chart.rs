@@ -63,6 +63,18 @@ fn render(kube: &TestKube, namespace: &str, sets: &[&str]) -> (String, Vec<Value
     (yaml, objects)
 }
 
+/// `helm template` with `sets`, which must fail; its error output.
+fn refused(sets: &[&str]) -> String {
+    let mut command = Command::new(tool("helm"));
+    command.args(["template", "sagashop", &chart()]);
+    for set in sets {
+        command.args(["--set", set]);
+    }
+    let output = command.output().unwrap();
+    assert!(!output.status.success(), "helm accepted {sets:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 const EVERY_OPTION: &[&str] = &[
     "metrics.serviceMonitor.enabled=true",
     "metrics.grafanaDashboard.enabled=true",
@@ -164,43 +176,11 @@ async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_o
         );
     }
     // A value the schema refuses is refused with the key's name.
-    let refused = Command::new(tool("helm"))
-        .args([
-            "template",
-            "sagashop",
-            &chart(),
-            "--set",
-            "loadTest.rate=lots",
-        ])
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("/loadTest/rate"));
+    assert!(refused(&["loadTest.rate=lots"]).contains("/loadTest/rate"));
     // So are several namespaces without the cluster-wide watch they need.
-    let refused = Command::new(tool("helm"))
-        .args([
-            "template",
-            "sagashop",
-            &chart(),
-            "--set",
-            "operator.watchNamespaces={a,b}",
-        ])
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("watchAllNamespaces=true"));
+    assert!(refused(&["operator.watchNamespaces={a,b}"]).contains("watchAllNamespaces=true"));
     // So is an external Kafka without an address.
-    let refused = Command::new(tool("helm"))
-        .args([
-            "template",
-            "sagashop",
-            &chart(),
-            "--set",
-            "kafka.enabled=false",
-        ])
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
+    refused(&["kafka.enabled=false"]);
     kube.delete_namespace(&ns).await;
 }
 
