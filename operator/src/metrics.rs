@@ -151,23 +151,4 @@ impl Metrics {
             .get_or_create(&RequestLabels { request })
             .inc();
     }
-
-    /// Broker admin requests so far, by request (for benchmarks and tests).
-    pub fn kafka_requests(&self) -> u64 {
-        let mut total = 0;
-        for request in [
-            "metadata",
-            "describe_configs",
-            "create_topics",
-            "create_partitions",
-            "alter_configs",
-            "delete_topics",
-        ] {
-            total += self
-                .requests
-                .get_or_create(&RequestLabels { request })
-                .get();
-        }
-        total
-    }
 }
