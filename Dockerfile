@@ -13,10 +13,11 @@
 ARG RUST_VERSION=1.95.0
 
 FROM rust:${RUST_VERSION}-bookworm AS chef
-# librdkafka is built from source by rdkafka-sys: it needs make, a C compiler, perl, python3
-# and zlib (linked statically below so the runtime image needs no libz).
+# librdkafka is built from source by rdkafka-sys: it needs make, a C compiler, perl, python3,
+# zlib (linked statically below so the runtime image needs no libz) and OpenSSL's headers (TLS
+# and SASL SCRAM; distroless/cc ships the libssl3 it links against).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential pkg-config perl python3 \
+ && apt-get install -y --no-install-recommends build-essential pkg-config perl python3 libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
