@@ -8,10 +8,18 @@ cache="${SAGASHOP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sagashop}"
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# free_port [TAKEN...]: a port nothing listens on, other than TAKEN. It is picked below the
+# kernel's ephemeral range (outgoing connections take their local ports from there, and a port
+# one of them holds cannot be bound even though nothing listens on it).
 free_port() {
-  local port
+  local port low=20000 high=32767 ephemeral
+  if read -r ephemeral _ 2>/dev/null </proc/sys/net/ipv4/ip_local_port_range &&
+    ((ephemeral > low + 1000)); then
+    high=$((ephemeral - 1))
+  fi
   for _ in $(seq 1 50); do
-    port=$((20000 + RANDOM % 30000))
+    port=$((low + RANDOM % (high - low + 1)))
+    [[ " $* " == *" $port "* ]] && continue
     port_open "$port" || { printf '%s\n' "$port"; return 0; }
   done
   die "found no free port on 127.0.0.1 after 50 tries"
