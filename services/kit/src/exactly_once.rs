@@ -36,7 +36,7 @@ use crate::store::Reload;
 
 /// Why a batch's transaction did not commit.
 #[derive(Debug, thiserror::Error)]
-enum TxnError {
+pub(crate) enum TxnError {
     #[error("{0}: {1}")]
     Kafka(&'static str, KafkaError),
     #[error("{0} did not return within the watchdog timeout")]
@@ -60,7 +60,11 @@ impl TxnError {
 
 /// Runs a blocking librdkafka call on the blocking pool, giving up after `timeout` plus a margin
 /// (librdkafka's own timeout should fire first; the watchdog catches a call that hangs anyway).
-async fn blocking<T, F>(what: &'static str, timeout: Duration, call: F) -> Result<T, TxnError>
+pub(crate) async fn blocking<T, F>(
+    what: &'static str,
+    timeout: Duration,
+    call: F,
+) -> Result<T, TxnError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, KafkaError> + Send + 'static,
@@ -75,7 +79,10 @@ where
 
 /// Creates a transactional producer and registers its `transactional.id` with the broker,
 /// which fences (aborts) whatever an earlier instance with the same id left open.
-async fn producer(config: &ClientConfig, timeout: Duration) -> Result<FutureProducer, Error> {
+pub(crate) async fn producer(
+    config: &ClientConfig,
+    timeout: Duration,
+) -> Result<FutureProducer, Error> {
     let producer: FutureProducer = config.create().map_err(|cause| Error::Client {
         what: "transactional producer",
         cause,
@@ -133,7 +140,17 @@ pub(crate) async fn run(
                 store.reload().await?;
             }
         }
-        match run_batch(&consumer, &txn, &shared, batch).await {
+        // A batch stuck on a broker that went away must not hold up shutdown for long: after
+        // the grace period the process leaves its transaction open, and the broker aborts it
+        // (or the next owner's producer fences it), so the batch is redone elsewhere.
+        let finished = tokio::select! {
+            finished = run_batch(&consumer, &txn, &shared, batch) => finished,
+            () = grace_after(&shutdown) => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutting down with a transaction still open; the batch will be redone");
+                break;
+            }
+        };
+        match finished {
             Ok(done) => {
                 failed_in_a_row = 0;
                 for (record, disposition) in &done {
@@ -169,6 +186,28 @@ pub(crate) async fn run(
         }
     }
     Ok(())
+}
+
+/// Commits the open transaction. First waits (up to a second) until librdkafka holds no
+/// message and no undelivered report: every record's acknowledgement has been awaited already,
+/// but the report may still be on its way out of librdkafka's queue, and rdkafka's
+/// `commit_transaction` then runs its flush loop, which sleeps 100 ms per round. Measured: 1
+/// commit in 10 took 100 ms instead of under 1 ms.
+pub(crate) fn commit_now(txn: &FutureProducer, timeout: Duration) -> Result<(), KafkaError> {
+    let settled = std::time::Instant::now() + Duration::from_secs(1);
+    while txn.in_flight_count() > 0 && std::time::Instant::now() < settled {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    txn.commit_transaction(timeout)
+}
+
+/// How long shutdown waits for a transaction in progress.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Completes [`SHUTDOWN_GRACE`] after `shutdown` is cancelled.
+pub(crate) async fn grace_after(shutdown: &CancellationToken) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
 }
 
 /// Aborts the open transaction; returns whether the producer must be replaced.
@@ -326,10 +365,15 @@ async fn run_batch(
     let group = consumer
         .group_metadata()
         .ok_or_else(|| TxnError::Internal("the consumer has no group metadata".into()))?;
+    // Two calls, each under its own watchdog: together they may take twice the timeout.
+    let send = txn.clone();
+    blocking("send_offsets_to_transaction", timeout, move || {
+        send.send_offsets_to_transaction(&offsets, &group, timeout)
+    })
+    .await?;
     let commit = txn.clone();
     blocking("commit_transaction", timeout, move || {
-        commit.send_offsets_to_transaction(&offsets, &group, timeout)?;
-        commit.commit_transaction(timeout)
+        commit_now(&commit, timeout)
     })
     .await?;
     Ok(done)

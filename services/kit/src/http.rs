@@ -1,4 +1,8 @@
-//! `/healthz`, `/readyz` and `/metrics`: the small axum router every service mounts.
+//! `/healthz`, `/readyz` and `/metrics`: the small axum router every service mounts; and
+//! [`serve`], the HTTP server every service runs, with the limits a public edge needs.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -18,6 +22,93 @@ pub fn ops_router(monitor: Monitor) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(monitor)
+}
+
+/// What one HTTP server allows.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// A client that has not sent a request's headers within this is disconnected (so a slow
+    /// client cannot hold a connection open forever).
+    pub header_timeout: Duration,
+    /// Connections served at once; the next waits in the listen backlog.
+    pub max_connections: usize,
+    /// How long graceful shutdown waits for requests in progress.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `app` on `listener` (HTTP/1.1) until `shutdown`, then lets requests in
+/// progress finish for up to `limits.drain_timeout`. Unlike `axum::serve` it enforces a header
+/// read timeout and a connection limit.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ServeLimits,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use tower::ServiceExt;
+
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone().map_request(
+            |r: axum::http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new),
+        ));
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still in progress after {:?}; closing",
+            limits.drain_timeout
+        );
+    }
 }
 
 async fn readyz(State(monitor): State<Monitor>) -> impl IntoResponse {

@@ -4,6 +4,7 @@
 //! acknowledged write survives and is never duplicated by a client retry); consumers read only
 //! committed transactional data and store offsets only after processing.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -14,6 +15,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::util::Timeout;
 
 use crate::Error;
+use crate::security::KafkaSecurity;
 
 /// How sagashop reaches Kafka. Every service and tool takes these flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,8 +29,7 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
 
     /// Extra librdkafka properties, `key=value`, comma-separated; applied last, so they override
-    /// sagashop's defaults (e.g. `linger.ms=20,batch.num.messages=5000`). This build has no
-    /// OpenSSL: TLS and SASL_SSL are not available yet.
+    /// sagashop's defaults (e.g. `linger.ms=20,batch.num.messages=5000`).
     #[arg(
         long = "kafka-property",
         env = "KAFKA_CLIENT_PROPERTIES",
@@ -54,6 +55,10 @@ pub struct KafkaConfig {
         value_parser = humantime::parse_duration
     )]
     pub delivery_timeout: Duration,
+
+    /// TLS and SASL.
+    #[command(flatten)]
+    pub security: KafkaSecurity,
 }
 
 impl Default for KafkaConfig {
@@ -79,6 +84,7 @@ impl KafkaConfig {
             properties: Vec::new(),
             client_id: "sagashop".to_owned(),
             delivery_timeout: Duration::from_secs(10),
+            security: KafkaSecurity::default(),
         }
     }
 
@@ -106,7 +112,7 @@ impl KafkaConfig {
                 reason: "it must be longer than zero".to_owned(),
             });
         }
-        Ok(())
+        self.security.validate()
     }
 
     fn base(&self, role: &str) -> ClientConfig {
@@ -114,8 +120,11 @@ impl KafkaConfig {
         config
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("client.id", format!("{}-{role}", self.client_id))
+            // Back within a second of a restarted broker, not librdkafka's 10 s.
+            .set("reconnect.backoff.max.ms", "1000")
             // Route librdkafka's own log lines through `tracing` at their severity.
             .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+        self.security.apply(&mut config);
         config
     }
 
@@ -149,8 +158,22 @@ impl KafkaConfig {
         let mut config = self.producer_defaults(role);
         config
             .set("transactional.id", transactional_id)
-            .set("transaction.timeout.ms", "60000");
+            .set("transaction.timeout.ms", millis(Self::TRANSACTION_TIMEOUT));
         self.finish(config)
+    }
+
+    /// How long the coordinator lets a transaction stay open before aborting it
+    /// (`transaction.timeout.ms`, unless a `--kafka-property` overrides it).
+    pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// The transaction timeout in effect: [`Self::TRANSACTION_TIMEOUT`] or the override.
+    pub fn transaction_timeout(&self) -> Duration {
+        self.properties
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "transaction.timeout.ms")
+            .and_then(|(_, value)| value.parse().ok())
+            .map_or(Self::TRANSACTION_TIMEOUT, Duration::from_millis)
     }
 
     /// A consumer in `group_id` that sees only committed data and stores offsets only after the
@@ -199,9 +222,20 @@ impl KafkaConfig {
             bootstrap: bootstrap.clone(),
             cause,
         };
+        let context = ProbeContext::default();
+        let reasons = Arc::clone(&context.reasons);
         let result = tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = config.create()?;
-            let metadata = consumer.fetch_metadata(None, Timeout::After(timeout))?;
+            let consumer: BaseConsumer<ProbeContext> = config.create_with_context(context)?;
+            let metadata = match consumer.fetch_metadata(None, Timeout::After(timeout)) {
+                Ok(metadata) => metadata,
+                Err(e) => {
+                    // Serve the queued error events, so that the context hears their reasons.
+                    for _ in 0..5 {
+                        let _ = consumer.poll(Duration::from_millis(20));
+                    }
+                    return Err(e);
+                }
+            };
             let mut topics: Vec<_> = metadata
                 .topics()
                 .iter()
@@ -220,9 +254,51 @@ impl KafkaConfig {
         })
         .await
         .map_err(|join| Error::Internal(format!("the metadata probe panicked: {join}")))?;
-        result.map_err(unreachable)
+        result.map_err(|cause| {
+            // A broker that answers but refuses us (TLS, SASL) is a settings problem: say so
+            // with librdkafka's own reason rather than "unreachable".
+            let reasons = reasons.lock().map(|r| r.clone()).unwrap_or_default();
+            let refusal = reasons.iter().find(|r| {
+                [
+                    "SASL",
+                    "SSL",
+                    "ssl",
+                    "authentication",
+                    "Authentication",
+                    "security.protocol",
+                ]
+                .iter()
+                .any(|word| r.contains(word))
+            });
+            match refusal {
+                Some(reason) => Error::Refused {
+                    bootstrap: self.bootstrap_servers.clone(),
+                    reason: reason.clone(),
+                },
+                None => unreachable(cause),
+            }
+        })
     }
 }
+
+/// Remembers the reasons librdkafka gives for failing connections.
+#[derive(Default)]
+struct ProbeContext {
+    reasons: Arc<Mutex<Vec<String>>>,
+}
+
+impl rdkafka::ClientContext for ProbeContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "probe connection failed");
+        if let Ok(mut reasons) = self.reasons.lock()
+            && reasons.len() < 16
+        {
+            reasons.push(reason.to_owned());
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ProbeContext {}
 
 /// What [`KafkaConfig::probe`] learnt about the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]

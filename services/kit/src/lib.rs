@@ -12,6 +12,7 @@
 //! else sent to a dead-letter topic ([`dlq`]).
 
 pub mod admin;
+pub mod committer;
 pub mod dlq;
 mod exactly_once;
 pub mod headers;
@@ -26,9 +27,11 @@ pub mod reader;
 pub mod redelivery;
 pub mod retry;
 pub mod router;
+pub mod security;
 pub mod store;
 pub mod telemetry;
 
+pub use committer::{CommitError, Committer, CommitterConfig};
 pub use exactly_once::fence;
 pub use http::ops_router;
 pub use kafka::{ClusterInfo, KafkaConfig};
@@ -59,14 +62,26 @@ pub enum Error {
     },
     /// The broker does not answer.
     #[error(
-        "Kafka at {bootstrap} is unreachable ({cause}): start it with `scripts/kafka up` \
-         or set KAFKA_BOOTSTRAP_SERVERS"
+        "Kafka at {bootstrap} is unreachable ({cause}): start it with `scripts/kafka up`, or \
+         check KAFKA_BOOTSTRAP_SERVERS (and KAFKA_SECURITY_PROTOCOL: a TLS listener looks like \
+         this to a PLAINTEXT client)"
     )]
     Unreachable {
         /// The bootstrap servers tried.
         bootstrap: String,
         /// librdkafka's account.
         cause: KafkaError,
+    },
+    /// The broker answers but refuses the connection: TLS or SASL settings do not match it.
+    #[error(
+        "Kafka at {bootstrap} refused the connection ({reason}): check KAFKA_SECURITY_PROTOCOL, \
+         KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SSL_CA_LOCATION"
+    )]
+    Refused {
+        /// The bootstrap servers tried.
+        bootstrap: String,
+        /// librdkafka's reason.
+        reason: String,
     },
     /// librdkafka refused a client configuration.
     #[error("could not create the Kafka {what} client: {cause}")]

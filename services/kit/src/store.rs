@@ -162,14 +162,26 @@ where
     /// Sets `key` to `value` in memory; returns the changelog record to publish with the
     /// handler's outputs.
     pub fn put(&self, key: &str, value: V) -> Result<Outgoing, Error> {
-        let payload = serde_json::to_vec(&value).map_err(|e| {
+        let record = self.changelog(key, &value)?;
+        self.lock().insert(key.to_owned(), value);
+        Ok(record)
+    }
+
+    /// The changelog record that sets `key` to `value`, without changing memory: for a writer
+    /// that commits it on its own and calls [`Store::committed`] once Kafka has it.
+    pub fn changelog(&self, key: &str, value: &V) -> Result<Outgoing, Error> {
+        let payload = serde_json::to_vec(value).map_err(|e| {
             Error::Internal(format!(
                 "store `{}` cannot encode its value: {e}",
                 self.name
             ))
         })?;
-        self.lock().insert(key.to_owned(), value);
         Ok(self.record(key, Some(payload)))
+    }
+
+    /// Sets `key` to `value` in memory after its [`Store::changelog`] record was committed.
+    pub fn committed(&self, key: &str, value: V) {
+        self.lock().insert(key.to_owned(), value);
     }
 
     /// Removes `key` from memory; returns the tombstone to publish with the handler's outputs.
