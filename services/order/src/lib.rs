@@ -1,12 +1,19 @@
 //! The order service: the HTTP edge (`POST /api/orders`, `GET /api/orders[/{id}]`) and the order
 //! read model behind it.
 //!
-//! `POST` answers `202` only after the broker acknowledged `OrderPlaced`; when Kafka cannot
-//! take it, `503` with `Retry-After`, and nothing was written. An `Idempotency-Key` header makes
-//! a retried request return the first request's order id without writing anything new (keys are
-//! kept in a compacted topic, so this survives restarts). Refusals are
-//! `application/problem+json` naming the offending field.
+//! `POST` answers `202` only after `OrderPlaced` is committed to Kafka; when Kafka cannot take
+//! it, `503` with `Retry-After`, and nothing was written: the order and its `Idempotency-Key`
+//! record are written in one Kafka transaction ([`sagashop_kit::Committer`]), so a failure
+//! leaves nothing any reader sees, even when the broker vanished mid-write. An
+//! `Idempotency-Key` header makes a retried request return the first request's order id without
+//! writing anything new (keys are kept in a compacted topic, so this survives restarts).
+//!
+//! Hostile or careless clients meet limits, each with its own answer: a body over the size
+//! limit (`413`), a body that takes too long to arrive (`408`), more orders per second than the
+//! rate limit (`429` with `Retry-After`), too many orders waiting for Kafka (`503`). Refusals
+//! are `application/problem+json` naming the offending field.
 
+pub mod limit;
 pub mod request;
 pub mod view;
 
@@ -14,6 +21,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, Request, State};
@@ -29,10 +37,11 @@ use sagashop_contracts::events::{
     OrderCancelled, OrderCompleted, OrderDelivered, OrderPlaced, OrderShipped, SagaStepChanged,
 };
 use sagashop_kit::{
-    Error, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig, PublishError, Publisher,
-    Router, Stats, Store,
+    CommitError, Committer, CommitterConfig, Error, KafkaConfig, Monitor, Outgoing, Processor,
+    ProcessorConfig, Publisher, Router, Stats, Store,
 };
 
+use crate::limit::RateLimit;
 use crate::request::Refusal;
 use crate::view::{OrderStatus, View};
 
@@ -57,10 +66,21 @@ pub struct OrderConfig {
     pub max_items: usize,
     /// What `Retry-After` says when Kafka is unavailable, in seconds.
     pub retry_after_secs: u32,
+    /// The edge's transactional id (stable per instance, unique among replicas).
+    pub transactional_id: String,
+    /// New orders per second this process takes; more get `429` (`None`: no limit).
+    pub rate_limit: Option<f64>,
+    /// How many orders may arrive at once above the rate.
+    pub rate_burst: u32,
+    /// How long a request body may take to arrive; slower ones get `408`.
+    pub body_timeout: Duration,
+    /// How long an order may wait for a Kafka transaction before `503`.
+    pub queue_timeout: Duration,
 }
 
 struct Edge {
-    publisher: Publisher,
+    committer: Committer,
+    limit: Option<RateLimit>,
     idempotency: Store<String>,
     view: Arc<View>,
     config: OrderConfig,
@@ -149,9 +169,29 @@ pub async fn start(
         monitor,
     )?;
     let stats = processor.stats();
-    let task = sagashop_kit::Task::spawn("the order read model", processor.run(shutdown));
+    let committer_config = CommitterConfig {
+        queue_timeout: config.queue_timeout,
+        ..CommitterConfig::new(&config.transactional_id)
+    };
+    let (committer, writer) = Committer::start(
+        kafka,
+        "order-edge",
+        committer_config,
+        monitor,
+        shutdown.clone(),
+    )
+    .await?;
+    let task = sagashop_kit::Task::spawn("the order service", async move {
+        let read_model = processor.run(shutdown).await;
+        let written = writer.stopped().await;
+        read_model.and(written)
+    });
+    let limit = config
+        .rate_limit
+        .map(|rate| RateLimit::new(rate, config.rate_burst));
     let edge = Arc::new(Edge {
-        publisher,
+        committer,
+        limit,
         idempotency,
         view: Arc::clone(&view),
         config,
@@ -175,6 +215,12 @@ pub async fn start(
     })
 }
 
+/// `response` with one more header.
+fn with_header(mut response: Response, name: header::HeaderName, value: HeaderValue) -> Response {
+    response.headers_mut().insert(name, value);
+    response
+}
+
 /// An `application/problem+json` answer (RFC 9457).
 fn problem(status: StatusCode, title: &str, detail: &str, field: Option<&str>) -> Response {
     let mut body = serde_json::json!({
@@ -195,17 +241,56 @@ fn problem(status: StatusCode, title: &str, detail: &str, field: Option<&str>) -
 }
 
 async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Response {
+    if let Some(Err(wait)) = edge.limit.as_ref().map(RateLimit::try_take) {
+        let secs = u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX);
+        return with_header(
+            problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many orders",
+                "the order rate limit is reached; nothing was written, try again later",
+                None,
+            ),
+            header::RETRY_AFTER,
+            HeaderValue::from(secs),
+        );
+    }
     let key = match idempotency_key(request.headers()) {
         Ok(key) => key,
         Err(response) => return *response,
     };
-    let Ok(body) = axum::body::to_bytes(request.into_body(), edge.config.body_limit).await else {
-        return problem(
+    let limit = edge.config.body_limit;
+    let read = tokio::time::timeout(
+        edge.config.body_timeout,
+        axum::body::to_bytes(request.into_body(), limit),
+    );
+    let body = match read.await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(_)) => Err(problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             "Body too large",
-            &format!("the body exceeds {} bytes", edge.config.body_limit),
+            &format!("the body exceeds {limit} bytes"),
             None,
-        );
+        )),
+        Err(_) => Err(problem(
+            StatusCode::REQUEST_TIMEOUT,
+            "Body too slow",
+            &format!(
+                "the body did not arrive within {:?}",
+                edge.config.body_timeout
+            ),
+            None,
+        )),
+    };
+    let body = match body {
+        Ok(body) => body,
+        // The rest of the body is not read: the connection cannot carry another request.
+        Err(response) => {
+            return with_header(
+                response,
+                header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+        }
     };
     let order = match request::parse(&body, edge.config.max_items) {
         Ok(order) => order,
@@ -239,27 +324,34 @@ async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Response {
         placed_at: chrono::Utc::now(),
     };
     let envelope = Envelope::new(order_id.to_string(), order_id.to_string(), event);
-    match edge
-        .publisher
-        .publish(&edge.config.orders_topic, &envelope)
-        .await
-    {
-        Ok(_) => {}
-        Err(e @ PublishError::Unavailable { .. }) => {
-            tracing::warn!(error = %e, "order not accepted: Kafka unavailable");
-            let mut response = problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Kafka unavailable",
-                "the order was not accepted and nothing was written; try again later",
+    let records = match records(&edge, &envelope, key.as_deref()) {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::error!(error = %e, "order not encoded");
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Order not accepted",
+                &e,
                 None,
             );
-            response.headers_mut().insert(
+        }
+    };
+    match edge.committer.commit(records).await {
+        Ok(()) => {}
+        Err(e @ CommitError::Unavailable(_)) => {
+            tracing::warn!(error = %e, "order not accepted: Kafka unavailable");
+            return with_header(
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Kafka unavailable",
+                    "the order was not accepted and nothing was written; try again later",
+                    None,
+                ),
                 header::RETRY_AFTER,
                 HeaderValue::from(edge.config.retry_after_secs),
             );
-            return response;
         }
-        Err(e) => {
+        Err(e @ CommitError::Rejected(_)) => {
             tracing::error!(error = %e, "order not accepted");
             return problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -268,31 +360,42 @@ async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Response {
                 None,
             );
         }
+        Err(e @ CommitError::Unknown(_)) => {
+            tracing::error!(error = %e, %order_id, "order outcome unknown");
+            return problem(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Order outcome unknown",
+                &format!(
+                    "Kafka did not confirm order {order_id} in time; GET /api/orders/{order_id} shows it if it was placed"
+                ),
+                None,
+            );
+        }
     }
     edge.view.placed(&envelope.payload);
     edge.accepted.fetch_add(1, Ordering::Relaxed);
-    if let Some(key) = &key {
-        remember(&edge, key, order_id).await;
+    if let Some(key) = key {
+        edge.idempotency.committed(&key, order_id.to_string());
     }
     accepted_response(&order_id.to_string())
 }
 
-/// Keeps `key → order id`. The order is already placed, so a failure here still answers
-/// `202`: memory answers retries in this process; only a retry after a restart could place the
-/// order a second time, and the log says so.
-async fn remember(edge: &Edge, key: &str, order_id: Uuid) {
-    let record: Result<Outgoing, Error> = edge.idempotency.put(key, order_id.to_string());
-    let sent = match record {
-        Ok(record) => edge
-            .publisher
-            .send(&record)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, %order_id, "idempotency key not persisted; a retry after a restart would place the order again");
+/// `OrderPlaced`, and the `Idempotency-Key` record when there is a key: committed together.
+fn records(
+    edge: &Edge,
+    envelope: &Envelope<OrderPlaced>,
+    key: Option<&str>,
+) -> Result<Vec<Outgoing>, String> {
+    let placed = Outgoing::event(&edge.config.orders_topic, envelope).map_err(|e| e.to_string())?;
+    let mut records = vec![placed];
+    if let Some(key) = key {
+        let remembered = edge
+            .idempotency
+            .changelog(key, &envelope.payload.order_id.to_string())
+            .map_err(|e| e.to_string())?;
+        records.push(remembered);
     }
+    Ok(records)
 }
 
 impl Edge {
