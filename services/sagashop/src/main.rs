@@ -38,11 +38,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match commands::run(cli.command).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match commands::run(cli.command).await {
+        Ok(()) => 0,
         Err(failure) => {
             tracing::error!("{:#}", failure.error);
-            ExitCode::from(failure.code)
+            failure.code
         }
-    }
+    };
+    // Flush telemetry, then leave without waiting for librdkafka calls still blocked on a
+    // broker that went away (the runtime would wait for them when dropped).
+    drop(_telemetry);
+    std::process::exit(i32::from(code))
 }

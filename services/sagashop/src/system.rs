@@ -80,9 +80,28 @@ pub(crate) struct SystemArgs {
     /// Fraction (0–1) of shipping commands that fail transiently (fault injection).
     #[arg(long, env = "SHIPPING_TRANSIENT_RATE", default_value_t = 0.0, value_parser = parse_rate)]
     pub(crate) shipping_transient_rate: f64,
-    /// The largest order body accepted, in bytes.
+    /// The largest order body accepted, in bytes (larger: `413`).
     #[arg(long, env = "ORDER_BODY_LIMIT", default_value_t = 256 * 1024)]
     pub(crate) body_limit: usize,
+    /// New orders per second this process takes (more: `429` with `Retry-After`); 0 turns the
+    /// limit off. Per replica: a limit per client belongs in the ingress.
+    #[arg(long, env = "ORDER_RATE_LIMIT", default_value_t = 2000.0, value_parser = parse_limit)]
+    pub(crate) rate_limit: f64,
+    /// Orders that may arrive at once above the rate limit.
+    #[arg(long, env = "ORDER_RATE_BURST", default_value_t = 500)]
+    pub(crate) rate_burst: u32,
+    /// How long an order body may take to arrive (slower: `408`).
+    #[arg(long, env = "ORDER_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) body_timeout: Duration,
+    /// How long an order may wait for a Kafka transaction (longer: `503`, nothing written).
+    #[arg(long, env = "ORDER_QUEUE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub(crate) queue_timeout: Duration,
+    /// How long a client may take to send a request's headers before the connection is closed.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) header_timeout: Duration,
+    /// The most HTTP connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub(crate) max_connections: usize,
     /// How often `sagashop dev` prints its one-line summary (0s: never).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub(crate) summary_every: Duration,
@@ -99,6 +118,13 @@ fn parse_stock(text: &str) -> Result<(String, i64), String> {
         .filter(|q| *q >= 0)
         .ok_or_else(|| format!("`{quantity}` is not a quantity"))?;
     Ok((product.trim().to_owned(), quantity))
+}
+
+fn parse_limit(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r >= 0.0)
+        .ok_or_else(|| format!("`{text}` is not a rate (orders per second, 0 for no limit)"))
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -476,6 +502,11 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
                     body_limit: args.body_limit,
                     max_items: 1000,
                     retry_after_secs: 5,
+                    transactional_id: format!("{instance}-order"),
+                    rate_limit: (args.rate_limit > 0.0).then_some(args.rate_limit),
+                    rate_burst: args.rate_burst,
+                    body_timeout: args.body_timeout,
+                    queue_timeout: args.queue_timeout,
                 };
                 let running = sagashop_order::start(kafka, config, &monitor, shutdown.clone())
                     .await
@@ -487,14 +518,17 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
         tracing::info!(service = service.name(), "started");
         handles.push(handle);
     }
-    let server = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        })
+    let limits = sagashop_kit::http::ServeLimits {
+        header_timeout: args.header_timeout,
+        max_connections: args.max_connections,
+        ..sagashop_kit::http::ServeLimits::default()
     };
+    let server = tokio::spawn(sagashop_kit::http::serve(
+        listener,
+        app,
+        limits,
+        shutdown.clone(),
+    ));
     tracing::info!(address = %args.http, "serving HTTP: /api/orders, /healthz, /readyz, /metrics");
     let summary = (!args.summary_every.is_zero()).then(|| {
         tokio::spawn(summarise(
@@ -516,10 +550,8 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
             result = Err(fail(EX_SOFTWARE)(e.into()));
         }
     }
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
-        Err(e) => tracing::warn!(error = %e, "the HTTP server panicked"),
+    if let Err(e) = server.await {
+        tracing::warn!(error = %e, "the HTTP server panicked");
     }
     result
 }

@@ -25,11 +25,7 @@ fn k6(script: &str, base: &str, env: &[(&str, &str)]) -> (bool, String) {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = common::output_text(&output);
     let dir = root.join("target/k6");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(script.replace(".js", ".txt")), &text).unwrap();

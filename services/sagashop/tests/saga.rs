@@ -12,7 +12,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Dev, WAIT};
+use common::{Dev, WAIT, finished};
 
 use reqwest::StatusCode;
 use sagashop_kit::reader::read_to_end;
@@ -40,20 +40,6 @@ async fn post(base: &str, body: &Value, key: Option<&str>) -> Result<(StatusCode
     let status = response.status();
     let body = response.json().await.unwrap_or(Value::Null);
     Ok((status, body))
-}
-
-/// Waits until the order is COMPLETED or CANCELLED; returns it.
-async fn finished(base: &str, order_id: &str) -> Value {
-    let client = reqwest::Client::new();
-    let url = format!("{base}/api/orders/{order_id}");
-    eventually(&format!("order {order_id} to finish"), WAIT, || {
-        let request = client.get(&url).send();
-        async move {
-            let order: Value = request.await.ok()?.json().await.ok()?;
-            (order["status"] != "PENDING" && order["status"].is_string()).then_some(order)
-        }
-    })
-    .await
 }
 
 /// The latest value per key of a compacted store topic.

@@ -12,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use sagashop_testkit::TestKafka;
+use sagashop_testkit::{TestKafka, eventually};
+use serde_json::Value;
 
 /// How long any wait lasts.
 pub const WAIT: Duration = Duration::from_secs(120);
@@ -29,6 +30,16 @@ pub struct Dev {
 impl Dev {
     /// Starts `sagashop dev` with its own topic prefix and port, and waits until it is ready.
     pub async fn start(kafka: &TestKafka, prefix: &str, extra: &[&str]) -> Self {
+        Self::start_with(&kafka.config.bootstrap_servers, &[], prefix, extra).await
+    }
+
+    /// Like [`Dev::start`], against `bootstrap` with more environment (`env`).
+    pub async fn start_with(
+        bootstrap: &str,
+        env: &[(String, String)],
+        prefix: &str,
+        extra: &[&str],
+    ) -> Self {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
@@ -39,7 +50,8 @@ impl Dev {
             .args(["dev", "--topic-prefix", prefix, "--summary-every", "0s"])
             .args(["--http", &format!("127.0.0.1:{port}")])
             .args(extra)
-            .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.config.bootstrap_servers)
+            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("LOG_FORMAT", "text")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -125,4 +137,27 @@ impl Drop for Dev {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until the order is COMPLETED or CANCELLED; returns it.
+pub async fn finished(base: &str, order_id: &str) -> Value {
+    let client = reqwest::Client::new();
+    let url = format!("{base}/api/orders/{order_id}");
+    eventually(&format!("order {order_id} to finish"), WAIT, || {
+        let request = client.get(&url).send();
+        async move {
+            let order: Value = request.await.ok()?.json().await.ok()?;
+            (order["status"] != "PENDING" && order["status"].is_string()).then_some(order)
+        }
+    })
+    .await
+}
+
+/// A finished command's stdout and stderr, in that order, as text.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }

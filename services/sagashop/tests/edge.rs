@@ -1,0 +1,342 @@
+//! Hostile and careless input against the real binary on the real broker: random and
+//! malformed HTTP bodies, huge and deeply nested ones, too many requests, slow clients, and
+//! poison records on a command topic. Every one gets a clear refusal; nothing panics, nothing
+//! is written for a refusal, and orders placed afterwards still finish.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Dev, WAIT, finished};
+use reqwest::StatusCode;
+use sagashop_kit::reader::read_to_end;
+use sagashop_kit::{Outgoing, Publisher};
+use sagashop_testkit::{TestKafka, unique_name};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn good_order(customer: &str) -> Value {
+    json!({
+        "customerId": customer,
+        "currency": "EUR",
+        "items": [{"productId": "sku-2", "quantity": 1, "unitPrice": 100}],
+    })
+}
+
+/// Bodies a fuzzer would send, each labelled, from a fixed seed (a failure is reproducible).
+fn hostile_bodies() -> Vec<(String, Vec<u8>)> {
+    let mut rng = fastrand::Rng::with_seed(9);
+    let mut bodies = Vec::new();
+    for i in 0..150 {
+        let len = rng.usize(0..2000);
+        bodies.push((
+            format!("random bytes #{i}"),
+            (0..len).map(|_| rng.u8(..)).collect(),
+        ));
+    }
+    let valid = good_order("c-1").to_string();
+    for i in 0..50 {
+        let cut = rng.usize(1..valid.len());
+        bodies.push((format!("truncated #{i}"), valid.as_bytes()[..cut].to_vec()));
+    }
+    let item = |q: Value, p: Value| json!({"customerId": "c", "currency": "EUR", "items": [{"productId": "p", "quantity": q, "unitPrice": p}]});
+    for (label, body) in [
+        ("quantity as text", item(json!("two"), json!(1))),
+        ("negative quantity", item(json!(-3), json!(1))),
+        ("zero quantity", item(json!(0), json!(1))),
+        ("huge quantity", item(json!(1u64 << 62), json!(1))),
+        ("fractional quantity", item(json!(1.5), json!(1))),
+        ("negative price", item(json!(1), json!(-1))),
+        (
+            "items as object",
+            json!({"customerId": "c", "currency": "EUR", "items": {}}),
+        ),
+        (
+            "customer as number",
+            json!({"customerId": 7, "currency": "EUR", "items": []}),
+        ),
+        ("array body", json!([1, 2, 3])),
+        ("null body", Value::Null),
+        ("empty object", json!({})),
+    ] {
+        bodies.push((label.to_owned(), body.to_string().into_bytes()));
+    }
+    let ten_thousand = vec![json!({"productId": "p", "quantity": 1, "unitPrice": 1}); 10_000];
+    bodies.push((
+        "10,000 items".into(),
+        json!({"customerId": "c", "currency": "EUR", "items": ten_thousand})
+            .to_string()
+            .into_bytes(),
+    ));
+    bodies.push(("2 MiB of spaces".into(), vec![b' '; 2 << 20]));
+    bodies.push(("100,000 open brackets".into(), vec![b'['; 100_000]));
+    bodies.push((
+        "unicode everywhere".into(),
+        good_order("Zoë 🚀 ∑ \u{202e}").to_string().into_bytes(),
+    ));
+    bodies.push(("invalid UTF-8 in a string".into(), {
+        let mut b = br#"{"customerId":""#.to_vec();
+        b.extend([0xff, 0xfe]);
+        b.extend(br#"","currency":"EUR","items":[]}"#);
+        b
+    }));
+    bodies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bodies_get_clear_refusals_and_the_edge_keeps_serving() {
+    let kafka = TestKafka::connect().await;
+    let prefix = format!("{}.", unique_name("edge-fuzz"));
+    let dev = Dev::start(&kafka, &prefix, &["--body-limit", "1048576"]).await;
+    let client = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    for (label, body) in hostile_bodies() {
+        let response = client
+            .post(format!("{}/api/orders", dev.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{label}: no answer: {e}"));
+        let status = response.status();
+        if status == StatusCode::ACCEPTED {
+            let body: Value = response.json().await.unwrap();
+            accepted.push(body["orderId"].as_str().unwrap().to_owned());
+            continue;
+        }
+        assert!(
+            [
+                StatusCode::BAD_REQUEST,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                StatusCode::UNPROCESSABLE_ENTITY
+            ]
+            .contains(&status),
+            "{label}: {status}"
+        );
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{label}"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert!(
+            !problem["detail"].as_str().unwrap_or_default().is_empty(),
+            "{label}: {problem}"
+        );
+        if label == "10,000 items" {
+            assert_eq!(
+                (status, problem["field"].as_str()),
+                (StatusCode::UNPROCESSABLE_ENTITY, Some("items"))
+            );
+        }
+    }
+    // Only the well-formed order among them was accepted, and only it was written.
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    let written = read_to_end(&kafka.config, "test", &dev.topic("orders.v1"), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(written.len(), 1);
+    // The edge still serves, and orders still finish.
+    let (status, body) = {
+        let r = client
+            .post(format!("{}/api/orders", dev.base))
+            .json(&good_order("after-the-storm"))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let order = finished(&dev.base, body["orderId"].as_str().unwrap()).await;
+    assert_eq!(order["status"], "COMPLETED", "{order}");
+    dev.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_are_dead_lettered_and_their_partitions_move_on() {
+    let kafka = TestKafka::connect().await;
+    let prefix = format!("{}.", unique_name("edge-poison"));
+    let dev = Dev::start(&kafka, &prefix, &[]).await;
+    let topic = dev.topic("inventory.commands.v1");
+    let headers = |event: &str, version: &str| {
+        vec![
+            ("event-type".to_owned(), event.as_bytes().to_vec()),
+            ("schema-version".to_owned(), version.as_bytes().to_vec()),
+            (
+                "message-id".to_owned(),
+                uuid_like(event, version).into_bytes(),
+            ),
+            ("correlation-id".to_owned(), b"poison".to_vec()),
+        ]
+    };
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut poison = Vec::new();
+    for i in 0..40 {
+        // A key per record spreads them over every partition.
+        let key = Some(format!("poison-{i}").into_bytes());
+        let random: Vec<u8> = (0..rng.usize(0..300)).map(|_| rng.u8(..)).collect();
+        let (payload, headers) = match i % 5 {
+            0 => (Some(random), vec![]),
+            1 => (Some(random), headers("ReserveInventory", "1")),
+            2 => (
+                Some(br#"{"orderId":"#.to_vec()),
+                headers("ReserveInventory", "1"),
+            ),
+            3 => (Some(b"{}".to_vec()), headers("ReserveInventory", "99")),
+            _ => (None, headers("NoSuchCommand", "1")),
+        };
+        poison.push(Outgoing {
+            topic: topic.clone(),
+            key,
+            payload,
+            headers,
+        });
+    }
+    Publisher::new(&kafka.config, "test")
+        .unwrap()
+        .send_all(&poison)
+        .await
+        .unwrap();
+    // Orders placed after the poison (on every partition) still finish.
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let r = client
+            .post(format!("{}/api/orders", dev.base))
+            .json(&good_order(&format!("c-{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        ids.push(
+            r.json::<Value>().await.unwrap()["orderId"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in &ids {
+        let order = finished(&dev.base, id).await;
+        assert_eq!(order["status"], "COMPLETED", "{order}");
+    }
+    let dead = read_to_end(&kafka.config, "test", &dev.topic("inventory.dlq.v1"), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        dead.len(),
+        poison.len(),
+        "every poison record is dead-lettered once"
+    );
+    dev.terminate();
+}
+
+/// A message id unique per poison record kind (the consumer dedupes on it).
+fn uuid_like(event: &str, version: &str) -> String {
+    format!("{event}-{version}-{}", unique_name("m"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_limits_rate_slow_bodies_and_slow_headers() {
+    let kafka = TestKafka::connect().await;
+    let prefix = format!("{}.", unique_name("edge-limits"));
+    let dev = Dev::start(
+        &kafka,
+        &prefix,
+        &[
+            "--rate-limit",
+            "5",
+            "--rate-burst",
+            "5",
+            "--body-timeout",
+            "1s",
+            "--header-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let request = client
+            .post(format!("{}/api/orders", dev.base))
+            .json(&good_order(&format!("c-{i}")))
+            .send();
+        posts.spawn(request);
+    }
+    let (mut accepted, mut limited) = (0, 0);
+    while let Some(r) = posts.join_next().await {
+        let r = r.unwrap().unwrap();
+        match r.status() {
+            StatusCode::ACCEPTED => accepted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let wait: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=2).contains(&wait), "Retry-After {wait}");
+                limited += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    // The burst of 5, plus what the rate refilled while the requests arrived.
+    assert!((5..=8).contains(&accepted), "{accepted} accepted");
+    assert_eq!(accepted + limited, 20);
+    let written = read_to_end(&kafka.config, "test", &dev.topic("orders.v1"), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(written.len(), accepted, "a 429 wrote an order");
+
+    // A body that stops arriving gets 408 once the body timeout passes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let address = dev.base.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(
+        b"POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"custo",
+    )
+    .await
+    .unwrap();
+    let answer = read_all(&mut slow, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // Headers that never finish: the connection is closed after the header timeout.
+    let mut slower = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slower
+        .write_all(b"POST /api/orders HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let answer = read_all(&mut slower, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the connection stayed open {took:?}: {answer}"
+    );
+    dev.terminate();
+}
+
+/// Reads until the peer closes or answers (at most `limit`).
+async fn read_all(stream: &mut tokio::net::TcpStream, limit: Duration) -> String {
+    let mut buffer = vec![0u8; 4096];
+    let mut text = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                text.extend_from_slice(&buffer[..n]);
+                if text.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
