@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -162,6 +162,7 @@ async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_o
     ];
     variants.extend(EVERY_OPTION.iter().map(|o| vec![*o]));
     variants.push(EVERY_OPTION.to_vec());
+    variants.push(SECURED_KAFKA.to_vec());
     for sets in &variants {
         let (yaml, objects) = render(&kube, &ns, sets);
         assert!(
@@ -181,7 +182,105 @@ async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_o
     assert!(refused(&["operator.watchNamespaces={a,b}"]).contains("watchAllNamespaces=true"));
     // So is an external Kafka without an address.
     refused(&["kafka.enabled=false"]);
+    // And Kafka security settings that cannot work, each naming the value to fix.
+    let external = ["kafka.enabled=false", "kafka.bootstrapServers=k:9093"];
+    for (sets, names) in [
+        (vec!["kafka.securityProtocol=SASL_SSL"], "kafka.enabled"),
+        (
+            vec!["kafka.securityProtocol=TLS"],
+            "/kafka/securityProtocol",
+        ),
+        (
+            [&external[..], &["kafka.securityProtocol=SASL_SSL"]].concat(),
+            "kafka.saslMechanism",
+        ),
+        (
+            [
+                &external[..],
+                &[
+                    "kafka.securityProtocol=SASL_SSL",
+                    "kafka.saslMechanism=SCRAM-SHA-512",
+                ],
+            ]
+            .concat(),
+            "kafka.existingSecret",
+        ),
+        (vec!["kafka.saslMechanism=PLAIN"], "kafka.saslMechanism"),
+    ] {
+        let error = refused(&sets);
+        assert!(error.contains(names), "{sets:?}: {error}");
+    }
     kube.delete_namespace(&ns).await;
+}
+
+/// An external Kafka with TLS and SCRAM: credentials from a Secret, the CA from another.
+const SECURED_KAFKA: &[&str] = &[
+    "kafka.enabled=false",
+    "kafka.bootstrapServers=kafka.example:9093",
+    "kafka.securityProtocol=SASL_SSL",
+    "kafka.saslMechanism=SCRAM-SHA-512",
+    "kafka.existingSecret=kafka-credentials",
+    "kafka.tls.caSecret=kafka-ca",
+    "kafka.tls.caKey=ca.pem",
+];
+
+#[tokio::test]
+async fn kafka_tls_and_sasl_settings_reach_every_kafka_client() {
+    let kube = TestKube::connect().await;
+    let (_, objects) = render(&kube, "shop", SECURED_KAFKA);
+    let mut clients = 0;
+    for object in objects.iter().filter(|o| o["kind"] == "Deployment") {
+        let name = object["metadata"]["name"].as_str().unwrap();
+        let pod = &object["spec"]["template"]["spec"];
+        let (_, c) = &containers(object)[0];
+        let env: BTreeMap<&str, &str> = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+            .collect();
+        assert_eq!(
+            env.get("KAFKA_SECURITY_PROTOCOL"),
+            Some(&"SASL_SSL"),
+            "{name}"
+        );
+        assert_eq!(
+            env.get("KAFKA_SASL_MECHANISM"),
+            Some(&"SCRAM-SHA-512"),
+            "{name}"
+        );
+        assert_eq!(
+            env.get("KAFKA_SSL_CA_LOCATION"),
+            Some(&"/etc/sagashop/kafka-ca/ca.crt"),
+            "{name}"
+        );
+        // The password is never in the manifest: it comes from the Secret.
+        assert!(!env.contains_key("KAFKA_SASL_PASSWORD"), "{name}");
+        assert_eq!(
+            c["envFrom"][0]["secretRef"]["name"], "kafka-credentials",
+            "{name}"
+        );
+        let mount = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "kafka-ca")
+            .unwrap_or_else(|| panic!("{name}: no CA mount"));
+        assert_eq!(mount["mountPath"], "/etc/sagashop/kafka-ca", "{name}");
+        assert_eq!(mount["readOnly"], true, "{name}");
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "kafka-ca")
+            .unwrap_or_else(|| panic!("{name}: no CA volume"));
+        assert_eq!(volume["secret"]["secretName"], "kafka-ca", "{name}");
+        assert_eq!(volume["secret"]["items"][0]["key"], "ca.pem", "{name}");
+        assert_eq!(volume["secret"]["items"][0]["path"], "ca.crt", "{name}");
+        clients += 1;
+    }
+    // Seven services and the operator.
+    assert_eq!(clients, 8);
 }
 
 fn containers(object: &Value) -> Vec<(Value, Value)> {

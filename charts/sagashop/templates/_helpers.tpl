@@ -64,8 +64,34 @@ capabilities:
 
 {{/* Kafka settings every sagashop container gets. */}}
 {{- define "sagashop.kafkaEnv" -}}
+{{- $k := .Values.kafka }}
+{{- if and $k.enabled (ne $k.securityProtocol "PLAINTEXT") }}
+{{- fail "kafka.securityProtocol: the in-cluster broker (kafka.enabled) speaks PLAINTEXT only; set kafka.enabled=false and kafka.bootstrapServers for a secured Kafka" }}
+{{- end }}
+{{- if hasPrefix "SASL_" $k.securityProtocol }}
+{{- if not $k.saslMechanism }}
+{{- fail (printf "kafka.saslMechanism: %s needs PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512" $k.securityProtocol) }}
+{{- end }}
+{{- if not $k.existingSecret }}
+{{- fail (printf "kafka.existingSecret: %s needs a Secret with KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD" $k.securityProtocol) }}
+{{- end }}
+{{- else if $k.saslMechanism }}
+{{- fail (printf "kafka.saslMechanism is set but kafka.securityProtocol is %s: use SASL_SSL or SASL_PLAINTEXT" $k.securityProtocol) }}
+{{- end }}
 - name: KAFKA_BOOTSTRAP_SERVERS
   value: {{ include "sagashop.bootstrap" . | quote }}
+{{- if ne $k.securityProtocol "PLAINTEXT" }}
+- name: KAFKA_SECURITY_PROTOCOL
+  value: {{ $k.securityProtocol | quote }}
+{{- end }}
+{{- with $k.saslMechanism }}
+- name: KAFKA_SASL_MECHANISM
+  value: {{ . | quote }}
+{{- end }}
+{{- if $k.tls.caSecret }}
+- name: KAFKA_SSL_CA_LOCATION
+  value: /etc/sagashop/kafka-ca/ca.crt
+{{- end }}
 {{- with .Values.kafka.clientProperties }}
 - name: KAFKA_CLIENT_PROPERTIES
   value: {{ . | quote }}
@@ -84,5 +110,26 @@ capabilities:
 envFrom:
   - secretRef:
       name: {{ . }}
+{{- end }}
+{{- end -}}
+
+
+{{/* The Kafka CA certificate's volume mount and volume, when kafka.tls.caSecret is set. */}}
+{{- define "sagashop.kafkaCaMount" -}}
+{{- if .Values.kafka.tls.caSecret }}
+- name: kafka-ca
+  mountPath: /etc/sagashop/kafka-ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "sagashop.kafkaCaVolume" -}}
+{{- with .Values.kafka.tls.caSecret }}
+- name: kafka-ca
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: {{ $.Values.kafka.tls.caKey }}
+        path: ca.crt
 {{- end }}
 {{- end -}}
