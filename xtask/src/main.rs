@@ -3,6 +3,10 @@
 //! `xtask bench` (what `scripts/bench` runs) measures the system on the real broker and writes
 //! `target/bench/report.md` with PNG charts: the raw Kafka ceiling, the HTTP edge and end-to-end
 //! saga rates and latencies at a ladder of offered rates (k6), and their ratios to the ceiling.
+//!
+//! `xtask chaos` (what `scripts/chaos` runs) is the fault suite: a broker restart, `kill -9` of
+//! every service and duplicated messages under load, each checked for lost, doubled or
+//! unannounced orders and for books that do not add up; it writes `target/chaos/report.md`.
 
 #![allow(
     clippy::print_stdout,
@@ -11,7 +15,9 @@
 )]
 
 mod bench;
+mod chaos;
 mod charts;
+mod fleet;
 mod report;
 
 use std::process::ExitCode;
@@ -30,6 +36,8 @@ struct Cli {
 enum Task {
     /// Measure the ceiling, the edge and the end-to-end saga; write the report and charts.
     Bench(Box<bench::BenchArgs>),
+    /// Inject faults under load and check that no order is lost or doubled.
+    Chaos(Box<chaos::ChaosArgs>),
 }
 
 #[tokio::main]
@@ -40,6 +48,7 @@ async fn main() -> ExitCode {
     };
     let result = match cli.task {
         Task::Bench(args) => bench::run(*args).await,
+        Task::Chaos(args) => chaos::run(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,8 @@
     reason = "test code: a panic is the failure report"
 )]
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -16,20 +18,7 @@ use sagashop_testkit::{TestKafka, tool, unique_name};
 #[tokio::test]
 async fn a_short_bench_writes_the_report_and_its_charts() {
     let kafka = TestKafka::connect().await;
-    // target/debug/deps/<this test> -> target/debug/sagashop
-    let debug = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let sagashop = debug.join("sagashop");
-    assert!(
-        sagashop.exists(),
-        "{} is missing: run `cargo build -p sagashop`",
-        sagashop.display()
-    );
+    let sagashop = common::debug_sagashop();
     let out = std::env::temp_dir().join(unique_name("bench"));
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let output = Command::new(env!("CARGO_BIN_EXE_xtask"))

@@ -1,0 +1,790 @@
+//! `xtask chaos`: the fault suite. Each scenario runs a sagashop system on a broker of its own,
+//! offers orders continuously, injects one kind of fault, waits for every saga to finish and then
+//! checks the promises of DESIGN.md against what Kafka holds:
+//! - every `202` order was written and finished exactly once (lost = 0, finished twice = 0);
+//! - a `503` wrote nothing (Kafka holds no order the clients were not given);
+//! - stock and balances equal their opening values minus exactly the completed orders.
+//!
+//! It prints one table row per scenario and writes `report.md`; any broken promise makes the run
+//! fail and names it.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sagashop_kit::reader::read_to_end;
+use sagashop_kit::{Outgoing, Publisher};
+
+use crate::fleet::{
+    Answer, Attempt, Broker, Ledger, Proc, client, done, latest, offer, order_body, post,
+    system_args,
+};
+
+/// The faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Scenario {
+    /// Stop the broker under load, start it again.
+    BrokerRestart,
+    /// `kill -9` each service in turn under load (every service its own process), restart it.
+    ProcessKills,
+    /// Duplicate commands and replies, retried requests with one `Idempotency-Key`, and the
+    /// participants' offsets reset to the beginning.
+    Duplicates,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Self::BrokerRestart => "broker-restart",
+            Self::ProcessKills => "process-kills",
+            Self::Duplicates => "duplicates",
+        }
+    }
+}
+
+/// What `xtask chaos` runs.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ChaosArgs {
+    /// The scenarios to run, comma-separated.
+    #[arg(
+        long = "scenario",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "broker-restart,process-kills,duplicates"
+    )]
+    scenarios: Vec<Scenario>,
+    /// How long orders are offered in each scenario.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Orders offered per second.
+    #[arg(long, default_value_t = 40)]
+    rate: u32,
+    /// How long the broker stays down in `broker-restart` (longer than the edge's 1 s queue
+    /// timeout, so some orders are refused).
+    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+    broker_down: Duration,
+    /// Stop the broker with SIGKILL (no clean shutdown) instead of SIGTERM.
+    #[arg(long)]
+    kill_broker: bool,
+    /// How long sagas may take to finish after the load ends.
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// The `sagashop` binary.
+    #[arg(long, default_value = "target/debug/sagashop")]
+    sagashop: PathBuf,
+    /// Where the report, the broker's state and every process log go.
+    #[arg(long, default_value = "target/chaos")]
+    out: PathBuf,
+}
+
+/// One scenario's figures.
+#[derive(Debug, Default)]
+struct Row {
+    scenario: &'static str,
+    injection: String,
+    offered: usize,
+    accepted: usize,
+    refused: usize,
+    no_answer: usize,
+    other: usize,
+    completed: usize,
+    cancelled: usize,
+    /// Accepted orders that Kafka does not hold, or that never finished.
+    lost: usize,
+    /// Orders in Kafka that no client was told about (must be 0 where every request got an
+    /// HTTP answer).
+    unannounced: usize,
+    finished_twice: usize,
+    books: Vec<String>,
+    notes: Vec<String>,
+    elapsed: Duration,
+}
+
+fn step(message: &str) {
+    eprintln!(
+        "chaos: {} {message}",
+        chrono::Utc::now().format("%H:%M:%S%.3f")
+    );
+}
+
+pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.sagashop.exists(),
+        "{} is missing: build it with `cargo build -p sagashop`",
+        args.sagashop.display()
+    );
+    let root = std::env::current_dir()?;
+    std::fs::create_dir_all(&args.out)?;
+    let out = args.out.canonicalize()?;
+    step(&format!(
+        "starting a broker of our own in {}",
+        out.join("kafka").display()
+    ));
+    let broker = Broker::up(&root, &out.join("kafka"))?;
+    let mut rows = Vec::new();
+    for (n, scenario) in args.scenarios.iter().enumerate() {
+        let dir = out.join(scenario.name());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let prefix = format!("chaos{n}-{}.", std::process::id());
+        step(&format!(
+            "{}: start (logs in {})",
+            scenario.name(),
+            dir.display()
+        ));
+        let started = Instant::now();
+        let mut row = match scenario {
+            Scenario::BrokerRestart => broker_restart(&args, &broker, &dir, &prefix).await,
+            Scenario::ProcessKills => process_kills(&args, &broker, &dir, &prefix).await,
+            Scenario::Duplicates => duplicates(&args, &broker, &dir, &prefix).await,
+        }
+        .with_context(|| format!("scenario {}", scenario.name()))?;
+        row.elapsed = started.elapsed();
+        step(&format!(
+            "{}: done in {:.0?}: {}",
+            scenario.name(),
+            row.elapsed,
+            verdict(&row)
+        ));
+        rows.push(row);
+    }
+    drop(broker);
+    let report = report(&args, &rows);
+    std::fs::write(out.join("report.md"), &report)?;
+    println!("{report}");
+    let broken: Vec<String> = rows
+        .iter()
+        .filter(|r| !broken(r).is_empty())
+        .map(|r| format!("{}: {}", r.scenario, broken(r).join("; ")))
+        .collect();
+    if !broken.is_empty() {
+        bail!("promises broken:\n  {}", broken.join("\n  "));
+    }
+    step(&format!(
+        "every promise held; report: {}",
+        out.join("report.md").display()
+    ));
+    Ok(())
+}
+
+/// The promises a row breaks.
+fn broken(row: &Row) -> Vec<String> {
+    let mut broken = Vec::new();
+    if row.lost > 0 {
+        broken.push(format!("{} accepted orders lost or unfinished", row.lost));
+    }
+    if row.finished_twice > 0 {
+        broken.push(format!("{} orders finished twice", row.finished_twice));
+    }
+    if row.other > 0 {
+        broken.push(format!(
+            "{} answers other than 202/503/no answer",
+            row.other
+        ));
+    }
+    // Where every request got an HTTP answer, Kafka holds exactly the accepted orders.
+    if row.no_answer == 0 && row.unannounced > 0 {
+        broken.push(format!(
+            "{} orders written that no client was given (a 503 wrote something)",
+            row.unannounced
+        ));
+    }
+    broken.extend(row.books.iter().cloned());
+    broken.extend(
+        row.notes
+            .iter()
+            .filter(|n| n.starts_with("BROKEN"))
+            .cloned(),
+    );
+    broken
+}
+
+fn verdict(row: &Row) -> String {
+    let broken = broken(row);
+    if broken.is_empty() {
+        format!(
+            "offered {}, accepted {}, refused {}, completed {}, cancelled {}, lost 0",
+            row.offered, row.accepted, row.refused, row.completed, row.cancelled
+        )
+    } else {
+        format!("BROKEN: {}", broken.join("; "))
+    }
+}
+
+/// Counts the answers and checks them against the ledger.
+fn account(row: &mut Row, attempts: &[Attempt], ledger: &Ledger) {
+    row.offered += attempts.len();
+    let mut accepted = std::collections::HashSet::new();
+    for attempt in attempts {
+        match &attempt.answer {
+            Answer::Accepted(id) => {
+                accepted.insert(id.clone());
+            }
+            Answer::Unavailable => row.refused += 1,
+            Answer::Silent(why) => {
+                row.no_answer += 1;
+                if row.no_answer == 1 {
+                    row.notes
+                        .push(format!("the first request without an answer: {why}"));
+                }
+            }
+            Answer::Other(status, body) => {
+                row.other += 1;
+                if row.other <= 3 {
+                    row.notes.push(format!("answer {status}: {body}"));
+                }
+            }
+        }
+    }
+    row.accepted += accepted.len();
+    row.lost += accepted
+        .iter()
+        .filter(|id| !ledger.placed.contains_key(*id) || !ledger.outcomes.contains_key(*id))
+        .count();
+    row.unannounced += ledger
+        .placed
+        .keys()
+        .filter(|id| !accepted.contains(*id))
+        .count();
+    row.finished_twice = ledger.finished_twice();
+    (row.completed, row.cancelled) = ledger.counts();
+}
+
+/// Waits for every saga to finish, then fills in the row's figures and books.
+async fn conclude(
+    args: &ChaosArgs,
+    broker: &Broker,
+    prefix: &str,
+    mut row: Row,
+    attempts: &[Attempt],
+) -> anyhow::Result<(Row, Ledger)> {
+    step(&format!(
+        "{}: waiting for every saga to finish",
+        row.scenario
+    ));
+    let kafka = broker.config();
+    let ledger = Ledger::settle(&kafka, prefix, args.settle).await?;
+    account(&mut row, attempts, &ledger);
+    row.books = ledger.books(&kafka, prefix).await?;
+    Ok((row, ledger))
+}
+
+/// Each participant's consumer group and command topic (unprefixed).
+const PARTICIPANTS: [(&str, &str); 3] = [
+    ("inventory", "inventory.commands.v1"),
+    ("payment", "payment.commands.v1"),
+    ("shipping", "shipping.commands.v1"),
+];
+
+/// `sagashop dev` for one scenario.
+async fn dev(
+    args: &ChaosArgs,
+    broker: &Broker,
+    dir: &std::path::Path,
+    prefix: &str,
+) -> anyhow::Result<Proc> {
+    let mut command = vec!["dev".to_owned()];
+    command.extend(system_args(prefix, &["--queue-timeout", "1s"]));
+    let mut proc = Proc::start(
+        &args.sagashop,
+        dir,
+        "sagashop-dev",
+        command,
+        &broker.bootstrap,
+    )?;
+    proc.ready(Duration::from_secs(120)).await?;
+    Ok(proc)
+}
+
+async fn broker_restart(
+    args: &ChaosArgs,
+    broker: &Broker,
+    dir: &std::path::Path,
+    prefix: &str,
+) -> anyhow::Result<Row> {
+    let mut dev = dev(args, broker, dir, prefix).await?;
+    let base = dev.address.clone();
+    let load_started = Instant::now();
+    // The load goes on for a while after the broker is back, however long its restart takes.
+    let recovered = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(offer(
+        Arc::new(move || base.clone()),
+        args.rate,
+        args.duration,
+        Arc::clone(&recovered),
+    ));
+    tokio::time::sleep(args.duration / 4).await;
+    let how = if args.kill_broker {
+        "SIGKILL"
+    } else {
+        "SIGTERM"
+    };
+    step(&format!(
+        "broker-restart: stopping the broker ({how}) for {:?}",
+        args.broker_down
+    ));
+    broker.stop(args.kill_broker)?;
+    let stopped_at = load_started.elapsed();
+    tokio::time::sleep(args.broker_down).await;
+    broker.start()?;
+    let back_at = load_started.elapsed();
+    step("broker-restart: broker back; load continues");
+    tokio::time::sleep(RECOVERY + args.duration / 4).await;
+    recovered.store(true, Ordering::SeqCst);
+    let attempts = load.await?;
+    let row = Row {
+        scenario: Scenario::BrokerRestart.name(),
+        injection: format!(
+            "`scripts/kafka stop{}` for {:?} under {} orders/s, then `start`",
+            if args.kill_broker { " --kill" } else { "" },
+            args.broker_down,
+            args.rate
+        ),
+        ..Row::default()
+    };
+    let (mut row, _) = conclude(args, broker, prefix, row, &attempts).await?;
+    // The edge recovers by itself: once the broker is back, orders are accepted again, and
+    // every order sent from RECOVERY after that is.
+    let first_after = attempts
+        .iter()
+        .find(|a| a.at > back_at && matches!(a.answer, Answer::Accepted(_)))
+        .map(|a| a.at - back_at);
+    let tail: Vec<&Attempt> = attempts
+        .iter()
+        .filter(|a| a.at > back_at + RECOVERY)
+        .collect();
+    let tail_accepted = tail
+        .iter()
+        .filter(|a| matches!(a.answer, Answer::Accepted(_)))
+        .count();
+    row.notes.push(format!(
+        "broker stopped {:.1?} into the load and answering again at {:.1?}; first 202 after it came back: {}",
+        stopped_at,
+        back_at,
+        first_after.map_or("none".to_owned(), |d| format!("{d:.1?} later"))
+    ));
+    if tail.is_empty() || tail_accepted < tail.len() {
+        row.notes.push(format!(
+            "BROKEN: the edge did not recover: {tail_accepted} of {} orders sent from {RECOVERY:?} after the broker was back were accepted",
+            tail.len()
+        ));
+    }
+    if row.refused == 0 {
+        row.notes.push(
+            "no request was refused: the outage was shorter than the delivery timeout".into(),
+        );
+    }
+    dev.terminate()?;
+    Ok(row)
+}
+
+/// How long after the broker answers again the edge may take to accept every order.
+const RECOVERY: Duration = Duration::from_secs(5);
+
+/// Every service of sagashop, in the order they are killed.
+const SERVICES: [&str; 7] = [
+    "orchestrator",
+    "inventory",
+    "payment",
+    "shipping",
+    "notification",
+    "analytics",
+    "order",
+];
+
+async fn process_kills(
+    args: &ChaosArgs,
+    broker: &Broker,
+    dir: &std::path::Path,
+    prefix: &str,
+) -> anyhow::Result<Row> {
+    // The edge first, creating the topics; then the others, each its own process.
+    let mut procs = Vec::new();
+    for service in ["order"]
+        .iter()
+        .chain(SERVICES.iter().filter(|s| **s != "order"))
+    {
+        let mut command = vec![(*service).to_owned()];
+        command.extend(system_args(
+            prefix,
+            &["--instance", &format!("{service}-0")],
+        ));
+        if *service == "order" {
+            command.push("--create-topics".into());
+        }
+        let mut proc = Proc::start(&args.sagashop, dir, service, command, &broker.bootstrap)?;
+        proc.ready(Duration::from_secs(120)).await?;
+        procs.push(proc);
+    }
+    let edge = Arc::new(Mutex::new(procs[0].address.clone()));
+    let base = {
+        let edge = Arc::clone(&edge);
+        Arc::new(move || edge.lock().map(|a| a.clone()).unwrap_or_default())
+    };
+    // The load runs until every service has been killed and is back, and a little longer.
+    let kills_done = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(offer(
+        base,
+        args.rate,
+        args.duration,
+        Arc::clone(&kills_done),
+    ));
+    let gap = args.duration / (SERVICES.len() as u32 + 1);
+    let mut notes = Vec::new();
+    for service in SERVICES {
+        tokio::time::sleep(gap).await;
+        let proc = procs
+            .iter_mut()
+            .find(|p| p.name == service)
+            .context("a service is missing")?;
+        proc.kill9()?;
+        step(&format!("process-kills: kill -9 {service}; restarting it"));
+        let down = Instant::now();
+        proc.restart()?;
+        proc.ready(Duration::from_secs(120)).await?;
+        notes.push(format!(
+            "{service} ready {:.1?} after kill -9",
+            down.elapsed()
+        ));
+    }
+    tokio::time::sleep(gap).await;
+    kills_done.store(true, Ordering::SeqCst);
+    let attempts = load.await?;
+    let row = Row {
+        scenario: Scenario::ProcessKills.name(),
+        injection: format!(
+            "`kill -9` of each of the 7 services in turn under {} orders/s, each restarted at once",
+            args.rate
+        ),
+        notes,
+        ..Row::default()
+    };
+    let (mut row, ledger) = conclude(args, broker, prefix, row, &attempts).await?;
+    if row.no_answer > 0 {
+        row.notes.push(format!(
+            "{} requests had no answer (the edge was down); {} orders were written without the client hearing (they finished like the others)",
+            row.no_answer, row.unannounced
+        ));
+    }
+    if ledger.unfinished() > 0 {
+        row.notes.push(format!(
+            "BROKEN: {} orders never finished",
+            ledger.unfinished()
+        ));
+    }
+    for proc in &mut procs {
+        proc.terminate()?;
+    }
+    Ok(row)
+}
+
+async fn duplicates(
+    args: &ChaosArgs,
+    broker: &Broker,
+    dir: &std::path::Path,
+    prefix: &str,
+) -> anyhow::Result<Row> {
+    let kafka = broker.config();
+    let mut dev = dev(args, broker, dir, prefix).await?;
+    let mut row = Row {
+        scenario: Scenario::Duplicates.name(),
+        injection: "every command and reply published twice more; requests retried with one \
+                    `Idempotency-Key` (concurrently and later); participants' offsets reset to 0"
+            .to_owned(),
+        ..Row::default()
+    };
+    // Load, with a quarter of the orders sent three times under one Idempotency-Key: twice at
+    // once, once more later.
+    let base = dev.address.clone();
+    let plain = tokio::spawn(offer(
+        Arc::new(move || base.clone()),
+        args.rate * 3 / 4,
+        args.duration,
+        done(),
+    ));
+    let client = client();
+    let keyed_count = (args.rate / 4).max(1) as usize * args.duration.as_secs().max(1) as usize;
+    let mut keyed = Vec::new();
+    let mut retries_diverged = 0;
+    for i in 0..keyed_count {
+        let key = format!("{prefix}key-{i}");
+        let body = order_body(100_000 + i);
+        let (a, b) = tokio::join!(
+            post(&client, &dev.address, &body, Some(&key)),
+            post(&client, &dev.address, &body, Some(&key))
+        );
+        keyed.push((key, body, a, b));
+        tokio::time::sleep(Duration::from_secs(1) / (args.rate / 4).max(1)).await;
+    }
+    let mut attempts = plain.await?;
+    let mut remembered = Vec::new();
+    for (key, body, a, b) in keyed {
+        let c = post(&client, &dev.address, &body, Some(&key)).await;
+        if let Answer::Accepted(id) = &c
+            && remembered.len() < 50
+        {
+            remembered.push((key.clone(), body.clone(), id.clone()));
+        }
+        let ids: Vec<&str> = [&a, &b, &c]
+            .iter()
+            .filter_map(|x| match x {
+                Answer::Accepted(id) => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        if ids.windows(2).any(|w| w[0] != w[1]) {
+            retries_diverged += 1;
+        }
+        row.offered += 2; // the retries; the first try is counted as an attempt
+        attempts.push(Attempt {
+            at: Duration::ZERO,
+            answer: a,
+        });
+    }
+    if retries_diverged > 0 {
+        row.notes.push(format!(
+            "BROKEN: {retries_diverged} keys were given more than one order id"
+        ));
+    }
+    step("duplicates: waiting for every saga to finish");
+    let before = Ledger::settle(&kafka, prefix, args.settle).await?;
+    let books_before = snapshot(&kafka, prefix).await?;
+
+    // Duplicate every command and reply: same key, payload and headers (so the same message id).
+    let topics = [
+        "inventory.commands.v1",
+        "payment.commands.v1",
+        "shipping.commands.v1",
+        "saga.order-fulfilment.replies.v1",
+    ];
+    let publisher = Publisher::new(&kafka, "chaos")?;
+    let mut copies = 0;
+    for topic in topics {
+        let topic = format!("{prefix}{topic}");
+        let records = read_to_end(&kafka, "chaos", &topic, Duration::from_secs(60)).await?;
+        let outgoing: Vec<Outgoing> = records
+            .into_iter()
+            .map(|r| Outgoing {
+                topic: topic.clone(),
+                key: r.key,
+                payload: r.payload,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, v?)))
+                    .collect(),
+            })
+            .collect();
+        for _ in 0..2 {
+            publisher.send_all(&outgoing).await?;
+            copies += outgoing.len();
+        }
+    }
+    step(&format!(
+        "duplicates: published {copies} copies of commands and replies"
+    ));
+    // Let them be handled, then reset the participants to the beginning of their topics.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (group, _) in PARTICIPANTS {
+        wait_settled(
+            &dev,
+            &format!("{prefix}{group}"),
+            0,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    dev.terminate()?;
+    let mut rewound = 0;
+    for (group, topic) in PARTICIPANTS {
+        rewind(
+            &kafka,
+            &format!("{prefix}{group}"),
+            &format!("{prefix}{topic}"),
+        )?;
+        rewound += read_to_end(
+            &kafka,
+            "chaos",
+            &format!("{prefix}{topic}"),
+            Duration::from_secs(60),
+        )
+        .await?
+        .len();
+    }
+    step(&format!(
+        "duplicates: participants rewound to offset 0 ({rewound} commands to read again)"
+    ));
+    let mut dev = crate::chaos::dev(args, broker, dir, prefix).await?;
+    for (group, topic) in PARTICIPANTS {
+        let total = read_to_end(
+            &kafka,
+            "chaos",
+            &format!("{prefix}{topic}"),
+            Duration::from_secs(60),
+        )
+        .await?
+        .len() as u64;
+        if !wait_settled(
+            &dev,
+            &format!("{prefix}{group}"),
+            total,
+            Duration::from_secs(120),
+        )
+        .await
+        {
+            row.notes.push(format!(
+                "BROKEN: {group} did not read its {total} commands again"
+            ));
+        }
+    }
+    // Keys outlive the process: the restarted edge answers retries with the first order id.
+    let mut forgotten = 0;
+    for (key, body, id) in &remembered {
+        match post(&client, &dev.address, body, Some(key)).await {
+            Answer::Accepted(again) if again == *id => {}
+            _ => forgotten += 1,
+        }
+    }
+    row.offered += remembered.len();
+    if forgotten > 0 {
+        row.notes.push(format!(
+            "BROKEN: after a restart {forgotten} of {} retried keys did not get their first order id",
+            remembered.len()
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = Ledger::read(&kafka, prefix).await?;
+    let books_after = snapshot(&kafka, prefix).await?;
+    if books_after != books_before {
+        row.notes
+            .push("BROKEN: stock or balances changed after the duplicates and the replay".into());
+    }
+    let outcomes_before: usize = before.outcomes.values().map(Vec::len).sum();
+    let outcomes_after: usize = after.outcomes.values().map(Vec::len).sum();
+    if outcomes_after != outcomes_before {
+        row.notes.push(format!(
+            "BROKEN: outcome events went from {outcomes_before} to {outcomes_after}"
+        ));
+    }
+    row.notes.push(format!(
+        "{copies} duplicate commands and replies and {rewound} replayed commands changed nothing: stock, balances and the {outcomes_after} outcomes are as before; {} keyed requests retried after a restart got their first order id",
+        remembered.len() - forgotten
+    ));
+    account(&mut row, &attempts, &after);
+    row.books = after.books(&kafka, prefix).await?;
+    dev.terminate()?;
+    Ok(row)
+}
+
+/// Stock and balances as Kafka holds them.
+async fn snapshot(
+    kafka: &sagashop_kit::KafkaConfig,
+    prefix: &str,
+) -> anyhow::Result<(Vec<(String, String)>, Vec<(String, String)>)> {
+    let sorted = |m: std::collections::HashMap<String, serde_json::Value>| {
+        let mut v: Vec<(String, String)> = m.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+        v.sort();
+        v
+    };
+    Ok((
+        sorted(latest(kafka, &format!("{prefix}inventory.stock.v1")).await?),
+        sorted(latest(kafka, &format!("{prefix}payment.balances.v1")).await?),
+    ))
+}
+
+/// Waits until `group` has finished with at least `at_least` records and its count stops
+/// moving; returns whether it got there within `timeout`.
+async fn wait_settled(proc: &Proc, group: &str, at_least: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        let now = proc.settled(group).await;
+        if let Some(n) = now
+            && n >= at_least
+            && last == Some(n)
+        {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Commits offset 0 on every partition of `topic` for `group` (no member may be running).
+fn rewind(kafka: &sagashop_kit::KafkaConfig, group: &str, topic: &str) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = kafka.consumer("chaos-rewind", group).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut offsets = TopicPartitionList::new();
+    for partition in metadata
+        .topics()
+        .first()
+        .context("no such topic")?
+        .partitions()
+    {
+        offsets.add_partition_offset(topic, partition.id(), Offset::Offset(0))?;
+    }
+    consumer.commit(&offsets, CommitMode::Sync)?;
+    Ok(())
+}
+
+fn report(args: &ChaosArgs, rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# sagashop fault suite\n");
+    let _ = writeln!(
+        out,
+        "`xtask chaos`, {} orders/s offered for {:?} per scenario, on {} ({}).\n",
+        args.rate,
+        args.duration,
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "this machine".into()),
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
+    let _ = writeln!(
+        out,
+        "| fault | injection | offered | accepted (202) | refused (503) | no answer | completed | cancelled | lost | verdict |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in rows {
+        let verdict = if broken(r).is_empty() {
+            "held"
+        } else {
+            "BROKEN"
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.injection,
+            r.offered,
+            r.accepted,
+            r.refused,
+            r.no_answer,
+            r.completed,
+            r.cancelled,
+            r.lost,
+            verdict
+        );
+    }
+    for r in rows {
+        let _ = writeln!(out, "\n**{}** ({:.0?})", r.scenario, r.elapsed);
+        let _ = writeln!(
+            out,
+            "- Kafka holds {} orders no client was given; {} orders finished twice",
+            r.unannounced, r.finished_twice
+        );
+        if r.books.is_empty() {
+            let _ = writeln!(out, "- stock and balances add up exactly");
+        }
+        for line in r.books.iter().chain(&r.notes) {
+            let _ = writeln!(out, "- {line}");
+        }
+    }
+    out
+}
