@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sagashop_kit::KafkaConfig;
-use sagashop_kit::reader::read_to_end;
+use sagashop_kit::reader::read_settled;
 use serde_json::{Value, json};
 
 /// Stock the inventory starts with: `sku-1` runs out during a run, `sku-2` never does, and
@@ -398,7 +398,7 @@ impl Ledger {
     pub(crate) async fn read(kafka: &KafkaConfig, prefix: &str) -> anyhow::Result<Self> {
         let timeout = Duration::from_secs(60);
         let mut ledger = Self::default();
-        for record in read_to_end(kafka, "chaos", &format!("{prefix}orders.v1"), timeout).await? {
+        for record in read_settled(kafka, "chaos", &format!("{prefix}orders.v1"), timeout).await? {
             let Some(payload) = record.payload else {
                 continue;
             };
@@ -427,7 +427,7 @@ impl Ledger {
             );
         }
         let outcome_topic = format!("{prefix}orders.outcome.v1");
-        for record in read_to_end(kafka, "chaos", &outcome_topic, timeout).await? {
+        for record in read_settled(kafka, "chaos", &outcome_topic, timeout).await? {
             let kind = record
                 .headers
                 .iter()
@@ -542,7 +542,7 @@ pub(crate) async fn latest(
     kafka: &KafkaConfig,
     topic: &str,
 ) -> anyhow::Result<HashMap<String, Value>> {
-    let records = read_to_end(kafka, "chaos-books", topic, Duration::from_secs(60)).await?;
+    let records = read_settled(kafka, "chaos-books", topic, Duration::from_secs(60)).await?;
     let mut latest = HashMap::new();
     for record in records {
         let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();

@@ -1,7 +1,7 @@
 //! Reading a topic from its start to its current end, outside any consumer group: how the
 //! dead-letter tools list records and how state stores restore from their changelogs.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -13,8 +13,11 @@ use crate::{Error, KafkaConfig};
 
 /// Reads every committed record of `topic` that exists now, sorted by partition and offset.
 ///
-/// Bounded: each partition is read up to the high watermark seen at the start, so records
-/// written meanwhile are left for the next call. Joins no group and commits nothing.
+/// Bounded: each partition is read up to its last stable offset seen at the start, so records
+/// written meanwhile, and transactions still open, are left for the next call. Joins no group
+/// and commits nothing. A producer's `commit_transaction` returns before the broker has written
+/// the commit markers, so a transaction committed a moment ago may not be visible yet: where
+/// every writer is known to be idle, [`read_settled`] waits for them.
 pub async fn read_to_end(
     kafka: &KafkaConfig,
     role: &str,
@@ -31,50 +34,12 @@ pub async fn read_to_end(
             cause,
         };
         let consumer: BaseConsumer = config.create().map_err(client)?;
-        let deadline = std::time::Instant::now() + timeout;
-        // A topic created a moment ago may not have partition leaders yet: wait for them.
-        let settling = |e: &KafkaError| {
-            matches!(
-                e.rdkafka_error_code(),
-                Some(
-                    RDKafkaErrorCode::NotLeaderForPartition
-                        | RDKafkaErrorCode::LeaderNotAvailable
-                        | RDKafkaErrorCode::UnknownLeaderEpoch
-                )
-            ) && std::time::Instant::now() < deadline
-        };
-        let partitions: Vec<i32> = loop {
-            let metadata = consumer
-                .fetch_metadata(Some(&topic), timeout)
-                .map_err(client)?;
-            let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-                break Vec::new();
-            };
-            match found.error().map(RDKafkaErrorCode::from) {
-                None => break found.partitions().iter().map(|p| p.id()).collect(),
-                Some(RDKafkaErrorCode::LeaderNotAvailable)
-                    if std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Some(_) => break Vec::new(),
-            }
-        };
-        if partitions.is_empty() {
-            return Err(Error::InvalidConfig {
-                setting: "--topic",
-                reason: format!("topic `{topic}` does not exist"),
-            });
-        }
+        let deadline = Instant::now() + timeout;
+        let partitions = partitions(&consumer, &topic, timeout, deadline)?;
         let mut assignment = TopicPartitionList::new();
         let mut ends = Vec::new();
         for partition in partitions {
-            let (low, high) = loop {
-                match consumer.fetch_watermarks(&topic, partition, timeout) {
-                    Err(e) if settling(&e) => std::thread::sleep(Duration::from_millis(100)),
-                    other => break other.map_err(client)?,
-                }
-            };
+            let (low, high) = watermarks(&consumer, &topic, partition, timeout, deadline)?;
             if high > low {
                 assignment
                     .add_partition_offset(&topic, partition, Offset::Offset(low))
@@ -99,7 +64,7 @@ pub async fn read_to_end(
             }))
         };
         while !done(&consumer)? {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Error::Internal(format!(
                     "reading `{topic}` took longer than {timeout:?}"
@@ -121,4 +86,137 @@ pub async fn read_to_end(
     reading
         .await
         .map_err(|e| Error::Internal(format!("the reader of `{name}` panicked: {e}")))?
+}
+
+/// Like [`read_to_end`], after waiting until no transaction is open on `topic`: every partition's
+/// last stable offset has caught up with its high watermark.
+///
+/// For readers that must see everything a writer has committed, such as a check after a load run
+/// or right after a `202 Accepted`: `commit_transaction` returns before the broker has written the
+/// commit markers, and until it has, `read_to_end` stops short of those records. A writer that
+/// keeps a transaction open makes this wait; past `timeout` it is an error that names the
+/// partition still unsettled.
+pub async fn read_settled(
+    kafka: &KafkaConfig,
+    role: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<Record>, Error> {
+    let started = Instant::now();
+    let mut committed = kafka.consumer(role, &format!("sagashop-{role}"));
+    committed.set("enable.auto.commit", "false");
+    let mut everything = committed.clone();
+    everything.set("isolation.level", "read_uncommitted");
+    let name = topic.to_owned();
+    let topic = topic.to_owned();
+    let settling = tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        let client = |cause| Error::Client {
+            what: "consumer",
+            cause,
+        };
+        let committed: BaseConsumer = committed.create().map_err(client)?;
+        let everything: BaseConsumer = everything.create().map_err(client)?;
+        let deadline = Instant::now() + timeout;
+        let partitions = partitions(&committed, &topic, timeout, deadline)?;
+        loop {
+            let mut open = None;
+            for &partition in &partitions {
+                // Watermark queries follow the consumer's isolation level: the high end is the
+                // last stable offset for one, the high watermark for the other.
+                let (_, stable) = watermarks(&committed, &topic, partition, timeout, deadline)?;
+                let (_, written) = watermarks(&everything, &topic, partition, timeout, deadline)?;
+                if stable < written {
+                    open = Some((partition, stable, written));
+                    break;
+                }
+            }
+            let Some((partition, stable, written)) = open else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                return Err(Error::Internal(format!(
+                    "`{topic}` partition {partition} still has a transaction open after \
+                     {timeout:?}: stable up to offset {stable}, written up to {written}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    settling
+        .await
+        .map_err(|e| Error::Internal(format!("the reader of `{name}` panicked: {e}")))??;
+    read_to_end(
+        kafka,
+        role,
+        &name,
+        timeout.saturating_sub(started.elapsed()),
+    )
+    .await
+}
+
+/// The partitions of `topic`, waiting for a topic created a moment ago to get its leaders.
+fn partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<Vec<i32>, Error> {
+    let client = |cause| Error::Client {
+        what: "consumer",
+        cause,
+    };
+    let partitions: Vec<i32> = loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(client)?;
+        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            break Vec::new();
+        };
+        match found.error().map(RDKafkaErrorCode::from) {
+            None => break found.partitions().iter().map(|p| p.id()).collect(),
+            Some(RDKafkaErrorCode::LeaderNotAvailable) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Some(_) => break Vec::new(),
+        }
+    };
+    if partitions.is_empty() {
+        return Err(Error::InvalidConfig {
+            setting: "--topic",
+            reason: format!("topic `{topic}` does not exist"),
+        });
+    }
+    Ok(partitions)
+}
+
+/// The low and high watermarks of one partition (the high one as the consumer's isolation level
+/// sees it), waiting out a leader that is still being elected.
+fn watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<(i64, i64), Error> {
+    let settling = |e: &KafkaError| {
+        matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::NotLeaderForPartition
+                    | RDKafkaErrorCode::LeaderNotAvailable
+                    | RDKafkaErrorCode::UnknownLeaderEpoch
+            )
+        ) && Instant::now() < deadline
+    };
+    loop {
+        match consumer.fetch_watermarks(topic, partition, timeout) {
+            Err(e) if settling(&e) => std::thread::sleep(Duration::from_millis(100)),
+            other => {
+                return other.map_err(|cause| Error::Client {
+                    what: "consumer",
+                    cause,
+                });
+            }
+        }
+    }
 }

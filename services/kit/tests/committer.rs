@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use sagashop_kit::reader::read_to_end;
+use sagashop_kit::reader::read_settled;
 use sagashop_kit::{CommitError, Committer, CommitterConfig, KafkaConfig, Monitor, Outgoing, Task};
 use sagashop_testkit::{TestKafka, unique_name};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ fn record(topic: &str, key: &str) -> Outgoing {
 }
 
 async fn keys(kafka: &TestKafka, topic: &str) -> Vec<String> {
-    let mut keys: Vec<String> = read_to_end(&kafka.config, "test", topic, Duration::from_secs(60))
+    let mut keys: Vec<String> = read_settled(&kafka.config, "test", topic, Duration::from_secs(60))
         .await
         .unwrap()
         .into_iter()

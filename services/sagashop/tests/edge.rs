@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{Dev, WAIT, finished};
 use reqwest::StatusCode;
-use sagashop_kit::reader::read_to_end;
+use sagashop_kit::reader::read_settled;
 use sagashop_kit::{Outgoing, Publisher};
 use sagashop_testkit::{TestKafka, unique_name};
 use serde_json::{Value, json};
@@ -138,7 +138,7 @@ async fn hostile_bodies_get_clear_refusals_and_the_edge_keeps_serving() {
     }
     // Only the well-formed order among them was accepted, and only it was written.
     assert_eq!(accepted.len(), 1, "{accepted:?}");
-    let written = read_to_end(&kafka.config, "test", &dev.topic("orders.v1"), WAIT)
+    let written = read_settled(&kafka.config, "test", &dev.topic("orders.v1"), WAIT)
         .await
         .unwrap();
     assert_eq!(written.len(), 1);
@@ -225,7 +225,7 @@ async fn poison_records_are_dead_lettered_and_their_partitions_move_on() {
         let order = finished(&dev.base, id).await;
         assert_eq!(order["status"], "COMPLETED", "{order}");
     }
-    let dead = read_to_end(&kafka.config, "test", &dev.topic("inventory.dlq.v1"), WAIT)
+    let dead = read_settled(&kafka.config, "test", &dev.topic("inventory.dlq.v1"), WAIT)
         .await
         .unwrap();
     assert_eq!(
@@ -289,7 +289,7 @@ async fn the_edge_limits_rate_slow_bodies_and_slow_headers() {
     // The burst of 5, plus what the rate refilled while the requests arrived.
     assert!((5..=8).contains(&accepted), "{accepted} accepted");
     assert_eq!(accepted + limited, 20);
-    let written = read_to_end(&kafka.config, "test", &dev.topic("orders.v1"), WAIT)
+    let written = read_settled(&kafka.config, "test", &dev.topic("orders.v1"), WAIT)
         .await
         .unwrap();
     assert_eq!(written.len(), accepted, "a 429 wrote an order");

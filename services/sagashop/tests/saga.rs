@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{Dev, WAIT, finished};
 
 use reqwest::StatusCode;
-use sagashop_kit::reader::read_to_end;
+use sagashop_kit::reader::read_settled;
 use sagashop_kit::{KafkaConfig, Outgoing, Publisher};
 use sagashop_testkit::{TestKafka, eventually, unique_name};
 use serde_json::{Value, json};
@@ -44,7 +44,9 @@ async fn post(base: &str, body: &Value, key: Option<&str>) -> Result<(StatusCode
 
 /// The latest value per key of a compacted store topic.
 async fn latest(kafka: &KafkaConfig, topic: &str) -> HashMap<String, Value> {
-    let records = read_to_end(kafka, "test-books", topic, WAIT).await.unwrap();
+    let records = read_settled(kafka, "test-books", topic, WAIT)
+        .await
+        .unwrap();
     let mut latest = HashMap::new();
     for record in records {
         let key = String::from_utf8(record.key.unwrap()).unwrap();
@@ -308,7 +310,7 @@ async fn a_killed_process_resumes_every_saga_and_a_replay_changes_nothing() {
         .await;
     }
     let dev = Dev::start(&kafka, &prefix, &args).await;
-    let commands = read_to_end(
+    let commands = read_settled(
         &kafka.config,
         "test",
         &dev.topic("payment.commands.v1"),
@@ -435,7 +437,7 @@ async fn bad_input_gets_its_status_and_a_failing_participant_is_compensated_afte
         (StatusCode::ACCEPTED, StatusCode::ACCEPTED)
     );
     assert_eq!(a["orderId"], b["orderId"]);
-    let placed = read_to_end(&kafka.config, "test", &dev.topic("orders.v1"), WAIT)
+    let placed = read_settled(&kafka.config, "test", &dev.topic("orders.v1"), WAIT)
         .await
         .unwrap();
     assert_eq!(placed.len(), 1, "the retry wrote a second OrderPlaced");
@@ -460,11 +462,11 @@ async fn bad_input_gets_its_status_and_a_failing_participant_is_compensated_afte
         json!(100_000),
         "the reservation was not released"
     );
-    let poisoned = read_to_end(&kafka.config, "test", &dev.topic("inventory.dlq.v1"), WAIT)
+    let poisoned = read_settled(&kafka.config, "test", &dev.topic("inventory.dlq.v1"), WAIT)
         .await
         .unwrap();
     assert_eq!(poisoned.len(), 1);
-    let payment_dlq = read_to_end(&kafka.config, "test", &dev.topic("payment.dlq.v1"), WAIT)
+    let payment_dlq = read_settled(&kafka.config, "test", &dev.topic("payment.dlq.v1"), WAIT)
         .await
         .unwrap();
     assert!(
