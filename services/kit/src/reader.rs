@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message};
 
 use crate::router::Record;
 use crate::{Error, KafkaConfig};
@@ -24,15 +24,10 @@ pub async fn read_to_end(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<Record>, Error> {
-    let mut config = kafka.consumer(role, &format!("sagashop-{role}"));
-    config.set("enable.auto.commit", "false");
+    let config = reader_config(kafka, role);
     let name = topic.to_owned();
     let topic = topic.to_owned();
     let reading = tokio::task::spawn_blocking(move || -> Result<Vec<Record>, Error> {
-        let client = |cause| Error::Client {
-            what: "consumer",
-            cause,
-        };
         let consumer: BaseConsumer = config.create().map_err(client)?;
         let deadline = Instant::now() + timeout;
         let partitions = partitions(&consumer, &topic, timeout, deadline)?;
@@ -103,17 +98,12 @@ pub async fn read_settled(
     timeout: Duration,
 ) -> Result<Vec<Record>, Error> {
     let started = Instant::now();
-    let mut committed = kafka.consumer(role, &format!("sagashop-{role}"));
-    committed.set("enable.auto.commit", "false");
+    let committed = reader_config(kafka, role);
     let mut everything = committed.clone();
     everything.set("isolation.level", "read_uncommitted");
     let name = topic.to_owned();
     let topic = topic.to_owned();
     let settling = tokio::task::spawn_blocking(move || -> Result<(), Error> {
-        let client = |cause| Error::Client {
-            what: "consumer",
-            cause,
-        };
         let committed: BaseConsumer = committed.create().map_err(client)?;
         let everything: BaseConsumer = everything.create().map_err(client)?;
         let deadline = Instant::now() + timeout;
@@ -161,10 +151,6 @@ fn partitions(
     timeout: Duration,
     deadline: Instant,
 ) -> Result<Vec<i32>, Error> {
-    let client = |cause| Error::Client {
-        what: "consumer",
-        cause,
-    };
     let partitions: Vec<i32> = loop {
         let metadata = consumer
             .fetch_metadata(Some(topic), timeout)
@@ -212,11 +198,23 @@ fn watermarks(
         match consumer.fetch_watermarks(topic, partition, timeout) {
             Err(e) if settling(&e) => std::thread::sleep(Duration::from_millis(100)),
             other => {
-                return other.map_err(|cause| Error::Client {
-                    what: "consumer",
-                    cause,
-                });
+                return other.map_err(client);
             }
         }
+    }
+}
+
+/// A `read_committed` consumer outside any group's offsets: it joins no group and commits nothing.
+fn reader_config(kafka: &KafkaConfig, role: &str) -> ClientConfig {
+    let mut config = kafka.consumer(role, &format!("sagashop-{role}"));
+    config.set("enable.auto.commit", "false");
+    config
+}
+
+/// A consumer call that failed, as the kit's error.
+fn client(cause: KafkaError) -> Error {
+    Error::Client {
+        what: "consumer",
+        cause,
     }
 }
