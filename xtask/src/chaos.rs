@@ -570,6 +570,7 @@ async fn duplicates(
             .map(|r| Outgoing {
                 topic: topic.clone(),
                 key: r.key,
+                partition: None,
                 payload: r.payload,
                 headers: r
                     .headers

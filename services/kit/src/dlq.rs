@@ -61,6 +61,7 @@ pub fn dead_letter(
     Outgoing {
         topic: topic.to_owned(),
         key: record.key.clone(),
+        partition: None,
         payload: record.payload.clone(),
         headers,
     }
@@ -106,6 +107,7 @@ impl DeadLetter {
         Ok(Outgoing {
             topic: topic.to_owned(),
             key: self.record.key.clone(),
+            partition: None,
             payload: self.record.payload.clone(),
             headers: self
                 .record

@@ -14,7 +14,7 @@
 //! replaced. librdkafka's transaction calls block, so they run on the blocking pool under a
 //! watchdog timeout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -125,26 +125,28 @@ pub(crate) async fn run(
     let mut txn = producer(&producer_config, timeout).await?;
     let failures = RetryPolicy::unbounded(Duration::from_millis(200), Duration::from_secs(10));
     let mut failed_in_a_row = 0;
+    let mut owned = HashSet::new();
     loop {
-        let batch = tokio::select! {
+        let mut batch = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             batch = next_batch(&consumer, &shared) => batch,
         };
+        // The assignment changed: restore the state of the partitions owned now (another
+        // member may have written it) and drop the rest.
+        if assigned.swap(false, Ordering::SeqCst) {
+            owned = crate::processor::assign(&consumer, &stores).await?;
+        }
+        // Records fetched before a rebalance took their partition away: its new owner has them.
+        batch.retain(|r| owned.contains(&(r.topic.clone(), r.partition)));
         if batch.is_empty() {
             continue;
-        }
-        // Newly assigned partitions: another member may have written the stores for them.
-        if assigned.swap(false, Ordering::SeqCst) {
-            for store in &stores {
-                store.reload().await?;
-            }
         }
         // A batch stuck on a broker that went away must not hold up shutdown for long: after
         // the grace period the process leaves its transaction open, and the broker aborts it
         // (or the next owner's producer fences it), so the batch is redone elsewhere.
         let finished = tokio::select! {
-            finished = run_batch(&consumer, &txn, &shared, batch) => finished,
+            finished = run_batch(&consumer, &txn, &shared, &assigned, batch) => finished,
             () = grace_after(&shutdown) => {
                 tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutting down with a transaction still open; the batch will be redone");
                 break;
@@ -173,9 +175,12 @@ pub(crate) async fn run(
                     tracing::warn!("replacing the transactional producer");
                     txn = producer(&producer_config, timeout).await?;
                 }
-                // Handlers changed their stores in memory for the aborted batch: forget that.
-                for store in &stores {
-                    store.reload().await?;
+                // Handlers changed their stores in memory for the aborted batch: forget that
+                // (after a rebalance the next batch restores the new assignment instead).
+                if !assigned.load(Ordering::SeqCst) {
+                    for store in &stores {
+                        store.reload().await?;
+                    }
                 }
                 rewind(&consumer, timeout).await?;
                 tokio::select! {
@@ -258,10 +263,18 @@ async fn rewind(
     .map_err(|e| Error::Internal(format!("could not rewind to the committed offsets: {e}")))
 }
 
+/// How long an idle member waits for a record before looking at its assignment again.
+pub(crate) const IDLE_WAKE: Duration = Duration::from_millis(250);
+
 /// Waits for one record, then takes what else arrives within the linger, up to the batch size.
 async fn next_batch(consumer: &StreamConsumer<GroupContext>, shared: &Shared) -> Vec<Record> {
     let mut batch = Vec::new();
-    match consumer.recv().await {
+    // An idle member still comes back now and then, so that state for partitions assigned
+    // meanwhile is restored (their deadlines are due there) without waiting for a record.
+    let Ok(received) = tokio::time::timeout(IDLE_WAKE, consumer.recv()).await else {
+        return batch;
+    };
+    match received {
         Ok(message) => batch.push(Record::from_message(&message)),
         Err(e) => {
             tracing::warn!(error = %e, "consumer error; continuing");
@@ -288,9 +301,15 @@ async fn run_batch(
     consumer: &StreamConsumer<GroupContext>,
     txn: &FutureProducer,
     shared: &Arc<Shared>,
+    assigned: &AtomicBool,
     batch: Vec<Record>,
 ) -> Result<Vec<(Record, Disposition)>, TxnError> {
     let timeout = shared.config.transaction_timeout;
+    // The generation the batch was read in: should the group have moved on by the commit, the
+    // broker refuses the offsets and the batch aborts (KIP-447).
+    let group = consumer
+        .group_metadata()
+        .ok_or_else(|| TxnError::Internal("the consumer has no group metadata".into()))?;
     let begin = txn.clone();
     blocking("begin_transaction", timeout, move || {
         begin.begin_transaction()
@@ -362,9 +381,13 @@ async fn run_batch(
             .add_partition_offset(&topic, partition, Offset::Offset(next))
             .map_err(|e| TxnError::Kafka("building the offsets", e))?;
     }
-    let group = consumer
-        .group_metadata()
-        .ok_or_else(|| TxnError::Internal("the consumer has no group metadata".into()))?;
+    if assigned.load(Ordering::SeqCst) {
+        // The group rebalanced while the batch ran: its partitions may have a new owner that
+        // restored their state without this batch's changes. Redo it after restoring.
+        return Err(TxnError::Internal(
+            "the group rebalanced during the batch".into(),
+        ));
+    }
     // Two calls, each under its own watchdog: together they may take twice the timeout.
     let send = txn.clone();
     blocking("send_offsets_to_transaction", timeout, move || {

@@ -163,8 +163,13 @@ impl KafkaConfig {
     }
 
     /// How long the coordinator lets a transaction stay open before aborting it
-    /// (`transaction.timeout.ms`, unless a `--kafka-property` overrides it).
-    pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+    /// (`transaction.timeout.ms`, unless a `--kafka-property` overrides it). A member killed
+    /// mid-transaction holds back every `read_committed` reader of the partitions it wrote
+    /// (the next owner's state restore among them) until then, plus the broker's check
+    /// interval (`transaction.abort.timed.out.transaction.cleanup.interval.ms`, 10 s by
+    /// default), unless it restarts under the same transactional id first. Our batches commit
+    /// within milliseconds, so 10 s is ample and bounds that stall to about 20 s.
+    pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// The transaction timeout in effect: [`Self::TRANSACTION_TIMEOUT`] or the override.
     pub fn transaction_timeout(&self) -> Duration {

@@ -263,8 +263,8 @@ pub(crate) struct GroupContext {
     revoke_drain: Option<Duration>,
     /// After shutdown drained, a revocation (the consumer closing) has nothing to wait for.
     shutdown: CancellationToken,
-    /// Set on every assignment: stores are reloaded before the next record, since another
-    /// member may have written them for the partitions we now own.
+    /// Set on every assignment and revocation: stores are restored for the partitions owned
+    /// now before the next record, since another member may have written them meanwhile.
     pub(crate) assigned: Arc<AtomicBool>,
 }
 
@@ -342,6 +342,7 @@ impl ConsumerContext for GroupContext {
             }
             Rebalance::Revoke(partitions) => {
                 tracing::info!(group = %self.group, partitions = partitions.count(), "partitions revoked");
+                self.assigned.store(true, Ordering::SeqCst);
             }
             Rebalance::Error(e) => {
                 tracing::warn!(group = %self.group, error = %e, "rebalance failed");
@@ -404,6 +405,12 @@ impl Processor {
             shutdown: shutdown.clone(),
         };
         let mut consumer_config = kafka.consumer(&config.group_id, &config.group_id);
+        if config.transactional_id.is_some() || config.dedupe.is_some() {
+            // Stateful: the range assignor gives a member the same partition numbers of every
+            // input topic (co-partitioning), so partition p's state has one owner. Rebalances
+            // are eager: every member restores its partitions' state after each.
+            consumer_config.set("partition.assignment.strategy", "range");
+        }
         consumer_config.set(
             "statistics.interval.ms",
             config.lag_interval.as_millis().max(1).to_string(),
@@ -507,6 +514,10 @@ impl Processor {
                 () = shutdown.cancelled() => break,
                 Some(done) = tasks.join_next() => joined(done)?,
                 () = queues.freed.notified(), if full => {}
+                // An idle member still restores the state of partitions assigned meanwhile.
+                () = tokio::time::sleep(crate::exactly_once::IDLE_WAKE) => {
+                    self.rebalanced(&queues).await?;
+                }
                 received = self.consumer.recv(), if !full => match received {
                     Ok(message) => {
                         let record = Record::from_message(&message);
@@ -544,9 +555,7 @@ impl Processor {
                     }
                 }
             }
-            for store in &self.stores {
-                store.reload().await?;
-            }
+            assign(&self.consumer, &self.stores).await?;
         }
         Ok(())
     }
@@ -610,6 +619,58 @@ impl Processor {
         }
         Ok(())
     }
+}
+
+/// The input partitions assigned now, and their numbers, after checking that every input
+/// topic has the same numbers (co-partitioning), as owned stores need: their partition p is the
+/// state of every input's partition p.
+pub(crate) fn assignment(
+    consumer: &StreamConsumer<GroupContext>,
+    stores: &[Arc<dyn Reload>],
+) -> Result<(std::collections::HashSet<Partition>, Vec<i32>), Error> {
+    let list = consumer.assignment().map_err(|cause| Error::Client {
+        what: "consumer",
+        cause,
+    })?;
+    let owned: std::collections::HashSet<Partition> = list
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect();
+    let mut by_topic: HashMap<&str, std::collections::BTreeSet<i32>> = HashMap::new();
+    for (topic, partition) in &owned {
+        by_topic.entry(topic).or_default().insert(*partition);
+    }
+    let mut numbers: std::collections::BTreeSet<i32> = std::collections::BTreeSet::new();
+    for set in by_topic.values() {
+        numbers.extend(set);
+    }
+    if stores.iter().any(|s| s.is_owned())
+        && let Some((topic, set)) = by_topic.iter().find(|(_, set)| **set != numbers)
+    {
+        return Err(Error::InvalidConfig {
+            setting: "partitions",
+            reason: format!(
+                "the input topics are not co-partitioned: `{topic}` has partitions {set:?} \
+                 assigned here, the others {numbers:?}; give every input topic and state \
+                 changelog of the service the same partition count"
+            ),
+        });
+    }
+    Ok((owned, numbers.into_iter().collect()))
+}
+
+/// Restores every store for the partitions assigned now; returns them.
+pub(crate) async fn assign(
+    consumer: &StreamConsumer<GroupContext>,
+    stores: &[Arc<dyn Reload>],
+) -> Result<std::collections::HashSet<Partition>, Error> {
+    let (owned, numbers) = assignment(consumer, stores)?;
+    for store in stores {
+        store.assign(&numbers).await?;
+    }
+    tracing::debug!(partitions = ?numbers, "state restored for the assigned partitions");
+    Ok(owned)
 }
 
 /// Forgets message ids older than the dedupe retention, in memory and (by tombstones) in the
@@ -781,6 +842,11 @@ pub(crate) enum Disposition {
 /// `process <topic>` consumer span that continues the record's trace; the handler's outputs
 /// carry this span's trace context onwards.
 pub(crate) async fn handle(shared: &Shared, record: &Record) -> Disposition {
+    crate::store::handling(record.partition, handle_record(shared, record)).await
+}
+
+/// [`handle`], with owned stores writing to the record's partition.
+async fn handle_record(shared: &Shared, record: &Record) -> Disposition {
     let span = tracing::info_span!(
         "process",
         otel.name = %format!("process {}", record.topic),

@@ -21,6 +21,9 @@ pub struct Outgoing {
     pub topic: String,
     /// Record key (the order id); `None` only for records that belong to no entity.
     pub key: Option<Vec<u8>>,
+    /// The partition, when the writer must choose it (a state store's changelog record goes
+    /// to the partition of the input it belongs to); `None` lets the key choose.
+    pub partition: Option<i32>,
     /// Record value; `None` is a tombstone (deletes the key from a compacted topic).
     pub payload: Option<Vec<u8>>,
     /// Record headers, in order.
@@ -33,6 +36,7 @@ impl Outgoing {
         Ok(Self {
             topic: topic.to_owned(),
             key: Some(envelope.key.clone().into_bytes()),
+            partition: None,
             payload: Some(envelope.encode_payload()?),
             headers: envelope
                 .metadata
@@ -49,6 +53,7 @@ impl Outgoing {
         Self {
             topic: topic.to_owned(),
             key: Some(key.as_bytes().to_vec()),
+            partition: None,
             payload: Some(payload),
             headers: metadata
                 .to_headers()
@@ -278,6 +283,9 @@ impl Publisher {
         let mut record = FutureRecord::to(&out.topic).headers(out.kafka_headers());
         if let Some(payload) = &out.payload {
             record = record.payload(payload.as_slice());
+        }
+        if let Some(partition) = out.partition {
+            record = record.partition(partition);
         }
         match &out.key {
             Some(key) => record.key(key.as_slice()),

@@ -24,17 +24,72 @@ pub async fn read_to_end(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<Record>, Error> {
+    read(kafka, role, topic, None, timeout).await
+}
+
+/// Reads every committed record of `partitions` of `topic`, up to each partition's high
+/// watermark seen at the start, sorted by partition and offset: a transaction still open there
+/// is waited for (until it commits, aborts or times out), so what it commits is not missed.
+/// How an owned state store restores the partitions its processor was just assigned, while the
+/// previous owner may still be finishing its last transaction.
+pub async fn read_partitions(
+    kafka: &KafkaConfig,
+    role: &str,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<Vec<Record>, Error> {
+    if partitions.is_empty() {
+        return Ok(Vec::new());
+    }
+    read(kafka, role, topic, Some(partitions.to_vec()), timeout).await
+}
+
+/// Reads `topic` (all partitions, up to their last stable offsets; or `only` these, up to their
+/// high watermarks) with a `read_committed` consumer.
+async fn read(
+    kafka: &KafkaConfig,
+    role: &str,
+    topic: &str,
+    only: Option<Vec<i32>>,
+    timeout: Duration,
+) -> Result<Vec<Record>, Error> {
     let config = reader_config(kafka, role);
+    let mut everything = config.clone();
+    everything.set("isolation.level", "read_uncommitted");
     let name = topic.to_owned();
     let topic = topic.to_owned();
     let reading = tokio::task::spawn_blocking(move || -> Result<Vec<Record>, Error> {
         let consumer: BaseConsumer = config.create().map_err(client)?;
         let deadline = Instant::now() + timeout;
-        let partitions = partitions(&consumer, &topic, timeout, deadline)?;
+        let (partitions, ends_at) = match only {
+            None => (partitions(&consumer, &topic, timeout, deadline)?, None),
+            Some(only) => {
+                let uncommitted: BaseConsumer = everything.create().map_err(client)?;
+                let known = partitions(&uncommitted, &topic, timeout, deadline)?;
+                if let Some(missing) = only.iter().find(|p| !known.contains(p)) {
+                    return Err(Error::InvalidConfig {
+                        setting: "partitions",
+                        reason: format!(
+                            "`{topic}` has {} partitions, so no partition {missing}: a state \
+                             store's changelog needs as many partitions as its processor's input",
+                            known.len()
+                        ),
+                    });
+                }
+                (only, Some(uncommitted))
+            }
+        };
         let mut assignment = TopicPartitionList::new();
         let mut ends = Vec::new();
         for partition in partitions {
             let (low, high) = watermarks(&consumer, &topic, partition, timeout, deadline)?;
+            let high = match &ends_at {
+                Some(uncommitted) => {
+                    watermarks(uncommitted, &topic, partition, timeout, deadline)?.1
+                }
+                None => high,
+            };
             if high > low {
                 assignment
                     .add_partition_offset(&topic, partition, Offset::Offset(low))
@@ -62,7 +117,8 @@ pub async fn read_to_end(
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Error::Internal(format!(
-                    "reading `{topic}` took longer than {timeout:?}"
+                    "reading `{topic}` took longer than {timeout:?} (a transaction that a killed \
+                     writer left open holds readers back until the broker aborts it)"
                 )));
             }
             if let Some(message) = consumer.poll(left.min(Duration::from_millis(200))) {

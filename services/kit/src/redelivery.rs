@@ -207,6 +207,7 @@ pub(crate) fn park(
     Outgoing {
         topic: topic.to_owned(),
         key: original.key.clone(),
+        partition: None,
         payload: original.payload.clone(),
         headers,
     }

@@ -9,8 +9,18 @@
 //!
 //! The changelog should be compacted (`cleanup.policy=compact`): Kafka then keeps the latest
 //! record per key and deletes keys whose latest record is a tombstone ([`Store::delete`]).
+//!
+//! Two scopes. A **global** store ([`Store::open`]) holds every partition of its changelog and
+//! lets the key choose the partition of each write: for state that one process reads whole
+//! (the edge's idempotency keys). An **owned** store ([`Store::owned`]) is Kafka Streams' task
+//! model: its changelog is partitioned like the processor's input, and a replica holds only the
+//! partitions whose input it is assigned. The processor restores exactly those before it
+//! handles a record and drops the others after a rebalance; a write made while handling a
+//! record of partition `p` goes to changelog partition `p`, and a handler that writes a key
+//! living in another partition gets an error instead of becoming its second writer. So every
+//! piece of state has one owner, whatever the number of replicas.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,17 +31,77 @@ use serde::de::DeserializeOwned;
 
 use crate::monitor::{Monitor, ReadyFlag};
 use crate::publisher::Outgoing;
-use crate::reader::read_to_end;
+use crate::reader::{read_partitions, read_to_end};
 use crate::{Error, KafkaConfig};
+
+tokio::task_local! {
+    /// The input partition of the record whose handler is running (set by the processor).
+    static HANDLING: i32;
+}
+
+/// Runs `work` as the handling of a record of input `partition`: owned stores write there.
+pub(crate) async fn handling<T>(partition: i32, work: impl Future<Output = T>) -> T {
+    HANDLING.scope(partition, work).await
+}
+
+fn handling_partition() -> Option<i32> {
+    HANDLING.try_with(|p| *p).ok()
+}
+
+/// Memory's bucket for keys a global store wrote before Kafka chose their partition.
+const UNPLACED: i32 = -1;
+
+/// Which partitions of its changelog a store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// All of them, restored on open.
+    Global,
+    /// Those its processor is assigned, restored on assignment.
+    Owned,
+}
+
+struct Entries<V> {
+    /// Values per changelog partition.
+    parts: HashMap<i32, HashMap<String, V>>,
+    /// The partitions restored (an owned store's assignment; some may hold nothing).
+    held: BTreeSet<i32>,
+}
+
+impl<V> Default for Entries<V> {
+    fn default() -> Self {
+        Self {
+            parts: HashMap::new(),
+            held: BTreeSet::new(),
+        }
+    }
+}
+
+impl<V> Entries<V> {
+    /// The partition `key` lives in, if any.
+    fn partition_of(&self, key: &str) -> Option<i32> {
+        self.parts
+            .iter()
+            .find_map(|(p, entries)| entries.contains_key(key).then_some(*p))
+    }
+
+    /// An owned store read inside a handler sees the handled partition only.
+    fn get(&self, key: &str, scope: Scope) -> Option<&V> {
+        match (scope, handling_partition()) {
+            (Scope::Owned, Some(p)) => self.parts.get(&p).and_then(|e| e.get(key)),
+            _ => self.parts.values().find_map(|e| e.get(key)),
+        }
+    }
+}
 
 /// A keyed store of `V` backed by the changelog `topic`.
 pub struct Store<V> {
     name: String,
     topic: String,
     kafka: KafkaConfig,
-    entries: Arc<Mutex<HashMap<String, V>>>,
+    entries: Arc<Mutex<Entries<V>>>,
     ready: ReadyFlag,
     restore_timeout: Duration,
+    scope: Scope,
 }
 
 impl<V> Clone for Store<V> {
@@ -43,6 +113,7 @@ impl<V> Clone for Store<V> {
             entries: Arc::clone(&self.entries),
             ready: self.ready.clone(),
             restore_timeout: self.restore_timeout,
+            scope: self.scope,
         }
     }
 }
@@ -52,6 +123,7 @@ impl<V> std::fmt::Debug for Store<V> {
         f.debug_struct("Store")
             .field("name", &self.name)
             .field("topic", &self.topic)
+            .field("scope", &self.scope)
             .finish_non_exhaustive()
     }
 }
@@ -60,44 +132,99 @@ impl<V> Store<V>
 where
     V: Serialize + DeserializeOwned + Clone + Send + 'static,
 {
-    /// Declares the component `store:<name>` on `monitor`, replays `topic` into memory and then
-    /// marks it ready. Fails when the topic is missing or a record does not decode as `V`.
+    fn new(kafka: &KafkaConfig, name: &str, topic: &str, monitor: &Monitor, scope: Scope) -> Self {
+        Self {
+            name: name.to_owned(),
+            topic: topic.to_owned(),
+            kafka: kafka.clone(),
+            entries: Arc::default(),
+            ready: monitor.component(format!("store:{name}")),
+            // Long enough to outlast a transaction that a killed writer left open (the broker
+            // aborts it after the transaction timeout).
+            restore_timeout: Duration::from_secs(120),
+            scope,
+        }
+    }
+
+    /// A global store: declares the component `store:<name>` on `monitor`, replays every
+    /// partition of `topic` into memory and then marks it ready. Fails when the topic is
+    /// missing or a record does not decode as `V`.
     pub async fn open(
         kafka: &KafkaConfig,
         name: &str,
         topic: &str,
         monitor: &Monitor,
     ) -> Result<Self, Error> {
-        let store = Self {
-            name: name.to_owned(),
-            topic: topic.to_owned(),
-            kafka: kafka.clone(),
-            entries: Arc::default(),
-            ready: monitor.component(format!("store:{name}")),
-            restore_timeout: Duration::from_secs(120),
-        };
+        let store = Self::new(kafka, name, topic, monitor, Scope::Global);
         store.reload().await?;
         Ok(store)
     }
 
-    /// Replaces memory with the changelog's committed contents.
+    /// An owned store: empty and not ready until the processor that [reloads](crate::Processor::reloads)
+    /// it is assigned partitions and restores them. Its changelog must have as many partitions
+    /// as the processor's input topics.
+    pub fn owned(kafka: &KafkaConfig, name: &str, topic: &str, monitor: &Monitor) -> Self {
+        let store = Self::new(kafka, name, topic, monitor, Scope::Owned);
+        store.ready.set(false);
+        store
+    }
+
+    /// Replaces memory with the changelog's committed contents: every partition of a global
+    /// store, the held partitions of an owned one.
     pub async fn reload(&self) -> Result<(), Error> {
+        match self.scope {
+            Scope::Global => self.restore(None).await,
+            Scope::Owned => {
+                let held: Vec<i32> = self.lock().held.iter().copied().collect();
+                self.restore(Some(&held)).await
+            }
+        }
+    }
+
+    /// Holds exactly `partitions` (an owned store; a global one reloads everything): restores
+    /// them from the changelog, waiting for transactions still open on them to end, and drops
+    /// the rest.
+    pub async fn assign(&self, partitions: &[i32]) -> Result<(), Error> {
+        match self.scope {
+            Scope::Global => self.restore(None).await,
+            Scope::Owned => self.restore(Some(partitions)).await,
+        }
+    }
+
+    async fn restore(&self, partitions: Option<&[i32]>) -> Result<(), Error> {
         self.ready.set(false);
         let started = tokio::time::Instant::now();
-        let records = read_to_end(
-            &self.kafka,
-            "store-restore",
-            &self.topic,
-            self.restore_timeout,
-        )
-        .await?;
-        let mut entries = HashMap::new();
+        let records = match partitions {
+            None => {
+                read_to_end(
+                    &self.kafka,
+                    "store-restore",
+                    &self.topic,
+                    self.restore_timeout,
+                )
+                .await?
+            }
+            // Read up to the high watermark, not the last stable offset: a transaction the
+            // partition's previous owner still has open may commit state we must see.
+            Some(partitions) => {
+                read_partitions(
+                    &self.kafka,
+                    "store-restore",
+                    &self.topic,
+                    partitions,
+                    self.restore_timeout,
+                )
+                .await?
+            }
+        };
+        let mut parts: HashMap<i32, HashMap<String, V>> = HashMap::new();
         for record in &records {
             let key = record
                 .key
                 .as_deref()
                 .and_then(|k| std::str::from_utf8(k).ok())
                 .ok_or_else(|| self.corrupt(record.partition, record.offset, "no UTF-8 key"))?;
+            let entries = parts.entry(record.partition).or_default();
             match &record.payload {
                 None => {
                     entries.remove(key);
@@ -110,8 +237,14 @@ where
                 }
             }
         }
-        tracing::info!(store = %self.name, topic = %self.topic, records = records.len(), keys = entries.len(), elapsed = ?started.elapsed(), "store restored");
-        *self.lock() = entries;
+        let keys: usize = parts.values().map(HashMap::len).sum();
+        tracing::info!(store = %self.name, topic = %self.topic, partitions = ?partitions, records = records.len(), keys, elapsed = ?started.elapsed(), "store restored");
+        let mut entries = self.lock();
+        entries.parts = parts;
+        entries.held = partitions
+            .map(|p| p.iter().copied().collect())
+            .unwrap_or_default();
+        drop(entries);
         self.ready.set(true);
         Ok(())
     }
@@ -123,87 +256,166 @@ where
         ))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, V>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries<V>> {
         // A panic while holding the lock cannot leave a half-written map: every write is one
         // insert or remove.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The value under `key`.
+    /// The value under `key` (inside a handler, an owned store looks in the handled record's
+    /// partition only).
     pub fn get(&self, key: &str) -> Option<V> {
-        self.lock().get(key).cloned()
+        self.lock().get(key, self.scope).cloned()
     }
 
     /// What `pick` returns for each entry, where it returns something, in no particular order.
     /// A scan that clones only what it keeps: periodic scans of a store that keeps history
     /// (deadlines, deliveries, pruning) use this, so their cost is not a copy of everything.
     pub fn select<T>(&self, mut pick: impl FnMut(&str, &V) -> Option<T>) -> Vec<T> {
-        self.lock().iter().filter_map(|(k, v)| pick(k, v)).collect()
-    }
-
-    /// Every entry, in no particular order (for read models and reports).
-    pub fn entries(&self) -> Vec<(String, V)> {
         self.lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .parts
+            .values()
+            .flat_map(HashMap::iter)
+            .filter_map(|(k, v)| pick(k, v))
             .collect()
     }
 
-    /// How many keys the store holds.
+    /// Every entry, in no particular order (for read models and reports). An owned store's
+    /// partitions may hold the same key each.
+    pub fn entries(&self) -> Vec<(String, V)> {
+        self.select(|k, v| Some((k.to_owned(), v.clone())))
+    }
+
+    /// How many entries the store holds.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().parts.values().map(HashMap::len).sum()
     }
 
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.len() == 0
+    }
+
+    /// The changelog partitions an owned store holds (empty for a global store).
+    pub fn partitions(&self) -> Vec<i32> {
+        self.lock().held.iter().copied().collect()
     }
 
     /// Sets `key` to `value` in memory; returns the changelog record to publish with the
-    /// handler's outputs.
+    /// handler's outputs. An owned store writes to the handled record's partition (outside a
+    /// handler: to the partition the key lives in), and refuses a key that lives elsewhere.
     pub fn put(&self, key: &str, value: V) -> Result<Outgoing, Error> {
-        let record = self.changelog(key, &value)?;
-        self.lock().insert(key.to_owned(), value);
+        let mut entries = self.lock();
+        let partition = self.placement(&entries, key)?;
+        let record = self.changelog_in(partition, key, &value)?;
+        entries
+            .parts
+            .entry(partition.unwrap_or(UNPLACED))
+            .or_default()
+            .insert(key.to_owned(), value);
         Ok(record)
+    }
+
+    /// Where a write of `key` goes: `None` lets the key choose (a global store's new key).
+    fn placement(&self, entries: &Entries<V>, key: &str) -> Result<Option<i32>, Error> {
+        let lives = entries.partition_of(key).filter(|p| *p != UNPLACED);
+        match (self.scope, handling_partition(), lives) {
+            (Scope::Global, _, lives) => Ok(lives),
+            (Scope::Owned, Some(handled), Some(lives)) if lives != handled => {
+                Err(Error::Internal(format!(
+                    "store `{}`: key `{key}` lives in partition {lives}, but a record of \
+                     partition {handled} changes it: key the input by the state it changes \
+                     (docs/architecture.md, \"One owner per piece of state\")",
+                    self.name
+                )))
+            }
+            (Scope::Owned, Some(handled), _) => Ok(Some(handled)),
+            (Scope::Owned, None, Some(lives)) => Ok(Some(lives)),
+            (Scope::Owned, None, None) => Err(Error::Internal(format!(
+                "store `{}`: key `{key}` is new and no record is being handled, so it has no \
+                 partition: create state in the handler of the record it belongs to",
+                self.name
+            ))),
+        }
     }
 
     /// The changelog record that sets `key` to `value`, without changing memory: for a writer
     /// that commits it on its own and calls [`Store::committed`] once Kafka has it.
     pub fn changelog(&self, key: &str, value: &V) -> Result<Outgoing, Error> {
+        let partition = {
+            let entries = self.lock();
+            self.placement(&entries, key)?
+        };
+        self.changelog_in(partition, key, value)
+    }
+
+    fn changelog_in(
+        &self,
+        partition: Option<i32>,
+        key: &str,
+        value: &V,
+    ) -> Result<Outgoing, Error> {
         let payload = serde_json::to_vec(value).map_err(|e| {
             Error::Internal(format!(
                 "store `{}` cannot encode its value: {e}",
                 self.name
             ))
         })?;
-        Ok(self.record(key, Some(payload)))
+        Ok(self.record(partition, key, Some(payload)))
     }
 
     /// Sets `key` to `value` in memory after its [`Store::changelog`] record was committed.
     pub fn committed(&self, key: &str, value: V) {
-        self.lock().insert(key.to_owned(), value);
+        let mut entries = self.lock();
+        let partition = entries.partition_of(key).unwrap_or(UNPLACED);
+        entries
+            .parts
+            .entry(partition)
+            .or_default()
+            .insert(key.to_owned(), value);
     }
 
-    /// Removes `key` from memory; returns the tombstone to publish with the handler's outputs.
+    /// Removes `key` from memory; returns the tombstone to publish with the handler's outputs
+    /// (to the partition the key lived in).
     pub fn delete(&self, key: &str) -> Outgoing {
-        self.lock().remove(key);
-        self.record(key, None)
+        let mut entries = self.lock();
+        let lives = entries.partition_of(key);
+        if let Some(e) = lives.and_then(|p| entries.parts.get_mut(&p)) {
+            e.remove(key);
+        }
+        let partition = match (lives.filter(|p| *p != UNPLACED), self.scope) {
+            (Some(p), _) => Some(p),
+            (None, Scope::Owned) => handling_partition(),
+            (None, Scope::Global) => None,
+        };
+        self.record(partition, key, None)
     }
 
-    fn record(&self, key: &str, payload: Option<Vec<u8>>) -> Outgoing {
+    fn record(&self, partition: Option<i32>, key: &str, payload: Option<Vec<u8>>) -> Outgoing {
         Outgoing {
             topic: self.topic.clone(),
             key: Some(key.as_bytes().to_vec()),
+            partition,
             payload,
             headers: Vec::new(),
         }
     }
 }
 
-/// Something the processor reloads after an aborted transaction.
+/// Something the processor restores on assignment and reloads after an aborted transaction.
 pub trait Reload: Send + Sync {
     /// Replaces in-memory state with what Kafka committed.
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>>;
+
+    /// The processor was assigned input `partitions` (partition numbers, the same for every
+    /// input topic): an owned store holds exactly these from now on.
+    fn assign<'a>(
+        &'a self,
+        partitions: &'a [i32],
+    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+
+    /// Whether the store holds only its processor's partitions.
+    fn is_owned(&self) -> bool;
 
     /// When `out` is a record of this store's changelog, hands `enqueue` a copy carrying the
     /// store's *current* value for its key (a tombstone if it was deleted), while holding the
@@ -224,6 +436,17 @@ where
         Box::pin(Store::reload(self))
     }
 
+    fn assign<'a>(
+        &'a self,
+        partitions: &'a [i32],
+    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>> {
+        Box::pin(Store::assign(self, partitions))
+    }
+
+    fn is_owned(&self) -> bool {
+        self.scope == Scope::Owned
+    }
+
     fn enqueue_current(&self, out: &Outgoing, enqueue: &mut dyn FnMut(&Outgoing)) -> bool {
         if out.topic != self.topic {
             return false;
@@ -232,7 +455,11 @@ where
             return false;
         };
         let entries = self.lock();
-        let payload = match entries.get(key) {
+        let current = match out.partition {
+            Some(p) => entries.parts.get(&p).and_then(|e| e.get(key)),
+            None => entries.get(key, self.scope),
+        };
+        let payload = match current {
             // The value encoded when it was put; encoding it again cannot fail differently.
             Some(value) => serde_json::to_vec(value)
                 .ok()

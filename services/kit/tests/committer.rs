@@ -19,6 +19,7 @@ fn record(topic: &str, key: &str) -> Outgoing {
     Outgoing {
         topic: topic.to_owned(),
         key: Some(key.as_bytes().to_vec()),
+        partition: None,
         payload: Some(format!("{{\"k\":\"{key}\"}}").into_bytes()),
         headers: vec![],
     }

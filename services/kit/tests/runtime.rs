@@ -289,6 +289,7 @@ async fn poison_records_go_to_the_dead_letter_topic_without_blocking_their_key()
     let headerless = Outgoing {
         topic: topic.clone(),
         key: Some(b"order-9".to_vec()),
+        partition: None,
         payload: Some(b"{}".to_vec()),
         headers: vec![],
     };

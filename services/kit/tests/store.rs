@@ -69,6 +69,7 @@ async fn a_corrupt_changelog_fails_the_restore_and_names_the_record() {
     let garbage = Outgoing {
         topic: topic.clone(),
         key: Some(b"sku-1".to_vec()),
+        partition: None,
         payload: Some(b"not a number".to_vec()),
         headers: vec![],
     };
@@ -205,6 +206,7 @@ async fn an_aborted_batch_leaves_no_trace_in_the_store() {
                     outputs.push(Outgoing {
                         topic: dlq,
                         key: None,
+                        partition: None,
                         payload: Some(vec![b'x'; 2 << 20]),
                         headers: vec![],
                     });
@@ -404,6 +406,7 @@ async fn a_record_whose_outputs_kafka_refuses_is_dead_lettered_and_not_remembere
             Ok(vec![Outgoing {
                 topic: output,
                 key: None,
+                partition: None,
                 payload: Some(vec![b'x'; 2 * 1024 * 1024]),
                 headers: vec![],
             }])

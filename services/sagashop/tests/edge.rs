@@ -194,6 +194,7 @@ async fn poison_records_are_dead_lettered_and_their_partitions_move_on() {
         poison.push(Outgoing {
             topic: topic.clone(),
             key,
+            partition: None,
             payload,
             headers,
         });

@@ -448,6 +448,7 @@ async fn bad_input_gets_its_status_and_a_failing_participant_is_compensated_afte
         .send(&Outgoing {
             topic: dev.topic("inventory.commands.v1"),
             key: Some(b"poison".to_vec()),
+            partition: None,
             payload: Some(b"\x00garbage".to_vec()),
             headers: vec![],
         })
