@@ -182,6 +182,8 @@ async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_o
     assert!(refused(&["operator.watchNamespaces={a,b}"]).contains("watchAllNamespaces=true"));
     // So is an external Kafka without an address.
     refused(&["kafka.enabled=false"]);
+    // And state changelogs partitioned unlike the saga's topics they belong to.
+    assert!(refused(&["topics.partitions=8"]).contains("saga.partitions"));
     // And Kafka security settings that cannot work, each naming the value to fix.
     let external = ["kafka.enabled=false", "kafka.bootstrapServers=k:9093"];
     for (sets, names) in [
@@ -515,7 +517,8 @@ async fn the_installed_chart_and_plain_topics_are_reconciled_by_the_operator_und
                 .iter()
                 .filter(|t| ready(t.status.as_ref().map(|s| &s.conditions)))
                 .count();
-            if saga_ready && ready_topics == 24 {
+            // Every topic `sagashop topics` lists: the saga's and the services' own.
+            if saga_ready && ready_topics == 25 {
                 return list;
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;

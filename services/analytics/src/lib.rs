@@ -57,6 +57,20 @@ pub struct Window {
     pub products: BTreeMap<String, u64>,
 }
 
+impl Window {
+    /// Adds `other`'s counts to these.
+    fn absorb(&mut self, other: &Window) {
+        self.completed += other.completed;
+        self.cancelled += other.cancelled;
+        for (currency, revenue) in &other.revenue_minor {
+            *self.revenue_minor.entry(currency.clone()).or_default() += revenue;
+        }
+        for (product, quantity) in &other.products {
+            *self.products.entry(product.clone()).or_default() += quantity;
+        }
+    }
+}
+
 fn top(products: &BTreeMap<String, u64>, n: usize) -> Vec<ProductCount> {
     let mut counts: Vec<ProductCount> = products
         .iter()
@@ -114,7 +128,12 @@ impl Analytics {
         let start = at
             .duration_trunc(TimeDelta::minutes(1))
             .map_err(|e| HandlerError::Permanent(format!("bad timestamp: {e}")))?;
-        let key = start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        // One window per minute and partition of the outcomes, each with one writer.
+        let key = format!(
+            "{}/{}",
+            start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            record.partition
+        );
         let _held = self
             .guard
             .lock()
@@ -171,23 +190,18 @@ pub struct Summary {
 
 /// The summary of the latest hour of windows.
 pub fn summarise(windows: &Store<Window>) -> Summary {
-    let mut entries: Vec<(DateTime<Utc>, Window)> = windows
-        .entries()
-        .into_iter()
-        .filter_map(|(k, w)| Some((DateTime::parse_from_rfc3339(&k).ok()?.to_utc(), w)))
-        .collect();
-    entries.sort_by_key(|(start, _)| std::cmp::Reverse(*start));
-    entries.truncate(60);
+    // Each partition of the outcomes keeps its own window per minute: add them up.
+    let mut minutes: BTreeMap<DateTime<Utc>, Window> = BTreeMap::new();
+    for (k, w) in windows.entries() {
+        let minute = k.split_once('/').map_or(k.as_str(), |(minute, _)| minute);
+        if let Ok(start) = DateTime::parse_from_rfc3339(minute) {
+            minutes.entry(start.to_utc()).or_default().absorb(&w);
+        }
+    }
+    let entries: Vec<(DateTime<Utc>, Window)> = minutes.into_iter().rev().take(60).collect();
     let mut total = Window::default();
     for (_, w) in &entries {
-        total.completed += w.completed;
-        total.cancelled += w.cancelled;
-        for (currency, revenue) in &w.revenue_minor {
-            *total.revenue_minor.entry(currency.clone()).or_default() += revenue;
-        }
-        for (product, quantity) in &w.products {
-            *total.products.entry(product.clone()).or_default() += quantity;
-        }
+        total.absorb(w);
     }
     Summary {
         minutes: entries.iter().map(|(s, w)| snapshot(*s, w)).collect(),
@@ -224,8 +238,9 @@ pub async fn start(
         std::time::Duration::from_secs(30),
     )
     .await?;
+    // Restored per assigned partition: a minute's window per partition of the outcomes.
     let windows: Store<Window> =
-        Store::open(kafka, "analytics-windows", &config.windows_topic, monitor).await?;
+        Store::owned(kafka, "analytics-windows", &config.windows_topic, monitor);
     let analytics = Arc::new(Analytics {
         windows: windows.clone(),
         config: config.clone(),

@@ -49,6 +49,10 @@ pub struct ReleaseInventory {
     pub context: StepContext,
     /// The order whose reservation to release.
     pub order_id: Uuid,
+    /// The order's items (the orchestrator projects them from the trigger, as for
+    /// [`ReserveInventory`]): where stock may have been taken. Empty when unknown.
+    #[serde(default)]
+    pub items: Vec<OrderItem>,
 }
 contract!(ReleaseInventory, "ReleaseInventory", 1);
 

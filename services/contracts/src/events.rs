@@ -155,8 +155,9 @@ pub struct ProductCount {
     pub quantity: u64,
 }
 
-/// The analytics of one minute of outcomes (by the outcome's own time), republished whenever
-/// an outcome of that minute arrives; the latest one per `windowStart` is the current figure.
+/// The analytics of one minute of outcomes (by the outcome's own time) in one partition of the
+/// outcome topic, republished whenever an outcome of that minute arrives there. Its record key
+/// is `<windowStart>/<partition>`: the minute's figure is the sum of the latest snapshot per key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalyticsSnapshot {

@@ -1,39 +1,50 @@
-//! The inventory participant: stock per product, reserved and released per saga.
+//! The inventory participant: stock per product, taken and given back per saga.
 //!
-//! Stock and reservations are stores on compacted topics, changed in the same transaction as the
-//! reply. A reservation is keyed by saga id, so a command delivered twice (or retried) reserves
-//! once; a release that arrives before its reservation (the saga gave up waiting) is remembered,
-//! and the late reservation is refused instead of taking stock nobody will release.
+//! Stock has exactly one writer per product at any number of replicas. A command arrives keyed
+//! by saga; inventory turns it into a routing slip ([`slip`]) keyed by the order's first
+//! product, and the owner of each product's partition takes (or gives back) that product's
+//! stock and passes the slip on; the last one answers the saga. Stock (per product) and holds
+//! (per saga and product) are owned stores on compacted topics, changed in the same transaction
+//! as the slip or answer they cause. A hold makes each product's step idempotent: a command
+//! delivered twice (or retried) takes stock once, and a release that arrives before its
+//! reservation (the saga gave up waiting) is remembered, so the late reservation is refused
+//! instead of taking stock nobody will release.
 
-use std::sync::{Arc, Mutex, PoisonError};
+pub mod slip;
+
+use std::sync::Arc;
 
 use sagashop_contracts::commands::{ReleaseInventory, ReserveInventory};
-use sagashop_contracts::events::OrderItem;
+use sagashop_contracts::{Contract, Metadata};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::{
-    Error, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig, Publisher, Router, Stats,
-    Store,
+    Error, FailurePolicy, HandlerError, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig,
+    Publisher, Record, Router, Stats, Store,
 };
-use sagashop_saga::participant::{Command, Faults, on_command};
-use serde::{Deserialize, Serialize};
+use sagashop_saga::participant::{self, Command, Faults, on_command};
 use tokio_util::sync::CancellationToken;
+
+use crate::slip::{After, Hold, Mode, SEED, SLIP, Seed, Slip, hold_key};
 
 /// How the inventory service runs.
 #[derive(Debug, Clone)]
 pub struct InventoryConfig {
     /// Where its commands arrive.
     pub command_topic: String,
+    /// Where slips and stock seeds travel, keyed by product (as many partitions as the command
+    /// topic).
+    pub slip_topic: String,
     /// Stock per product (compacted).
     pub stock_topic: String,
-    /// Reservations per saga (compacted).
-    pub reservations_topic: String,
+    /// Holds per saga and product (compacted).
+    pub holds_topic: String,
     /// Where unreadable commands go.
     pub dead_letter_topic: String,
     /// Its consumer group.
     pub group_id: String,
     /// This member's transactional id.
     pub transactional_id: String,
-    /// Stock given to products the store does not know yet, on start.
+    /// Stock given to products that have none yet, on start.
     pub seed: Vec<(String, i64)>,
     /// A product that is always out of stock (fault injection).
     pub out_of_stock: Option<String>,
@@ -41,29 +52,9 @@ pub struct InventoryConfig {
     pub faults: Faults,
 }
 
-/// A reservation's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "status")]
-pub enum Reservation {
-    /// Stock taken for these items.
-    Reserved {
-        /// The items.
-        items: Vec<OrderItem>,
-    },
-    /// Given back (or released before it was ever reserved).
-    Released,
-    /// Refused: not enough stock.
-    Refused {
-        /// Why.
-        reason: String,
-    },
-}
-
 struct Inventory {
     stock: Store<i64>,
-    reservations: Store<Reservation>,
-    /// Stock changes are read-modify-write across orders: one at a time.
-    guard: Mutex<()>,
+    holds: Store<Hold>,
     config: InventoryConfig,
 }
 
@@ -71,108 +62,191 @@ impl Inventory {
     fn reserve(&self, command: &Command<ReserveInventory>) -> HandlerResult {
         self.config.faults.maybe_fail()?;
         let c = &command.envelope.payload;
-        let saga = &c.context.saga_id;
-        let _held = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
-        match self.reservations.get(saga) {
-            Some(Reservation::Reserved { .. }) => {
-                return Ok(vec![
-                    command.succeeded(&c.context, Some("already reserved".into()))?,
-                ]);
-            }
-            Some(Reservation::Released) => {
-                return Ok(vec![command.failed(
-                    &c.context,
-                    "released before it was reserved",
-                    false,
-                )?]);
-            }
-            Some(Reservation::Refused { reason }) => {
-                return Ok(vec![command.failed(&c.context, reason, false)?]);
-            }
-            None => {}
-        }
-        let short: Vec<&str> = c
-            .items
-            .iter()
-            .filter(|item| {
-                self.config.out_of_stock.as_deref() == Some(item.product_id.as_str())
-                    || self.stock.get(&item.product_id).unwrap_or(0) < i64::from(item.quantity)
-            })
-            .map(|item| item.product_id.as_str())
-            .collect();
-        if !short.is_empty() {
-            let reason = format!("out of stock: {}", short.join(", "));
-            let refused = Reservation::Refused {
-                reason: reason.clone(),
-            };
-            return Ok(vec![
-                self.reservations.put(saga, refused).map_err(internal)?,
-                command.failed(&c.context, reason, false)?,
-            ]);
-        }
-        let mut outputs = Vec::with_capacity(c.items.len() + 2);
-        for item in &c.items {
-            let left = self.stock.get(&item.product_id).unwrap_or(0) - i64::from(item.quantity);
-            outputs.push(self.stock.put(&item.product_id, left).map_err(internal)?);
-        }
-        let reserved = Reservation::Reserved {
-            items: c.items.clone(),
-        };
-        outputs.push(self.reservations.put(saga, reserved).map_err(internal)?);
-        outputs.push(command.succeeded(&c.context, None)?);
-        Ok(outputs)
+        self.start(
+            command,
+            Mode::Reserve,
+            ReserveInventory::EVENT_TYPE,
+            &c.context,
+            &c.items,
+        )
     }
 
     fn release(&self, command: &Command<ReleaseInventory>) -> HandlerResult {
         self.config.faults.maybe_fail()?;
         let c = &command.envelope.payload;
-        let saga = &c.context.saga_id;
-        let _held = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut outputs = Vec::new();
-        match self.reservations.get(saga) {
-            Some(Reservation::Reserved { items }) => {
-                for item in &items {
-                    let back =
-                        self.stock.get(&item.product_id).unwrap_or(0) + i64::from(item.quantity);
-                    outputs.push(self.stock.put(&item.product_id, back).map_err(internal)?);
-                }
-                outputs.push(
-                    self.reservations
-                        .put(saga, Reservation::Released)
-                        .map_err(internal)?,
-                );
-            }
-            // Nothing was taken; remember, so that a late reservation is refused.
-            None => outputs.push(
-                self.reservations
-                    .put(saga, Reservation::Released)
-                    .map_err(internal)?,
-            ),
-            Some(Reservation::Released | Reservation::Refused { .. }) => {}
+        self.start(
+            command,
+            Mode::Release,
+            ReleaseInventory::EVENT_TYPE,
+            &c.context,
+            &c.items,
+        )
+    }
+
+    /// Sends the command's slip to its first product (answers at once when there is none).
+    fn start<T: Contract>(
+        &self,
+        command: &Command<T>,
+        mode: Mode,
+        command_type: &str,
+        context: &sagashop_contracts::commands::StepContext,
+        items: &[sagashop_contracts::events::OrderItem],
+    ) -> HandlerResult {
+        let slip = Slip {
+            mode,
+            context: context.clone(),
+            command: command_type.to_owned(),
+            reply_to: command.reply_to.clone(),
+            lines: Slip::lines(items),
+            at: 0,
+            refused: None,
+        };
+        if slip.lines.is_empty() {
+            return Ok(vec![command.succeeded(context, Some("no items".into()))?]);
         }
-        outputs.push(command.succeeded(&c.context, None)?);
+        Ok(vec![self.forward(&slip, &command.envelope.metadata)?])
+    }
+
+    /// The slip, bound for the owner of the product at hand.
+    fn forward(&self, slip: &Slip, parent: &Metadata) -> Result<Outgoing, HandlerError> {
+        let line = slip
+            .line()
+            .ok_or_else(|| HandlerError::Permanent(format!("the slip has no line {}", slip.at)))?;
+        let bytes = serde_json::to_vec(slip).map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let metadata = slip::metadata(SLIP, Some(parent), &slip.context.saga_id);
+        Ok(Outgoing::raw(
+            &self.config.slip_topic,
+            &line.product_id,
+            &metadata,
+            bytes,
+        ))
+    }
+
+    /// One product's share of a slip: take or give back its stock, then pass the slip on or
+    /// answer the saga.
+    fn on_slip(&self, record: &Record, metadata: &Metadata) -> HandlerResult {
+        let slip: Slip = decode(record)?;
+        let line = slip
+            .line()
+            .cloned()
+            .ok_or_else(|| HandlerError::Permanent(format!("the slip has no line {}", slip.at)))?;
+        keyed_by(record, &line.product_id)?;
+        let product = &line.product_id;
+        let key = hold_key(&slip.context.saga_id, product);
+        let mut outputs = Vec::new();
+        let after = match slip.mode {
+            Mode::Reserve => match self.holds.get(&key) {
+                // An earlier copy of this reservation took it.
+                Some(Hold::Reserved { .. }) => slip.advance(),
+                Some(Hold::Released) => slip.refuse("released before it was reserved".into()),
+                Some(Hold::Refused { reason }) => slip.refuse(reason),
+                None => {
+                    let stock = self.stock.get(product).unwrap_or(0);
+                    if self.config.out_of_stock.as_deref() == Some(product.as_str())
+                        || stock < line.quantity
+                    {
+                        let reason = format!("out of stock: {product}");
+                        let refused = Hold::Refused {
+                            reason: reason.clone(),
+                        };
+                        outputs.push(self.holds.put(&key, refused).map_err(internal)?);
+                        slip.refuse(reason)
+                    } else {
+                        let left = stock - line.quantity;
+                        outputs.push(self.stock.put(product, left).map_err(internal)?);
+                        let taken = Hold::Reserved {
+                            quantity: line.quantity,
+                        };
+                        outputs.push(self.holds.put(&key, taken).map_err(internal)?);
+                        slip.advance()
+                    }
+                }
+            },
+            Mode::Undo | Mode::Release => {
+                match self.holds.get(&key) {
+                    Some(Hold::Reserved { quantity }) => {
+                        let back = self.stock.get(product).unwrap_or(0) + quantity;
+                        outputs.push(self.stock.put(product, back).map_err(internal)?);
+                        outputs.push(self.holds.put(&key, Hold::Released).map_err(internal)?);
+                    }
+                    // Nothing was taken; remember, so that a late reservation is refused.
+                    None => outputs.push(self.holds.put(&key, Hold::Released).map_err(internal)?),
+                    Some(Hold::Released | Hold::Refused { .. }) => {}
+                }
+                slip.advance()
+            }
+        };
+        outputs.push(match after {
+            After::Forward(next) => self.forward(&next, metadata)?,
+            After::Succeeded(done) => participant::succeeded(
+                metadata,
+                &done.reply_to,
+                &done.context,
+                &done.command,
+                None,
+            )?,
+            After::Refused(done, reason) => participant::failed(
+                metadata,
+                &done.reply_to,
+                &done.context,
+                &done.command,
+                reason,
+                false,
+            )?,
+        });
         Ok(outputs)
+    }
+
+    /// A stock seed: the product's opening stock, unless it has stock already.
+    fn on_seed(&self, record: &Record) -> HandlerResult {
+        let seed: Seed = decode(record)?;
+        keyed_by(record, &seed.product_id)?;
+        if self.stock.get(&seed.product_id).is_some() {
+            return Ok(Vec::new());
+        }
+        tracing::info!(product = %seed.product_id, quantity = seed.quantity, "stock seeded");
+        Ok(vec![
+            self.stock
+                .put(&seed.product_id, seed.quantity)
+                .map_err(internal)?,
+        ])
     }
 }
 
-fn internal(e: Error) -> sagashop_kit::HandlerError {
-    sagashop_kit::HandlerError::Transient(e.to_string())
+fn decode<T: serde::de::DeserializeOwned>(record: &Record) -> Result<T, HandlerError> {
+    serde_json::from_slice(record.payload.as_deref().unwrap_or_default())
+        .map_err(|e| HandlerError::Permanent(format!("unreadable {}: {e}", record.topic)))
+}
+
+/// A product's stock has one writer only if its records arrive on its partition.
+fn keyed_by(record: &Record, product: &str) -> Result<(), HandlerError> {
+    if record.key.as_deref() == Some(product.as_bytes()) {
+        return Ok(());
+    }
+    Err(HandlerError::Permanent(format!(
+        "a record for product `{product}` must be keyed by it, not {:?}",
+        record.key.as_deref().map(String::from_utf8_lossy)
+    )))
+}
+
+fn internal(e: Error) -> HandlerError {
+    HandlerError::Transient(e.to_string())
 }
 
 /// A running inventory service.
 pub struct Running {
     /// The processor's counters.
     pub stats: Arc<Stats>,
-    /// Stock per product.
+    /// Stock per product (the partitions this replica owns).
     pub stock: Store<i64>,
-    /// Reservations per saga.
-    pub reservations: Store<Reservation>,
+    /// Holds per saga and product (the partitions this replica owns).
+    pub holds: Store<Hold>,
     /// Its work; `task.stopped()` waits for it to end after shutdown.
     pub task: sagashop_kit::Task,
 }
 
-/// Restores stock and reservations, seeds unknown products, then serves commands until
-/// `shutdown`.
+/// Seeds unknown products, then serves commands and slips until `shutdown` (stock and holds
+/// are restored per assigned partition).
 pub async fn start(
     kafka: &KafkaConfig,
     config: InventoryConfig,
@@ -186,33 +260,34 @@ pub async fn start(
         std::time::Duration::from_secs(30),
     )
     .await?;
-    let stock: Store<i64> =
-        Store::open(kafka, "inventory-stock", &config.stock_topic, monitor).await?;
-    let reservations: Store<Reservation> = Store::open(
-        kafka,
-        "inventory-reservations",
-        &config.reservations_topic,
-        monitor,
-    )
-    .await?;
+    let stock: Store<i64> = Store::owned(kafka, "inventory-stock", &config.stock_topic, monitor);
+    let holds: Store<Hold> = Store::owned(kafka, "inventory-holds", &config.holds_topic, monitor);
     let publisher = Publisher::new(kafka, "inventory")?.observed(monitor);
+    // Seeds go to each product's owner, which sets the stock only where there is none: every
+    // replica may send them, at every start.
     let seeds: Vec<Outgoing> = config
         .seed
         .iter()
-        .filter(|(product, _)| stock.get(product).is_none())
-        .map(|(product, quantity)| stock.put(product, *quantity))
-        .collect::<Result<_, _>>()?;
+        .map(|(product, quantity)| {
+            let seed = Seed {
+                product_id: product.clone(),
+                quantity: *quantity,
+            };
+            let bytes = serde_json::to_vec(&seed)
+                .map_err(|e| Error::Internal(format!("encoding a seed: {e}")))?;
+            let metadata = slip::metadata(SEED, None, product);
+            Ok(Outgoing::raw(&config.slip_topic, product, &metadata, bytes))
+        })
+        .collect::<Result<_, Error>>()?;
     if !seeds.is_empty() {
         publisher
             .send_all(&seeds)
             .await
             .map_err(|e| Error::Internal(format!("seeding the stock: {e}")))?;
-        tracing::info!(products = seeds.len(), "stock seeded");
     }
     let inventory = Arc::new(Inventory {
         stock: stock.clone(),
-        reservations: reservations.clone(),
-        guard: Mutex::new(()),
+        holds: holds.clone(),
         config: config.clone(),
     });
     let (reserve, release) = (Arc::clone(&inventory), Arc::clone(&inventory));
@@ -232,6 +307,27 @@ pub async fn start(
             async move { inventory.release(&c) }
         },
     );
+    let (slips, seeded) = (Arc::clone(&inventory), Arc::clone(&inventory));
+    let policy = FailurePolicy::default();
+    let router = router
+        .on_raw(
+            &config.slip_topic,
+            SLIP,
+            policy,
+            move |record: Record, metadata: Metadata| {
+                let result = slips.on_slip(&record, &metadata);
+                async move { result }
+            },
+        )
+        .on_raw(
+            &config.slip_topic,
+            SEED,
+            policy,
+            move |record: Record, _metadata: Metadata| {
+                let result = seeded.on_seed(&record);
+                async move { result }
+            },
+        );
     let processor = Processor::new(
         kafka,
         ProcessorConfig::exactly_once(
@@ -244,13 +340,13 @@ pub async fn start(
         monitor,
     )?
     .reloads(stock.clone())
-    .reloads(reservations.clone());
+    .reloads(holds.clone());
     let stats = processor.stats();
     let task = sagashop_kit::Task::spawn("inventory", processor.run(shutdown));
     Ok(Running {
         stats,
         stock,
-        reservations,
+        holds,
         task,
     })
 }

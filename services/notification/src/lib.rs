@@ -104,8 +104,9 @@ pub async fn start(
     monitor: &Monitor,
     shutdown: CancellationToken,
 ) -> Result<Running, Error> {
-    let sent: Store<i64> =
-        Store::open(kafka, "notification-sent", &config.sent_topic, monitor).await?;
+    // Restored per assigned partition: a message delivered again comes on the partition it
+    // came on before, whose owner remembers it.
+    let sent: Store<i64> = Store::owned(kafka, "notification-sent", &config.sent_topic, monitor);
     let counter: Family<KindLabels, Counter> = Family::default();
     monitor.register(
         "notifications_sent",

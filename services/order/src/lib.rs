@@ -5,8 +5,10 @@
 //! it, `503` with `Retry-After`, and nothing was written: the order and its `Idempotency-Key`
 //! record are written in one Kafka transaction ([`sagashop_kit::Committer`]), so a failure
 //! leaves nothing any reader sees, even when the broker vanished mid-write. An
-//! `Idempotency-Key` header makes a retried request return the first request's order id without
-//! writing anything new (keys are kept in a compacted topic, so this survives restarts).
+//! `Idempotency-Key` header (scoped to the customer) makes a retried request return the first
+//! request's order id without writing anything new (keys are kept in a compacted topic, so this
+//! survives restarts). The order id of a keyed request is derived from customer and key, so two
+//! replicas that each take the key once name the same order, whose saga starts once.
 //!
 //! Hostile or careless clients meet limits, each with its own answer: a body over the size
 //! limit (`413`), a body that takes too long to arrive (`408`), more orders per second than the
@@ -306,6 +308,8 @@ async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Response {
             );
         }
     };
+    // A key is the customer's own: another customer's identical key is another order.
+    let key = key.map(|key| format!("{}/{key}", order.customer_id));
     // One request per key at a time, so a retry racing its original still gets one order.
     let _held = match &key {
         Some(key) => Some(edge.lock(key).lock().await),
@@ -314,7 +318,7 @@ async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Response {
     if let Some(order_id) = key.as_deref().and_then(|k| edge.idempotency.get(k)) {
         return accepted_response(&order_id);
     }
-    let order_id = Uuid::now_v7();
+    let order_id = key.as_deref().map_or_else(Uuid::now_v7, keyed_order_id);
     let event = OrderPlaced {
         order_id,
         customer_id: order.customer_id,
@@ -378,6 +382,15 @@ async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Response {
         edge.idempotency.committed(&key, order_id.to_string());
     }
     accepted_response(&order_id.to_string())
+}
+
+/// The order id of a request with an idempotency key: the same on every replica, so a key
+/// that reaches two replicas (or one before and after a restart) names one order, and its
+/// saga, keyed by that id, starts once however often `OrderPlaced` is written.
+fn keyed_order_id(customer_and_key: &str) -> Uuid {
+    // A fixed namespace of sagashop's own (a v4 drawn once): ids of other systems never match.
+    const NAMESPACE: Uuid = Uuid::from_u128(0x5a6a_5b0b_8f1e_4c3d_9a7e_2b6c_1d0e_4f5a);
+    Uuid::new_v5(&NAMESPACE, customer_and_key.as_bytes())
 }
 
 /// `OrderPlaced`, and the `Idempotency-Key` record when there is a key: committed together.

@@ -1,11 +1,13 @@
 //! The payment participant: authorises and refunds against a balance per customer.
 //!
-//! Balances and payments are stores on compacted topics, changed in the same transaction as the
-//! reply. A payment is keyed by saga id, so an authorisation delivered twice charges once, and a
+//! Commands arrive keyed by customer (the saga step's `key: customerId`), so each customer's
+//! balance and payments live in one partition with one owner at any number of replicas. They
+//! are owned stores on compacted topics, changed in the same transaction as the reply. A
+//! payment is keyed by saga id, so an authorisation delivered twice charges once, and a
 //! refund that arrives before its authorisation (the saga gave up waiting) is remembered so the
 //! late authorisation is refused instead of charging.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use sagashop_contracts::commands::{AuthorizePayment, RefundPayment};
 use sagashop_kit::router::HandlerResult;
@@ -60,10 +62,11 @@ pub enum Payment {
     },
 }
 
+/// No lock: commands are keyed by customer, so one customer's commands run one after another,
+/// and different customers share no state.
 struct Payments {
     balances: Store<i64>,
     payments: Store<Payment>,
-    guard: Mutex<()>,
     config: PaymentConfig,
 }
 
@@ -77,8 +80,8 @@ impl Payments {
     fn authorize(&self, command: &Command<AuthorizePayment>) -> HandlerResult {
         self.config.faults.maybe_fail()?;
         let c = &command.envelope.payload;
+        keyed_by_customer(&command.envelope.key, &c.customer_id)?;
         let saga = &c.context.saga_id;
-        let _held = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
         match self.payments.get(saga) {
             Some(Payment::Authorized { .. }) => {
                 return Ok(vec![
@@ -135,8 +138,8 @@ impl Payments {
     fn refund(&self, command: &Command<RefundPayment>) -> HandlerResult {
         self.config.faults.maybe_fail()?;
         let c = &command.envelope.payload;
+        keyed_by_customer(&command.envelope.key, &c.customer_id)?;
         let saga = &c.context.saga_id;
-        let _held = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
         let mut outputs = Vec::new();
         match self.payments.get(saga) {
             Some(Payment::Authorized {
@@ -161,6 +164,18 @@ impl Payments {
         outputs.push(command.succeeded(&c.context, None)?);
         Ok(outputs)
     }
+}
+
+/// A balance has one writer only if every command that changes it arrives on its customer's
+/// partition: refuse (dead-letter) a command keyed otherwise, naming the fix.
+fn keyed_by_customer(key: &str, customer_id: &str) -> Result<(), HandlerError> {
+    if key == customer_id {
+        return Ok(());
+    }
+    Err(HandlerError::Permanent(format!(
+        "payment commands must be keyed by the customer id (`{customer_id}`), not `{key}`: set \
+         `key: customerId` on the saga's payment step"
+    )))
 }
 
 fn internal(e: Error) -> HandlerError {
@@ -193,14 +208,15 @@ pub async fn start(
         std::time::Duration::from_secs(30),
     )
     .await?;
+    // Both restored per assigned partition: commands are keyed by customer, so a customer's
+    // balance and payments live in the partition its commands arrive on.
     let balances: Store<i64> =
-        Store::open(kafka, "payment-balances", &config.balances_topic, monitor).await?;
+        Store::owned(kafka, "payment-balances", &config.balances_topic, monitor);
     let payments: Store<Payment> =
-        Store::open(kafka, "payment-payments", &config.payments_topic, monitor).await?;
+        Store::owned(kafka, "payment-payments", &config.payments_topic, monitor);
     let service = Arc::new(Payments {
         balances: balances.clone(),
         payments: payments.clone(),
-        guard: Mutex::new(()),
         config: config.clone(),
     });
     let (authorize, refund) = (Arc::clone(&service), Arc::clone(&service));

@@ -151,6 +151,13 @@ pub struct Step {
     /// How often the command is sent in all before the saga compensates.
     #[serde(default)]
     pub retry: StepRetry,
+    /// The trigger field whose value keys this step's commands (and compensations), so that
+    /// the participant state they change has one owner at any number of replicas: payment's
+    /// balances are per customer, so its commands are keyed by `customerId`. Default: the saga
+    /// id. Replies are keyed by the saga id either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
 }
 
 /// How a step is retried after a timeout or a retryable failure.
@@ -261,6 +268,8 @@ pub struct StepDefinition {
     pub timeout: Duration,
     /// Its retries.
     pub retry: RetryPolicy,
+    /// The trigger field that keys its commands (`None`: the saga id).
+    pub key: Option<String>,
 }
 
 impl Definition {
@@ -426,6 +435,11 @@ impl SagaSpec {
             if step.command.is_empty() {
                 problems.push(format!("{field}.command: must not be empty"));
             }
+            if step.key.as_deref() == Some("") {
+                problems.push(format!(
+                    "{field}.key: must name a trigger field (or be left out: the saga id)"
+                ));
+            }
             let last = i + 1 == self.steps.len();
             if step.compensation.is_none() && !last {
                 problems.push(format!(
@@ -467,6 +481,7 @@ impl SagaSpec {
                     initial_backoff: initial,
                     max_backoff: max,
                 },
+                key: step.key.clone(),
             });
         }
         let reply_topic = self

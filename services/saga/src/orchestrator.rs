@@ -167,6 +167,9 @@ impl Orchestrator {
                     payload.insert("attempt".into(), (*attempt).into());
                     let mut out = raw(command, payload)?.with_header(REPLY_TO, &d.reply_topic);
                     out.topic = step.command_topic.clone();
+                    if let Some(field) = &step.key {
+                        out.key = Some(command_key(&instance, field).into_bytes());
+                    }
                     outputs.push(out);
                 }
                 Action::Progress(entry) => {
@@ -218,6 +221,20 @@ impl Orchestrator {
     }
 }
 
+/// The value of the trigger's `field`, which keys a step's commands; the saga id when the
+/// trigger lacks it (said once per command, since that participant then has no single owner
+/// for the state the field names).
+fn command_key(instance: &Instance, field: &str) -> String {
+    match instance.trigger.get(field) {
+        Some(serde_json::Value::String(value)) if !value.is_empty() => value.clone(),
+        Some(value @ serde_json::Value::Number(_)) => value.to_string(),
+        _ => {
+            tracing::warn!(saga_id = %instance.saga_id, field, "the trigger has no such field to key the command by; keyed by the saga id");
+            instance.saga_id.clone()
+        }
+    }
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -251,8 +268,10 @@ pub async fn start(
         std::time::Duration::from_secs(30),
     )
     .await?;
+    // Restored per assigned partition by the processor: the trigger, reply and state topics
+    // are co-partitioned by saga id.
     let instances: Store<Instance> =
-        Store::open(kafka, &format!("saga:{}", d.name), &d.state_topic, monitor).await?;
+        Store::owned(kafka, &format!("saga:{}", d.name), &d.state_topic, monitor);
     let orchestrator = Arc::new(Orchestrator {
         definition: d.clone(),
         instances: instances.clone(),

@@ -30,11 +30,13 @@ impl<T> Command<T> {
     where
         T: Contract,
     {
-        self.answer(StepSucceeded {
-            context: context.clone(),
-            command: T::EVENT_TYPE.to_owned(),
+        succeeded(
+            &self.envelope.metadata,
+            &self.reply_to,
+            context,
+            T::EVENT_TYPE,
             detail,
-        })
+        )
     }
 
     /// The answer "could not", with a reason and whether trying again may help.
@@ -47,20 +49,62 @@ impl<T> Command<T> {
     where
         T: Contract,
     {
-        self.answer(StepFailed {
-            context: context.clone(),
-            command: T::EVENT_TYPE.to_owned(),
-            reason: reason.into(),
+        failed(
+            &self.envelope.metadata,
+            &self.reply_to,
+            context,
+            T::EVENT_TYPE,
+            reason.into(),
             retryable,
-        })
+        )
     }
+}
 
-    fn answer<R: Contract>(&self, reply: R) -> Result<Outgoing, HandlerError> {
-        let envelope =
-            Envelope::caused_by(&self.envelope.metadata, self.envelope.key.clone(), reply);
-        Outgoing::event(&self.reply_to, &envelope)
-            .map_err(|e| HandlerError::Permanent(e.to_string()))
-    }
+/// The answer "done" to `command` of step `context`, caused by `parent`, bound for `reply_to`:
+/// for a participant that answers later than the command's own handler.
+pub fn succeeded(
+    parent: &Metadata,
+    reply_to: &str,
+    context: &StepContext,
+    command: &str,
+    detail: Option<String>,
+) -> Result<Outgoing, HandlerError> {
+    let reply = StepSucceeded {
+        context: context.clone(),
+        command: command.to_owned(),
+        detail,
+    };
+    answer(parent, reply_to, context, reply)
+}
+
+/// The answer "could not" to `command` of step `context`; see [`succeeded`].
+pub fn failed(
+    parent: &Metadata,
+    reply_to: &str,
+    context: &StepContext,
+    command: &str,
+    reason: String,
+    retryable: bool,
+) -> Result<Outgoing, HandlerError> {
+    let reply = StepFailed {
+        context: context.clone(),
+        command: command.to_owned(),
+        reason,
+        retryable,
+    };
+    answer(parent, reply_to, context, reply)
+}
+
+/// The reply, keyed by the saga id (the command may be keyed by the entity it changes): the
+/// orchestrator's state for the saga lives in that key's partition.
+fn answer<R: Contract>(
+    parent: &Metadata,
+    reply_to: &str,
+    context: &StepContext,
+    reply: R,
+) -> Result<Outgoing, HandlerError> {
+    let envelope = Envelope::caused_by(parent, context.saga_id.clone(), reply);
+    Outgoing::event(reply_to, &envelope).map_err(|e| HandlerError::Permanent(e.to_string()))
 }
 
 /// Routes commands of type `T` on `topic` to `handler`, with their reply address.

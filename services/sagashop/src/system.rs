@@ -251,7 +251,7 @@ impl Topics {
         let mut specs = self.saga_topics.clone();
         for name in [
             "inventory.stock.v1",
-            "inventory.reservations.v1",
+            "inventory.holds.v1",
             "payment.balances.v1",
             "payment.payments.v1",
             "shipping.shipments.v1",
@@ -260,6 +260,7 @@ impl Topics {
         ] {
             specs.push(compacted(self.named(name)));
         }
+        specs.push(plain(self.named("inventory.slips.v1")));
         specs.push(plain(self.named("shipping.v1")));
         specs.push(plain(self.named("analytics.snapshots.v1")));
         // Remembered for a week: as long as a duplicate can arrive.
@@ -400,8 +401,9 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
             Service::Inventory => {
                 let config = sagashop_inventory::InventoryConfig {
                     command_topic: topics.command_topic("inventory").map_err(fail(EX_USAGE))?,
+                    slip_topic: topics.named("inventory.slips.v1"),
                     stock_topic: topics.named("inventory.stock.v1"),
-                    reservations_topic: topics.named("inventory.reservations.v1"),
+                    holds_topic: topics.named("inventory.holds.v1"),
                     dead_letter_topic: topics.dlq(Service::Inventory),
                     group_id: group("inventory"),
                     transactional_id: format!("{instance}-inventory"),

@@ -476,3 +476,64 @@ async fn bad_input_gets_its_status_and_a_failing_participant_is_compensated_afte
     );
     dev.terminate();
 }
+
+/// The saga deadline survives a change of owner: an orchestrator that started a saga stops
+/// before the step's deadline, another replica takes its partitions over, restores the saga
+/// and times it out and compensates it there (no participant runs, so nothing ever answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_whose_orchestrator_goes_away_times_out_and_compensates_on_the_next_owner() {
+    let kafka = TestKafka::connect().await;
+    let prefix = format!("{}.", unique_name("e2e-move"));
+    let saga = std::env::temp_dir().join(format!("{prefix}saga.yaml"));
+    let shipped = include_str!("../../../k8s/sagas/order-fulfilment.yaml");
+    let short = shipped
+        .replace("timeout: 5s", "timeout: 3s")
+        .replace("maxAttempts: 3", "maxAttempts: 1");
+    std::fs::write(&saga, short).unwrap();
+    let saga = saga.to_str().unwrap();
+    let edge = Dev::service(
+        &kafka,
+        "order",
+        &prefix,
+        &["--saga", saga, "--create-topics", "--instance", "edge"],
+    )
+    .await;
+    let first = Dev::service(
+        &kafka,
+        "orchestrator",
+        &prefix,
+        &["--saga", saga, "--instance", "first"],
+    )
+    .await;
+    let (status, body) = post(&edge.base, &order("c-move", "sku-1", 1, 100), None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["orderId"].as_str().unwrap().to_owned();
+    // The first owner started the saga (its first command is out), then goes away before the
+    // step's deadline.
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/orders/{id}", edge.base);
+    eventually("the saga to start", WAIT, || {
+        let request = client.get(&url).send();
+        async move {
+            let order: Value = request.await.ok()?.json().await.ok()?;
+            (!order["steps"].as_array()?.is_empty()).then_some(())
+        }
+    })
+    .await;
+    first.terminate();
+    let second = Dev::service(
+        &kafka,
+        "orchestrator",
+        &prefix,
+        &["--saga", saga, "--instance", "second"],
+    )
+    .await;
+    let order = finished(&edge.base, &id).await;
+    assert_eq!(order["status"], "CANCELLED", "{order}");
+    let history = order["steps"].to_string();
+    assert!(history.contains("TIMED_OUT"), "{history}");
+    second.terminate();
+    edge.terminate();
+}

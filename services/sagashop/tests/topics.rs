@@ -55,8 +55,8 @@ fn the_chart_and_the_plain_manifests_declare_exactly_the_topics_the_services_nee
             (t["name"].as_str().unwrap().to_owned(), config)
         })
         .collect();
-    assert_eq!(services.len(), 13, "{services:?}");
-    assert_eq!(all.len(), 24);
+    assert_eq!(services.len(), 14, "{services:?}");
+    assert_eq!(all.len(), 25);
 
     let plain = std::fs::read_to_string(root().join("k8s/topics.yaml")).unwrap();
     assert_eq!(

@@ -243,13 +243,13 @@ pub async fn start(
         std::time::Duration::from_secs(30),
     )
     .await?;
-    let shipments: Store<Shipment> = Store::open(
+    // Restored per assigned partition: commands and shipments are keyed by saga id.
+    let shipments: Store<Shipment> = Store::owned(
         kafka,
         "shipping-shipments",
         &config.shipments_topic,
         monitor,
-    )
-    .await?;
+    );
     let service = Arc::new(Shipping {
         shipments: shipments.clone(),
         guard: Mutex::new(()),

@@ -40,14 +40,34 @@ impl Dev {
         prefix: &str,
         extra: &[&str],
     ) -> Self {
+        Self::run("dev", bootstrap, env, prefix, extra).await
+    }
+
+    /// `sagashop <command>` (one service, say) with its own port, waited for like
+    /// [`Dev::start`].
+    pub async fn service(kafka: &TestKafka, command: &str, prefix: &str, extra: &[&str]) -> Self {
+        Self::run(command, &kafka.config.bootstrap_servers, &[], prefix, extra).await
+    }
+
+    async fn run(
+        command: &str,
+        bootstrap: &str,
+        env: &[(String, String)],
+        prefix: &str,
+        extra: &[&str],
+    ) -> Self {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
         };
-        let log = std::env::temp_dir().join(format!("{prefix}dev-{port}.log"));
+        let log = std::env::temp_dir().join(format!("{prefix}{command}-{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
+        let mut args = vec![command, "--topic-prefix", prefix];
+        if command == "dev" {
+            args.extend(["--summary-every", "0s"]);
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_sagashop"))
-            .args(["dev", "--topic-prefix", prefix, "--summary-every", "0s"])
+            .args(args)
             .args(["--http", &format!("127.0.0.1:{port}")])
             .args(extra)
             .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
