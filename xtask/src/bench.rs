@@ -46,6 +46,10 @@ pub(crate) struct BenchArgs {
     /// highest rate.
     #[arg(long)]
     profile: bool,
+    /// After the ladder, a second `sagashop dev` replica joins (every service twice, sharing
+    /// the partitions) and this rate is measured again; 0 skips it.
+    #[arg(long, default_value_t = 200)]
+    replica_rate: u32,
 }
 
 fn step(message: &str) {
@@ -53,13 +57,18 @@ fn step(message: &str) {
 }
 
 /// Starts `sagashop dev` on a free port with its own topic prefix; waits until it is ready.
-async fn start_dev(args: &BenchArgs, prefix: &str) -> anyhow::Result<(Child, String)> {
+async fn start_dev(
+    args: &BenchArgs,
+    prefix: &str,
+    instance: &str,
+) -> anyhow::Result<(Child, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let log = std::fs::File::create(args.out.join("sagashop-dev.log"))?;
+    let log = std::fs::File::create(args.out.join(format!("sagashop-dev-{instance}.log")))?;
     let child = Command::new(&args.sagashop)
         .args(["dev", "--topic-prefix", prefix, "--summary-every", "0s"])
+        .args(["--instance", instance])
         .args(["--http", &format!("127.0.0.1:{port}")])
         .env("KAFKA_BOOTSTRAP_SERVERS", &args.kafka.bootstrap_servers)
         .env("LOG_FORMAT", "json")
@@ -79,7 +88,7 @@ async fn start_dev(args: &BenchArgs, prefix: &str) -> anyhow::Result<(Child, Str
     while http_status(&address, "/readyz").await != Some(200) {
         if Instant::now() > deadline {
             bail!(
-                "sagashop dev was not ready in 120 s; see {}/sagashop-dev.log",
+                "sagashop dev was not ready in 120 s; see {}/sagashop-dev-{instance}.log",
                 args.out.display()
             );
         }
@@ -317,6 +326,61 @@ fn perf_top(out: &Path) -> Option<String> {
 }
 
 /// Runs every measurement and writes the report.
+/// SIGTERM, and wait for the exit.
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// A second replica of everything joins the first (same topics and groups, its own
+/// transactional ids); the replica rate is measured again, with the orders entering through
+/// the first edge and every service's partitions shared by the two processes. CPU is both
+/// processes'.
+async fn two_replicas(
+    args: &BenchArgs,
+    prefix: &str,
+    address: &str,
+    first: &Child,
+    outcome_topic: &str,
+) -> anyhow::Result<Vec<RunFigures>> {
+    step("a second replica of every service joins (sagashop dev --instance b)");
+    let (mut second, _) = start_dev(args, prefix, "b").await?;
+    // Let the groups settle: every member restored its partitions.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut runs = Vec::new();
+    for run in 0..args.runs {
+        let tag = format!("two{}n{run}", args.replica_rate);
+        step(&format!(
+            "two replicas: {} orders/s for {:?}, run {} of {}",
+            args.replica_rate,
+            args.duration,
+            run + 1,
+            args.runs
+        ));
+        let cpu = || {
+            cpu_time(first.id())
+                .zip(cpu_time(second.id()))
+                .map(|(a, b)| a + b)
+        };
+        let cpu_before = cpu();
+        let summary = k6_load(args, address, args.replica_rate, &tag, args.duration)?;
+        let used = cpu().zip(cpu_before).map(|(a, b)| a.saturating_sub(b));
+        let edge = edge_figures(&summary, args.duration);
+        let e2e = end_to_end(&args.kafka, outcome_topic, &tag).await?;
+        runs.push(RunFigures {
+            rate: args.replica_rate,
+            cpu_ms_per_order: used
+                .map_or(0.0, |c| c.as_secs_f64() * 1000.0 / edge.accepted.max(1.0)),
+            edge,
+            e2e,
+        });
+    }
+    stop(&mut second);
+    Ok(runs)
+}
+
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&args.out)?;
@@ -345,7 +409,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let prefix = format!("{}.", sagashop_testkit::unique_name("bench"));
     step("starting sagashop dev (release build)");
-    let (mut dev, address) = start_dev(&args, &prefix).await?;
+    let (mut dev, address) = start_dev(&args, &prefix, "a").await?;
     let outcome_topic = format!("{prefix}orders.outcome.v1");
     let before = offsets(&args.kafka, &prefix).await?;
     step("warm-up: 20 orders/s for 3 s");
@@ -392,10 +456,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let after = offsets(&args.kafka, &prefix).await?;
-    let _ = Command::new("kill")
-        .args(["-TERM", &dev.id().to_string()])
-        .status();
-    let _ = dev.wait();
+    let two_replicas = if args.replica_rate > 0 {
+        two_replicas(&args, &prefix, &address, &dev, &outcome_topic).await?
+    } else {
+        Vec::new()
+    };
+    stop(&mut dev);
 
     let profile = if args.profile {
         perf_top(&args.out)
@@ -411,6 +477,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         rates: args.rates.clone(),
         duration: args.duration,
         offsets_per_order: (after - before) as f64 / accepted_total.max(1.0),
+        two_replicas,
         operator,
         profile,
         took: started.elapsed(),

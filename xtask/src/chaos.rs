@@ -33,6 +33,9 @@ pub(crate) enum Scenario {
     /// Duplicate commands and replies, retried requests with one `Idempotency-Key`, and the
     /// participants' offsets reset to the beginning.
     Duplicates,
+    /// Every service as 1 → 3 → 2 → 1 replicas (separate processes) under load, with a
+    /// `kill -9` of replicas in the middle and one `Idempotency-Key` sent to two edges at once.
+    Scale,
 }
 
 impl Scenario {
@@ -41,6 +44,7 @@ impl Scenario {
             Self::BrokerRestart => "broker-restart",
             Self::ProcessKills => "process-kills",
             Self::Duplicates => "duplicates",
+            Self::Scale => "scale",
         }
     }
 }
@@ -53,15 +57,15 @@ pub(crate) struct ChaosArgs {
         long = "scenario",
         value_enum,
         value_delimiter = ',',
-        default_value = "broker-restart,process-kills,duplicates"
+        default_value = "broker-restart,process-kills,duplicates,scale"
     )]
-    scenarios: Vec<Scenario>,
+    pub(crate) scenarios: Vec<Scenario>,
     /// How long orders are offered in each scenario.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    duration: Duration,
+    pub(crate) duration: Duration,
     /// Orders offered per second.
     #[arg(long, default_value_t = 40)]
-    rate: u32,
+    pub(crate) rate: u32,
     /// How long the broker stays down in `broker-restart` (longer than the edge's 1 s queue
     /// timeout, so some orders are refused).
     #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
@@ -71,10 +75,10 @@ pub(crate) struct ChaosArgs {
     kill_broker: bool,
     /// How long sagas may take to finish after the load ends.
     #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
-    settle: Duration,
+    pub(crate) settle: Duration,
     /// The `sagashop` binary.
     #[arg(long, default_value = "target/debug/sagashop")]
-    sagashop: PathBuf,
+    pub(crate) sagashop: PathBuf,
     /// Where the report, the broker's state and every process log go.
     #[arg(long, default_value = "target/chaos")]
     out: PathBuf,
@@ -82,28 +86,28 @@ pub(crate) struct ChaosArgs {
 
 /// One scenario's figures.
 #[derive(Debug, Default)]
-struct Row {
-    scenario: &'static str,
-    injection: String,
-    offered: usize,
-    accepted: usize,
-    refused: usize,
-    no_answer: usize,
-    other: usize,
-    completed: usize,
-    cancelled: usize,
+pub(crate) struct Row {
+    pub(crate) scenario: &'static str,
+    pub(crate) injection: String,
+    pub(crate) offered: usize,
+    pub(crate) accepted: usize,
+    pub(crate) refused: usize,
+    pub(crate) no_answer: usize,
+    pub(crate) other: usize,
+    pub(crate) completed: usize,
+    pub(crate) cancelled: usize,
     /// Accepted orders that Kafka does not hold, or that never finished.
-    lost: usize,
+    pub(crate) lost: usize,
     /// Orders in Kafka that no client was told about (must be 0 where every request got an
     /// HTTP answer).
-    unannounced: usize,
-    finished_twice: usize,
-    books: Vec<String>,
-    notes: Vec<String>,
-    elapsed: Duration,
+    pub(crate) unannounced: usize,
+    pub(crate) finished_twice: usize,
+    pub(crate) books: Vec<String>,
+    pub(crate) notes: Vec<String>,
+    pub(crate) elapsed: Duration,
 }
 
-fn step(message: &str) {
+pub(crate) fn step(message: &str) {
     eprintln!(
         "chaos: {} {message}",
         chrono::Utc::now().format("%H:%M:%S%.3f")
@@ -140,6 +144,7 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             Scenario::BrokerRestart => broker_restart(&args, &broker, &dir, &prefix).await,
             Scenario::ProcessKills => process_kills(&args, &broker, &dir, &prefix).await,
             Scenario::Duplicates => duplicates(&args, &broker, &dir, &prefix).await,
+            Scenario::Scale => crate::scale::run(&args, &broker, &dir, &prefix).await,
         }
         .with_context(|| format!("scenario {}", scenario.name()))?;
         row.elapsed = started.elapsed();
@@ -254,7 +259,7 @@ fn account(row: &mut Row, attempts: &[Attempt], ledger: &Ledger) {
 }
 
 /// Waits for every saga to finish, then fills in the row's figures and books.
-async fn conclude(
+pub(crate) async fn conclude(
     args: &ChaosArgs,
     broker: &Broker,
     prefix: &str,
@@ -385,7 +390,7 @@ async fn broker_restart(
 const RECOVERY: Duration = Duration::from_secs(5);
 
 /// Every service of sagashop, in the order they are killed.
-const SERVICES: [&str; 7] = [
+pub(crate) const SERVICES: [&str; 7] = [
     "orchestrator",
     "inventory",
     "payment",

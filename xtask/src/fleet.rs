@@ -133,8 +133,9 @@ impl Proc {
             .args(&self.args)
             .args(["--http", &self.address, "--summary-every", "0s"])
             .env("KAFKA_BOOTSTRAP_SERVERS", &self.bootstrap)
-            .env("LOG_FORMAT", "text")
-            .env("RUST_LOG", "warn")
+            .env("LOG_FORMAT", "json")
+            // Store restores are logged with their duration: the scale scenario reads them.
+            .env("RUST_LOG", "warn,sagashop_kit::store=info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -236,6 +237,43 @@ impl Proc {
             .sum();
         Some(total as u64)
     }
+}
+
+impl Proc {
+    /// The longest state restore this process logged at or after `since` (a store waits there
+    /// for transactions left open on its partitions), if it logged one.
+    pub(crate) fn longest_restore_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Option<Duration> {
+        let text = std::fs::read_to_string(&self.log).ok()?;
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|v| v["message"] == "store restored")
+            .filter(|v| {
+                v["timestamp"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .is_some_and(|t| t >= since)
+            })
+            .filter_map(|v| parse_debug_duration(v["elapsed"].as_str()?))
+            .max()
+    }
+}
+
+/// A `Duration` as its `Debug` form prints it: `263.914432ms`, `1.2s`, `15µs`.
+fn parse_debug_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => number,
+        "ms" => number / 1e3,
+        "µs" | "us" => number / 1e6,
+        "ns" => number / 1e9,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(seconds))
 }
 
 impl Drop for Proc {
@@ -552,4 +590,26 @@ pub(crate) async fn latest(
         };
     }
     Ok(latest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_durations_parse_in_every_unit() {
+        assert_eq!(
+            parse_debug_duration("263.5ms"),
+            Some(Duration::from_micros(263_500))
+        );
+        assert_eq!(
+            parse_debug_duration("1.5s"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_debug_duration("15µs"),
+            Some(Duration::from_micros(15))
+        );
+        assert_eq!(parse_debug_duration("soon"), None);
+    }
 }

@@ -19,6 +19,7 @@ mod chaos;
 mod charts;
 mod fleet;
 mod report;
+mod scale;
 
 use std::process::ExitCode;
 

@@ -96,6 +96,8 @@ pub(crate) struct Report {
     pub(crate) rates: Vec<u32>,
     pub(crate) duration: Duration,
     pub(crate) offsets_per_order: f64,
+    /// The replica rate measured with two replicas of every service.
+    pub(crate) two_replicas: Vec<RunFigures>,
     pub(crate) operator: Option<String>,
     pub(crate) profile: Option<String>,
     pub(crate) took: Duration,
@@ -104,10 +106,20 @@ pub(crate) struct Report {
 impl Report {
     /// The runs of each rate, summarised.
     pub(crate) fn steps(&self) -> Vec<Step> {
-        self.rates
+        Self::summarise(&self.runs, &self.rates)
+    }
+
+    /// The runs with two replicas, summarised (one step, or none).
+    pub(crate) fn two_replica_step(&self) -> Option<Step> {
+        let rate = self.two_replicas.first()?.rate;
+        Self::summarise(&self.two_replicas, &[rate]).pop()
+    }
+
+    fn summarise(all: &[RunFigures], rates: &[u32]) -> Vec<Step> {
+        rates
             .iter()
             .map(|&rate| {
-                let runs: Vec<&RunFigures> = self.runs.iter().filter(|r| r.rate == rate).collect();
+                let runs: Vec<&RunFigures> = all.iter().filter(|r| r.rate == rate).collect();
                 let of = |f: &dyn Fn(&RunFigures) -> f64| {
                     Figure::of(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
                 };
@@ -178,6 +190,18 @@ impl Report {
                 s.edge_p50.median,
                 s.edge_p95.median,
                 s.edge_p99.median,
+                s.completed_per_s.median,
+                s.e2e_p50.median,
+                s.e2e_p99.median,
+                s.cpu_ms_per_order.median
+            );
+        }
+        if let Some(s) = self.two_replica_step() {
+            let _ = writeln!(
+                t,
+                "two replicas of every service at {}/s: accepted {:.1}/s, completed {:.1}/s, e2e p50 {:.0} ms, p99 {:.0} ms, {:.2} CPU ms per order",
+                s.rate,
+                s.accepted_per_s.median,
                 s.completed_per_s.median,
                 s.e2e_p50.median,
                 s.e2e_p99.median,
@@ -282,6 +306,35 @@ impl Report {
             md,
             "\n![throughput](throughput.png)\n\n![end to end](e2e.png)\n"
         );
+        if let Some(two) = self.two_replica_step() {
+            let one = steps.iter().find(|s| s.rate == two.rate);
+            let _ = writeln!(
+                md,
+                "## Two replicas of every service\n\nA second `sagashop dev --instance b` joins the \
+                 first on the same topics: every group has two members sharing the partitions, \
+                 and each member restores its partitions' state. The orders enter through the \
+                 first edge. On 2 cores this is not faster; it shows what partition ownership \
+                 costs. CPU is both processes'.\n"
+            );
+            let _ = writeln!(
+                md,
+                "| replicas | offered/s | completed/s | e2e p50 ms | e2e p99 ms | CPU ms per order |\n| ---: | ---: | ---: | ---: | ---: | ---: |"
+            );
+            for (n, s) in [(1, one), (2, Some(&two))] {
+                if let Some(s) = s {
+                    let _ = writeln!(
+                        md,
+                        "| {n} | {} | {} | {} | {} | {} |",
+                        s.rate,
+                        s.completed_per_s.show(1),
+                        s.e2e_p50.show(0),
+                        s.e2e_p99.show(0),
+                        s.cpu_ms_per_order.show(2)
+                    );
+                }
+            }
+            let _ = writeln!(md);
+        }
         let _ = writeln!(md, "## Ratios to the ceiling\n");
         let _ = writeln!(
             md,

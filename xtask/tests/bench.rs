@@ -33,6 +33,8 @@ async fn a_short_bench_writes_the_report_and_its_charts() {
             "2s",
             "--messages",
             "2000",
+            "--replica-rate",
+            "10",
         ])
         .arg("--sagashop")
         .arg(&sagashop)
@@ -50,12 +52,17 @@ async fn a_short_bench_writes_the_report_and_its_charts() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("offered  accepted/s"), "{stdout}");
+    assert!(
+        stdout.contains("two replicas of every service at 10/s"),
+        "{stdout}"
+    );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     for section in [
         "## Ceiling",
         "## Edge",
         "## End to end",
         "## Ratios to the ceiling",
+        "## Two replicas of every service",
         "| 10 |",
     ] {
         assert!(

@@ -1,6 +1,6 @@
 //! The fault suite in its short form (`scripts/chaos` runs it longer): a broker restart, `kill -9`
-//! of every service in turn, and duplicated commands, replies, requests and a replay, each under
-//! load on a broker of its own. `xtask chaos` fails when a promise breaks (an accepted order
+//! of every service in turn, duplicated commands, replies, requests and a replay, and every
+//! service scaled 1 → 3 → 2 → 1 replicas with kills, each under load on a broker of its own. `xtask chaos` fails when a promise breaks (an accepted order
 //! lost, an order finished twice, a refused order written, books that do not add up, an edge
 //! that does not recover), so this test is that verdict plus the report it writes.
 
@@ -48,7 +48,12 @@ fn under_every_fault_no_order_is_lost_doubled_or_written_unannounced() {
         "xtask chaos failed:\n{stdout}\n{stderr}"
     );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    for scenario in ["| broker-restart |", "| process-kills |", "| duplicates |"] {
+    for scenario in [
+        "| broker-restart |",
+        "| process-kills |",
+        "| duplicates |",
+        "| scale |",
+    ] {
         let row = report
             .lines()
             .find(|l| l.starts_with(scenario))
