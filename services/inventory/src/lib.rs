@@ -104,6 +104,18 @@ impl Inventory {
         if slip.lines.is_empty() {
             return Ok(vec![command.succeeded(context, Some("no items".into()))?]);
         }
+        // Keyed by one of its products (the saga step's `key`), the command arrived on that
+        // product's partition: its owner is here, so take that product first, without a hop.
+        let here = slip
+            .lines
+            .iter()
+            .position(|l| l.product_id == command.envelope.key);
+        let mut slip = slip;
+        if let Some(at) = here {
+            let line = slip.lines.remove(at);
+            slip.lines.insert(0, line);
+            return self.step(slip, &command.envelope.metadata);
+        }
         Ok(vec![self.forward(&slip, &command.envelope.metadata)?])
     }
 
@@ -122,15 +134,23 @@ impl Inventory {
         ))
     }
 
-    /// One product's share of a slip: take or give back its stock, then pass the slip on or
-    /// answer the saga.
+    /// A slip arriving at a product's partition.
     fn on_slip(&self, record: &Record, metadata: &Metadata) -> HandlerResult {
         let slip: Slip = decode(record)?;
         let line = slip
             .line()
-            .cloned()
             .ok_or_else(|| HandlerError::Permanent(format!("the slip has no line {}", slip.at)))?;
         keyed_by(record, &line.product_id)?;
+        self.step(slip, metadata)
+    }
+
+    /// The line at hand, on its product's partition: take or give back the stock, then pass
+    /// the slip on or answer the saga.
+    fn step(&self, slip: Slip, metadata: &Metadata) -> HandlerResult {
+        let line = slip
+            .line()
+            .cloned()
+            .ok_or_else(|| HandlerError::Permanent(format!("the slip has no line {}", slip.at)))?;
         let product = &line.product_id;
         let key = hold_key(&slip.context.saga_id, product);
         let mut outputs = Vec::new();

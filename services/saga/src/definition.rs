@@ -153,8 +153,9 @@ pub struct Step {
     pub retry: StepRetry,
     /// The trigger field whose value keys this step's commands (and compensations), so that
     /// the participant state they change has one owner at any number of replicas: payment's
-    /// balances are per customer, so its commands are keyed by `customerId`. Default: the saga
-    /// id. Replies are keyed by the saga id either way.
+    /// balances are per customer, so its commands are keyed by `customerId`. A JSON pointer
+    /// (`/items/0/productId`) names a nested value. Default: the saga id. Replies are keyed by
+    /// the saga id either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub key: Option<String>,

@@ -221,11 +221,25 @@ impl Orchestrator {
     }
 }
 
-/// The value of the trigger's `field`, which keys a step's commands; the saga id when the
+/// The value of the trigger's `field` (a name, or a JSON pointer such as `/items/0/productId`),
+/// which keys a step's commands; the saga id when the
 /// trigger lacks it (said once per command, since that participant then has no single owner
 /// for the state the field names).
 fn command_key(instance: &Instance, field: &str) -> String {
-    match instance.trigger.get(field) {
+    let value = match field.strip_prefix('/') {
+        // A JSON pointer into the trigger: `/items/0/productId`.
+        Some(path) => {
+            let (top, rest) = path.split_once('/').unwrap_or((path, ""));
+            let top = instance.trigger.get(top);
+            if rest.is_empty() {
+                top
+            } else {
+                top.and_then(|v| v.pointer(&format!("/{rest}")))
+            }
+        }
+        None => instance.trigger.get(field),
+    };
+    match value {
         Some(serde_json::Value::String(value)) if !value.is_empty() => value.clone(),
         Some(value @ serde_json::Value::Number(_)) => value.to_string(),
         _ => {
@@ -414,5 +428,44 @@ async fn tick(
             }
             Err(e) => tracing::warn!(error = %e, "could not publish step deadlines; retrying"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "test code: a panic is the failure report"
+    )]
+
+    use super::*;
+    use crate::definition::Saga;
+
+    fn instance(trigger: serde_json::Value) -> Instance {
+        let definition = Saga::load(
+            include_str!("../../../k8s/sagas/order-fulfilment.yaml"),
+            "order-fulfilment.yaml",
+        )
+        .unwrap();
+        let serde_json::Value::Object(trigger) = trigger else {
+            panic!("a trigger is an object")
+        };
+        Instance::start(&definition, "o-1".into(), "o-1".into(), trigger, 0).0
+    }
+
+    #[test]
+    fn a_command_is_keyed_by_a_trigger_field_or_a_json_pointer_else_the_saga_id() {
+        let i = instance(serde_json::json!({
+            "customerId": "c-7",
+            "items": [{"productId": "sku-2"}, {"productId": "sku-1"}],
+            "count": 3,
+        }));
+        assert_eq!(command_key(&i, "customerId"), "c-7");
+        assert_eq!(command_key(&i, "/items/0/productId"), "sku-2");
+        assert_eq!(command_key(&i, "/items/1/productId"), "sku-1");
+        assert_eq!(command_key(&i, "/customerId"), "c-7");
+        assert_eq!(command_key(&i, "count"), "3");
+        assert_eq!(command_key(&i, "/items/5/productId"), "o-1");
+        assert_eq!(command_key(&i, "missing"), "o-1");
     }
 }

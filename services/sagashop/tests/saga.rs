@@ -487,7 +487,7 @@ async fn a_saga_whose_orchestrator_goes_away_times_out_and_compensates_on_the_ne
     let saga = std::env::temp_dir().join(format!("{prefix}saga.yaml"));
     let shipped = include_str!("../../../k8s/sagas/order-fulfilment.yaml");
     let short = shipped
-        .replace("timeout: 5s", "timeout: 3s")
+        .replace("timeout: 5s", "timeout: 6s")
         .replace("maxAttempts: 3", "maxAttempts: 1");
     std::fs::write(&saga, short).unwrap();
     let saga = saga.to_str().unwrap();
@@ -518,7 +518,7 @@ async fn a_saga_whose_orchestrator_goes_away_times_out_and_compensates_on_the_ne
         let request = client.get(&url).send();
         async move {
             let order: Value = request.await.ok()?.json().await.ok()?;
-            (!order["steps"].as_array()?.is_empty()).then_some(())
+            (!order["history"].as_array()?.is_empty()).then_some(())
         }
     })
     .await;
@@ -532,7 +532,7 @@ async fn a_saga_whose_orchestrator_goes_away_times_out_and_compensates_on_the_ne
     .await;
     let order = finished(&edge.base, &id).await;
     assert_eq!(order["status"], "CANCELLED", "{order}");
-    let history = order["steps"].to_string();
+    let history = order["history"].to_string();
     assert!(history.contains("TIMED_OUT"), "{history}");
     second.terminate();
     edge.terminate();
