@@ -15,7 +15,9 @@ use std::time::Duration;
 use sagashop_contracts::Envelope;
 use sagashop_contracts::events::SagaStepChanged;
 use sagashop_kit::admin::TopicSpec;
-use sagashop_kit::{Monitor, Processor, ProcessorConfig, Publisher, Router, Stats, Store};
+use sagashop_kit::{
+    HandlerError, Monitor, Processor, ProcessorConfig, Publisher, Router, Stats, Store,
+};
 use sagashop_testkit::{TestKafka, eventually, unique_name};
 use tokio_util::sync::CancellationToken;
 
@@ -29,16 +31,28 @@ struct Member {
     stats: std::sync::Arc<Stats>,
 }
 
-/// A member counting the inputs of each key in an owned store.
-fn member(kafka: &TestKafka, input: &str, changelog: &str, group: &str, dlq: &str) -> Member {
+/// A member counting its inputs in an owned store, under the key `state_key` gives each
+/// input's key.
+fn member(
+    kafka: &TestKafka,
+    input: &str,
+    changelog: &str,
+    group: &str,
+    dlq: &str,
+    state_key: fn(&str) -> String,
+) -> Member {
     let monitor = Monitor::new();
     let store: Store<u32> = Store::owned(&kafka.config, "counts", changelog, &monitor);
     let counts = store.clone();
     let router = Router::new().on(input, move |env: Envelope<SagaStepChanged>| {
         let counts = counts.clone();
         async move {
-            let count = counts.get(&env.key).unwrap_or(0) + 1;
-            Ok(vec![counts.put(&env.key, count).unwrap()])
+            let key = state_key(&env.key);
+            let count = counts.get(&key).unwrap_or(0) + 1;
+            let write = counts
+                .put(&key, count)
+                .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+            Ok(vec![write])
         }
     });
     let config = ProcessorConfig {
@@ -87,7 +101,7 @@ async fn owned_state_stays_exact_and_single_owned_while_members_join_and_leave()
     let group = unique_name("owned");
     const KEYS: u32 = 40;
 
-    let a = member(&kafka, &input, &changelog, &group, &dlq);
+    let a = member(&kafka, &input, &changelog, &group, &dlq, str::to_owned);
     common::publish_sequenced(&kafka, &input, 400, KEYS).await;
     eventually("the first member counted 400 inputs", WAIT, || {
         let n = a.stats.snapshot().handled;
@@ -97,7 +111,7 @@ async fn owned_state_stays_exact_and_single_owned_while_members_join_and_leave()
     assert_eq!(a.store.partitions(), vec![0, 1, 2, 3], "alone, it owns all");
 
     // A second member joins: the partitions split, each member restores exactly its own.
-    let b = member(&kafka, &input, &changelog, &group, &dlq);
+    let b = member(&kafka, &input, &changelog, &group, &dlq, str::to_owned);
     eventually("the partitions split between the two members", WAIT, || {
         let (pa, pb) = (a.store.partitions(), b.store.partitions());
         async move {
@@ -144,30 +158,16 @@ async fn a_handler_that_writes_state_of_another_partition_is_refused() {
     let input = kafka.topic("misplaced-in", PARTITIONS).await;
     let dlq = kafka.topic("misplaced-dlq", 1).await;
     let changelog = changelog(&kafka).await;
-    let monitor = Monitor::new();
-    let store: Store<u32> = Store::owned(&kafka.config, "totals", &changelog, &monitor);
-    let totals = store.clone();
     // Every input adds to one shared key: state keyed unlike the input.
-    let router = Router::new().on(&input, move |_env: Envelope<SagaStepChanged>| {
-        let totals = totals.clone();
-        async move {
-            let total = totals.get("all").unwrap_or(0) + 1;
-            Ok(vec![totals.put("all", total).map_err(|e| {
-                sagashop_kit::HandlerError::Permanent(e.to_string())
-            })?])
-        }
-    });
-    let config = ProcessorConfig {
-        transactional_id: Some(unique_name("misplaced")),
-        ..ProcessorConfig::new(unique_name("misplaced"), &dlq)
-    };
-    let publisher = Publisher::new(&kafka.config, "test").unwrap();
-    let processor = Processor::new(&kafka.config, config, router, publisher, &monitor)
-        .unwrap()
-        .reloads(store.clone());
-    let stats = processor.stats();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(processor.run(shutdown.clone()));
+    let member = member(
+        &kafka,
+        &input,
+        &changelog,
+        &unique_name("misplaced"),
+        &dlq,
+        |_| "all".to_owned(),
+    );
+    let (store, stats) = (&member.store, &member.stats);
     common::publish_sequenced(&kafka, &input, 40, 40).await;
     eventually("every input handled or dead-lettered", WAIT, || {
         let s = stats.snapshot();
@@ -183,6 +183,6 @@ async fn a_handler_that_writes_state_of_another_partition_is_refused() {
     let copies = store.select(|k, _| (k == "all").then_some(()));
     assert_eq!(copies.len(), 1);
     assert_eq!(store.get("all"), Some(u32::try_from(s.handled).unwrap()));
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    member.shutdown.cancel();
+    member.task.await.unwrap().unwrap();
 }
