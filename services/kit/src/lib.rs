@@ -15,6 +15,7 @@ pub mod admin;
 pub mod committer;
 pub mod dlq;
 mod exactly_once;
+pub mod expiry;
 pub mod headers;
 pub mod http;
 pub mod kafka;
@@ -33,6 +34,7 @@ pub mod telemetry;
 
 pub use committer::{CommitError, Committer, CommitterConfig};
 pub use exactly_once::fence;
+pub use expiry::Expiry;
 pub use http::ops_router;
 pub use kafka::{ClusterInfo, KafkaConfig};
 pub use monitor::{Monitor, ReadyFlag};

@@ -45,6 +45,13 @@ pub struct GroupLabels {
     pub group: String,
 }
 
+/// Labels of per-store metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// The store's name.
+    pub store: String,
+}
+
 /// Latency buckets from 0.5 ms to ~16 s.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LatencyBuckets;
@@ -69,6 +76,8 @@ pub(crate) struct RuntimeMetrics {
     pub(crate) rebalances: Family<GroupLabels, Counter>,
     pub(crate) transaction_aborts: Family<GroupLabels, Counter>,
     pub(crate) consumer_lag: Family<PartitionLabels, Gauge>,
+    pub(crate) store_entries: Family<StoreLabels, Gauge>,
+    pub(crate) store_expired: Family<StoreLabels, Counter>,
 }
 
 /// Metrics and readiness of one process; clone it into every part that reports.
@@ -109,6 +118,8 @@ impl Monitor {
             rebalances: Family::default(),
             transaction_aborts: Family::default(),
             consumer_lag: Family::default(),
+            store_entries: Family::default(),
+            store_expired: Family::default(),
         };
         for (name, help, family) in [
             (
@@ -163,6 +174,16 @@ impl Monitor {
             "consumer_lag",
             "Records in a partition after the group's committed offset (not yet done)",
             runtime.consumer_lag.clone(),
+        );
+        registry.register(
+            "store_entries",
+            "Keys a state store holds in memory",
+            runtime.store_entries.clone(),
+        );
+        registry.register(
+            "store_expired",
+            "Entries a state store forgot after their retention",
+            runtime.store_expired.clone(),
         );
         registry.register(
             "consumer_rebalances",

@@ -77,7 +77,7 @@ pub struct ProcessorConfig {
     /// (`cleanup.policy=compact,delete`, `retention.ms` = how long duplicates can arrive).
     pub dedupe: Option<Store<i64>>,
     /// How long a message id is remembered: older ids are deleted from the dedupe store (and
-    /// its changelog), so memory stays bounded. Match the changelog's `retention.ms`.
+    /// its changelog), so memory stays bounded. At least as long as a duplicate can arrive.
     pub dedupe_retention: Duration,
     /// What makes two records "the same" for the dedupe store: the `message-id` header unless
     /// the service names a business key (e.g. saga id + step).
@@ -361,6 +361,8 @@ pub struct Processor {
     stores: Vec<Arc<dyn Reload>>,
     partitions: Arc<Partitions>,
     assigned: Arc<AtomicBool>,
+    /// How the stores forget finished work (the dedupe store's rule is added here).
+    expiry: crate::Expiry,
 }
 
 impl Processor {
@@ -439,8 +441,11 @@ impl Processor {
             })?;
         let permits = Semaphore::new(config.concurrency);
         let mut stores: Vec<Arc<dyn Reload>> = Vec::new();
-        // The dedupe store is state like any other: roll it back with aborted batches.
+        let mut expiry = crate::Expiry::new();
+        // The dedupe store is state like any other: roll it back with aborted batches. Its ids
+        // are forgotten after the dedupe retention.
         if let Some(store) = config.dedupe.clone() {
+            expiry = expiry.of(&store, config.dedupe_retention, |_| true);
             stores.push(Arc::new(store));
         }
         if let Some(retry) = &config.retry_topic {
@@ -462,6 +467,7 @@ impl Processor {
             stores,
             partitions,
             assigned,
+            expiry,
         })
     }
 
@@ -470,6 +476,14 @@ impl Processor {
     #[must_use]
     pub fn reloads(mut self, store: impl Reload + 'static) -> Self {
         self.stores.push(Arc::new(store));
+        self
+    }
+
+    /// Forgets what `expiry` says while it runs, publishing the tombstones (see
+    /// [`crate::expiry`]).
+    #[must_use]
+    pub fn expires(mut self, expiry: crate::Expiry) -> Self {
+        self.expiry = self.expiry.and(expiry);
         self
     }
 
@@ -482,7 +496,11 @@ impl Processor {
     /// timeout), commits what finished and leaves the group. In exactly-once mode it stops
     /// between batches; an unfinished batch is simply never committed.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let pruning = tokio::spawn(prune_dedupe(Arc::clone(&self.shared), shutdown.clone()));
+        let pruning = tokio::spawn(
+            self.expiry
+                .clone()
+                .run(self.shared.publisher.clone(), shutdown.clone()),
+        );
         let result = self.consume(shutdown).await;
         pruning.abort();
         result
@@ -671,42 +689,6 @@ pub(crate) async fn assign(
     }
     tracing::debug!(partitions = ?numbers, "state restored for the assigned partitions");
     Ok(owned)
-}
-
-/// Forgets message ids older than the dedupe retention, in memory and (by tombstones) in the
-/// changelog, every tenth of the retention (at most every minute).
-async fn prune_dedupe(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let Some(store) = shared.config.dedupe.clone() else {
-        return;
-    };
-    let retention = shared.config.dedupe_retention;
-    let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
-    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        let cutoff = chrono::Utc::now()
-            .timestamp_millis()
-            .saturating_sub(retention_ms);
-        let expired = store.select(|id, handled_at| (*handled_at < cutoff).then(|| id.to_owned()));
-        let tombstones: Vec<Outgoing> = expired.iter().map(|id| store.delete(id)).collect();
-        if tombstones.is_empty() {
-            continue;
-        }
-        for chunk in tombstones.chunks(1000) {
-            if let Err(e) = shared.publisher.send_all(chunk).await {
-                // Memory is pruned either way; a restart before the next successful prune
-                // restores these ids until their changelog retention drops them.
-                tracing::warn!(error = %e, "could not publish pruned message ids");
-            }
-        }
-        tracing::debug!(
-            pruned = tombstones.len(),
-            "message ids past the dedupe retention forgotten"
-        );
-    }
 }
 
 /// `process` catches handler panics, so a failed join is a bug in the runtime itself; without

@@ -274,3 +274,51 @@ fn client(cause: KafkaError) -> Error {
         cause,
     }
 }
+
+/// Commits, for the new consumer group `group`, the first offset of every partition of `topics`
+/// whose record is no older than `since` (Unix milliseconds; a partition with none starts at its
+/// end). A group that then joins reads only what was written since: how a read model rebuilt at
+/// start skips history it would forget at once.
+pub async fn start_group_at(
+    kafka: &KafkaConfig,
+    group: &str,
+    topics: &[String],
+    since: i64,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let mut config = kafka.consumer(group, group);
+    config.set("enable.auto.commit", "false");
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        let consumer: BaseConsumer = config.create().map_err(client)?;
+        let deadline = Instant::now() + timeout;
+        let mut wanted = TopicPartitionList::new();
+        for topic in &topics {
+            for partition in partitions(&consumer, topic, timeout, deadline)? {
+                wanted
+                    .add_partition_offset(topic, partition, Offset::Offset(since))
+                    .map_err(client)?;
+            }
+        }
+        let found = consumer
+            .offsets_for_times(wanted, timeout)
+            .map_err(client)?;
+        let mut start = TopicPartitionList::new();
+        for element in found.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            let offset = match element.offset() {
+                Offset::Offset(offset) => offset,
+                // Nothing that recent: start after the last record.
+                _ => watermarks(&consumer, topic, partition, timeout, deadline)?.1,
+            };
+            start
+                .add_partition_offset(topic, partition, Offset::Offset(offset))
+                .map_err(client)?;
+        }
+        consumer
+            .commit(&start, rdkafka::consumer::CommitMode::Sync)
+            .map_err(client)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("positioning group `{group}` panicked: {e}")))?
+}

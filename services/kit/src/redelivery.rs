@@ -247,6 +247,7 @@ pub(crate) fn unpark(record: &Record) -> Result<Unparked, String> {
                 .filter(|(name, _)| !name.starts_with("retry-"))
                 .cloned()
                 .collect(),
+            timestamp: record.timestamp,
         },
         attempt,
         not_before: number(header::NOT_BEFORE)?,
@@ -265,6 +266,7 @@ mod tests {
             key: Some(b"order-1".to_vec()),
             payload: Some(b"{}".to_vec()),
             headers: vec![("event-type".into(), Some(b"OrderPlaced".to_vec()))],
+            timestamp: None,
         }
     }
 
@@ -289,6 +291,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.clone(), Some(v.clone())))
                 .collect(),
+            timestamp: None,
         };
         let back = unpark(&consumed).unwrap();
         assert_eq!(back.original, record());

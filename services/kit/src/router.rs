@@ -27,6 +27,8 @@ pub struct Record {
     pub payload: Option<Vec<u8>>,
     /// Record headers, in order.
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// When it was produced (or appended, per the topic's timestamp type), Unix milliseconds.
+    pub timestamp: Option<i64>,
 }
 
 impl Record {
@@ -46,6 +48,7 @@ impl Record {
                         .collect()
                 })
                 .unwrap_or_default(),
+            timestamp: message.timestamp().to_millis(),
         }
     }
 

@@ -29,7 +29,10 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::monitor::{Monitor, ReadyFlag};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::monitor::{Monitor, ReadyFlag, StoreLabels};
 use crate::publisher::Outgoing;
 use crate::reader::{read_partitions, read_to_end};
 use crate::{Error, KafkaConfig};
@@ -60,9 +63,29 @@ enum Scope {
     Owned,
 }
 
+/// A value and when it was last written (Unix milliseconds; on restore, its record's
+/// timestamp): what expiry measures age from.
+struct Kept<V> {
+    value: V,
+    written: i64,
+}
+
+impl<V> Kept<V> {
+    fn now(value: V) -> Self {
+        Self {
+            value,
+            written: now_ms(),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 struct Entries<V> {
     /// Values per changelog partition.
-    parts: HashMap<i32, HashMap<String, V>>,
+    parts: HashMap<i32, HashMap<String, Kept<V>>>,
     /// The partitions restored (an owned store's assignment; some may hold nothing).
     held: BTreeSet<i32>,
 }
@@ -90,6 +113,7 @@ impl<V> Entries<V> {
             (Scope::Owned, Some(p)) => self.parts.get(&p).and_then(|e| e.get(key)),
             _ => self.parts.values().find_map(|e| e.get(key)),
         }
+        .map(|kept| &kept.value)
     }
 }
 
@@ -102,6 +126,10 @@ pub struct Store<V> {
     ready: ReadyFlag,
     restore_timeout: Duration,
     scope: Scope,
+    /// `sagashop_store_entries`: the keys held.
+    held_keys: Gauge,
+    /// `sagashop_store_expired_total`: the keys forgot by [`Store::expire`].
+    expired: Counter,
 }
 
 impl<V> Clone for Store<V> {
@@ -114,6 +142,8 @@ impl<V> Clone for Store<V> {
             ready: self.ready.clone(),
             restore_timeout: self.restore_timeout,
             scope: self.scope,
+            held_keys: self.held_keys.clone(),
+            expired: self.expired.clone(),
         }
     }
 }
@@ -133,7 +163,12 @@ where
     V: Serialize + DeserializeOwned + Clone + Send + 'static,
 {
     fn new(kafka: &KafkaConfig, name: &str, topic: &str, monitor: &Monitor, scope: Scope) -> Self {
+        let labels = StoreLabels {
+            store: name.to_owned(),
+        };
         Self {
+            held_keys: monitor.runtime.store_entries.get_or_create(&labels).clone(),
+            expired: monitor.runtime.store_expired.get_or_create(&labels).clone(),
             name: name.to_owned(),
             topic: topic.to_owned(),
             kafka: kafka.clone(),
@@ -217,7 +252,8 @@ where
                 .await?
             }
         };
-        let mut parts: HashMap<i32, HashMap<String, V>> = HashMap::new();
+        let mut parts: HashMap<i32, HashMap<String, Kept<V>>> = HashMap::new();
+        let now = now_ms();
         for record in &records {
             let key = record
                 .key
@@ -233,7 +269,8 @@ where
                     let value = serde_json::from_slice(bytes).map_err(|e| {
                         self.corrupt(record.partition, record.offset, &e.to_string())
                     })?;
-                    entries.insert(key.to_owned(), value);
+                    let written = record.timestamp.filter(|t| *t > 0).unwrap_or(now);
+                    entries.insert(key.to_owned(), Kept { value, written });
                 }
             }
         }
@@ -241,6 +278,7 @@ where
         tracing::info!(store = %self.name, topic = %self.topic, partitions = ?partitions, records = records.len(), keys, elapsed = ?started.elapsed(), "store restored");
         let mut entries = self.lock();
         entries.parts = parts;
+        self.held_keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
         entries.held = partitions
             .map(|p| p.iter().copied().collect())
             .unwrap_or_default();
@@ -276,7 +314,7 @@ where
             .parts
             .values()
             .flat_map(HashMap::iter)
-            .filter_map(|(k, v)| pick(k, v))
+            .filter_map(|(k, kept)| pick(k, &kept.value))
             .collect()
     }
 
@@ -308,11 +346,14 @@ where
         let mut entries = self.lock();
         let partition = self.placement(&entries, key)?;
         let record = self.changelog_in(partition, key, &value)?;
-        entries
+        let old = entries
             .parts
             .entry(partition.unwrap_or(UNPLACED))
             .or_default()
-            .insert(key.to_owned(), value);
+            .insert(key.to_owned(), Kept::now(value));
+        if old.is_none() {
+            self.held_keys.inc();
+        }
         Ok(record)
     }
 
@@ -368,11 +409,42 @@ where
     pub fn committed(&self, key: &str, value: V) {
         let mut entries = self.lock();
         let partition = entries.partition_of(key).unwrap_or(UNPLACED);
-        entries
+        let old = entries
             .parts
             .entry(partition)
             .or_default()
-            .insert(key.to_owned(), value);
+            .insert(key.to_owned(), Kept::now(value));
+        if old.is_none() {
+            self.held_keys.inc();
+        }
+    }
+
+    /// Forgets every entry that `finished` accepts and that nobody wrote for `after`: removes
+    /// them from memory and returns their tombstones, to publish so that the changelog (once
+    /// compacted) and every later restore forget them too.
+    ///
+    /// How state stays bounded: work that is done (a finished saga, a delivered shipment, a
+    /// message id older than any duplicate) goes after a retention, so memory holds what
+    /// arrived within it, not everything ever.
+    pub fn expire(&self, after: Duration, finished: impl Fn(&V) -> bool) -> Vec<Outgoing> {
+        let cutoff = now_ms().saturating_sub(i64::try_from(after.as_millis()).unwrap_or(i64::MAX));
+        let mut entries = self.lock();
+        let mut tombstones = Vec::new();
+        for (partition, part) in &mut entries.parts {
+            let placed = (*partition != UNPLACED).then_some(*partition);
+            part.retain(|key, kept| {
+                let expired = kept.written < cutoff && finished(&kept.value);
+                if expired {
+                    tombstones.push(self.record(placed, key, None));
+                }
+                !expired
+            });
+        }
+        drop(entries);
+        let n = tombstones.len();
+        self.held_keys.dec_by(i64::try_from(n).unwrap_or(i64::MAX));
+        self.expired.inc_by(n as u64);
+        tombstones
     }
 
     /// Removes `key` from memory; returns the tombstone to publish with the handler's outputs
@@ -380,8 +452,10 @@ where
     pub fn delete(&self, key: &str) -> Outgoing {
         let mut entries = self.lock();
         let lives = entries.partition_of(key);
-        if let Some(e) = lives.and_then(|p| entries.parts.get_mut(&p)) {
-            e.remove(key);
+        if let Some(e) = lives.and_then(|p| entries.parts.get_mut(&p))
+            && e.remove(key).is_some()
+        {
+            self.held_keys.dec();
         }
         let partition = match (lives.filter(|p| *p != UNPLACED), self.scope) {
             (Some(p), _) => Some(p),
@@ -456,7 +530,11 @@ where
         };
         let entries = self.lock();
         let current = match out.partition {
-            Some(p) => entries.parts.get(&p).and_then(|e| e.get(key)),
+            Some(p) => entries
+                .parts
+                .get(&p)
+                .and_then(|e| e.get(key))
+                .map(|kept| &kept.value),
             None => entries.get(key, self.scope),
         };
         let payload = match current {

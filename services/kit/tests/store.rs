@@ -14,7 +14,7 @@ use sagashop_contracts::Envelope;
 use sagashop_contracts::events::SagaStepChanged;
 use sagashop_kit::admin::TopicSpec;
 use sagashop_kit::{
-    DedupeKey, Monitor, Outgoing, Processor, ProcessorConfig, Publisher, Router, Store,
+    DedupeKey, Expiry, Monitor, Outgoing, Processor, ProcessorConfig, Publisher, Router, Store,
 };
 use sagashop_testkit::{TestKafka, unique_name};
 use tokio_util::sync::CancellationToken;
@@ -60,6 +60,69 @@ async fn a_store_restores_the_latest_values_and_forgets_deleted_keys() {
         .await
         .unwrap();
     assert_eq!(restored.entries(), [("sku-1".to_owned(), 3)]);
+}
+
+#[tokio::test]
+async fn finished_entries_expire_after_the_retention_counted_from_their_last_write() {
+    let kafka = TestKafka::connect().await;
+    let topic = changelog(&kafka, "store-expiry").await;
+    let publisher = Publisher::new(&kafka.config, "test").unwrap();
+    let monitor = Monitor::new();
+    let store: Store<String> = Store::open(&kafka.config, "sagas", &topic, &monitor)
+        .await
+        .unwrap();
+    let retention = Duration::from_millis(800);
+    let finished = |v: &String| v == "done";
+    let expiry = |store: &Store<String>| Expiry::new().of(store, retention, finished);
+    let writes = vec![
+        store.put("old-done", "done".into()).unwrap(),
+        store.put("old-running", "running".into()).unwrap(),
+    ];
+    publisher.send_all(&writes).await.unwrap();
+    assert!(expiry(&store).sweep().is_empty(), "nothing is old yet");
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let young = store.put("young-done", "done".into()).unwrap();
+    publisher.send(&young).await.unwrap();
+    let tombstones = expiry(&store).sweep();
+    assert_eq!(
+        tombstones
+            .iter()
+            .map(|t| (t.key.clone().unwrap(), t.payload.is_none()))
+            .collect::<Vec<_>>(),
+        [(b"old-done".to_vec(), true)],
+        "only the finished entry past its retention goes"
+    );
+    let mut left: Vec<String> = store.entries().into_iter().map(|(k, _)| k).collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["old-running", "young-done"],
+        "running work is never forgotten"
+    );
+    let metrics = monitor.encode();
+    assert!(
+        metrics.contains(r#"sagashop_store_entries{store="sagas"} 2"#)
+            && metrics.contains(r#"sagashop_store_expired_total{store="sagas"} 1"#),
+        "{metrics}"
+    );
+    publisher.send_all(&tombstones).await.unwrap();
+
+    // A restore forgets what the tombstones removed, and ages what it reads from the records'
+    // timestamps: a second later, the young entry is past its retention straight away.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let restored: Store<String> = Store::open(&kafka.config, "sagas", &topic, &Monitor::new())
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = restored.entries().into_iter().map(|(k, _)| k).collect();
+    keys.sort();
+    assert_eq!(keys, ["old-running", "young-done"]);
+    let aged = expiry(&restored).sweep();
+    assert_eq!(aged.len(), 1, "{aged:?}");
+    assert_eq!(
+        restored.entries(),
+        [("old-running".to_owned(), "running".to_owned())]
+    );
 }
 
 #[tokio::test]

@@ -49,6 +49,7 @@ fn poison(topic: &str, offset: i64, payload: &[u8]) -> Record {
                 Some(format!("id-{offset}").into_bytes()),
             ),
         ],
+        timestamp: None,
     }
 }
 
