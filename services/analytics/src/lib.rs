@@ -18,8 +18,8 @@ use sagashop_contracts::events::{AnalyticsSnapshot, ProductCount};
 use sagashop_contracts::{Envelope, Metadata};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::{
-    Error, FailurePolicy, HandlerError, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig,
-    Publisher, Record, Router, Stats, Store,
+    Error, Expiry, FailurePolicy, HandlerError, KafkaConfig, Monitor, Outgoing, Processor,
+    ProcessorConfig, Publisher, Record, Router, Stats, Store,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +41,13 @@ pub struct AnalyticsConfig {
     pub group_id: String,
     /// This member's transactional id.
     pub transactional_id: String,
+    /// How long a minute's window is kept after its last outcome: at least the hour the
+    /// summary shows (a shorter setting is raised to that).
+    pub retention: std::time::Duration,
 }
+
+/// The summary covers the latest hour: windows are kept at least that long.
+const SUMMARY_SPAN: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// One minute's figures.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,7 +275,8 @@ pub async fn start(
         Publisher::new(kafka, "analytics")?.observed(monitor),
         monitor,
     )?
-    .reloads(windows.clone());
+    .reloads(windows.clone())
+    .expires(Expiry::new().of(&windows, config.retention.max(SUMMARY_SPAN), |_| true));
     let stats = processor.stats();
     let task = sagashop_kit::Task::spawn("analytics", processor.run(shutdown));
     let api = axum::Router::new()

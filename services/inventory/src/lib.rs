@@ -18,8 +18,8 @@ use sagashop_contracts::commands::{ReleaseInventory, ReserveInventory};
 use sagashop_contracts::{Contract, Metadata};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::{
-    Error, FailurePolicy, HandlerError, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig,
-    Publisher, Record, Router, Stats, Store,
+    Error, Expiry, FailurePolicy, HandlerError, KafkaConfig, Monitor, Outgoing, Processor,
+    ProcessorConfig, Publisher, Record, Router, Stats, Store,
 };
 use sagashop_saga::participant::{self, Command, Faults, on_command};
 use tokio_util::sync::CancellationToken;
@@ -50,6 +50,10 @@ pub struct InventoryConfig {
     pub out_of_stock: Option<String>,
     /// Injected transient failures.
     pub faults: Faults,
+    /// How long a saga's hold on a product is kept after its last change before it is forgotten
+    /// (memory and changelog). A compensation that arrives later finds nothing to undo, so
+    /// keep it longer than any saga runs.
+    pub retention: std::time::Duration,
 }
 
 struct Inventory {
@@ -360,7 +364,8 @@ pub async fn start(
         monitor,
     )?
     .reloads(stock.clone())
-    .reloads(holds.clone());
+    .reloads(holds.clone())
+    .expires(Expiry::new().of(&holds, config.retention, |_| true));
     let stats = processor.stats();
     let task = sagashop_kit::Task::spawn("inventory", processor.run(shutdown));
     Ok(Running {

@@ -65,6 +65,8 @@ pub struct NotificationConfig {
     pub dead_letter_topic: String,
     /// Its consumer group.
     pub group_id: String,
+    /// How long a notified message id is remembered: a copy delivered later is sent again.
+    pub retention: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,7 +173,7 @@ pub async fn start(
         kafka,
         ProcessorConfig {
             dedupe: Some(sent),
-            dedupe_retention: std::time::Duration::from_secs(7 * 24 * 3600),
+            dedupe_retention: config.retention,
             ..ProcessorConfig::new(&config.group_id, &config.dead_letter_topic)
         },
         router,

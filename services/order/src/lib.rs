@@ -39,8 +39,8 @@ use sagashop_contracts::events::{
     OrderCancelled, OrderCompleted, OrderDelivered, OrderPlaced, OrderShipped, SagaStepChanged,
 };
 use sagashop_kit::{
-    CommitError, Committer, CommitterConfig, Error, KafkaConfig, Monitor, Outgoing, Processor,
-    ProcessorConfig, Publisher, Router, Stats, Store,
+    CommitError, Committer, CommitterConfig, Error, Expiry, KafkaConfig, Monitor, Outgoing,
+    Processor, ProcessorConfig, Publisher, Router, Stats, Store,
 };
 
 use crate::limit::RateLimit;
@@ -78,6 +78,10 @@ pub struct OrderConfig {
     pub body_timeout: Duration,
     /// How long an order may wait for a Kafka transaction before `503`.
     pub queue_timeout: Duration,
+    /// How long an idempotency key is honoured, and how long the read model keeps an order
+    /// after its latest event. No longer than the orchestrator keeps finished sagas, so a
+    /// keyed duplicate inside the window never starts a second saga.
+    pub retention: Duration,
 }
 
 struct Edge {
@@ -118,7 +122,7 @@ pub async fn start(
         monitor,
     )
     .await?;
-    let view = Arc::new(View::default());
+    let view = Arc::new(View::with_retention(config.retention));
     let router = {
         let (v1, v2, v3, v4, v5, v6) = (
             Arc::clone(&view),
@@ -160,8 +164,25 @@ pub async fn start(
                 },
             )
     };
-    // A fresh group each start: the view is rebuilt from the beginning of every topic.
+    // A fresh group each start: the view is rebuilt from every topic, starting at the events
+    // of the retention (older ones it would forget at once).
     let group = format!("{}-{}", config.view_group, Uuid::now_v7().simple());
+    let since = chrono::Utc::now()
+        .timestamp_millis()
+        .saturating_sub(i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX));
+    let view_topics = [
+        config.orders_topic.clone(),
+        config.outcome_topic.clone(),
+        config.shipping_topic.clone(),
+    ];
+    sagashop_kit::reader::start_group_at(
+        kafka,
+        &group,
+        &view_topics,
+        since,
+        Duration::from_secs(30),
+    )
+    .await?;
     let publisher = Publisher::new(kafka, "order")?.observed(monitor);
     let processor = Processor::new(
         kafka,
@@ -183,6 +204,15 @@ pub async fn start(
         shutdown.clone(),
     )
     .await?;
+    // Keys and orders past the retention are forgotten (the keys by tombstones, so every
+    // edge's next restore forgets them too).
+    let expiry = Expiry::new().of(&idempotency, config.retention, |_| true);
+    tokio::spawn(forget(
+        expiry,
+        Arc::clone(&view),
+        publisher.clone(),
+        shutdown.clone(),
+    ));
     let task = sagashop_kit::Task::spawn("the order service", async move {
         let read_model = processor.run(shutdown).await;
         let written = writer.stopped().await;
@@ -215,6 +245,28 @@ pub async fn start(
         stats,
         task,
     })
+}
+
+/// Forgets expired idempotency keys and read-model orders until `shutdown`.
+async fn forget(
+    expiry: Expiry,
+    view: Arc<View>,
+    publisher: Publisher,
+    shutdown: CancellationToken,
+) {
+    let every = expiry.every();
+    let keys = tokio::spawn(expiry.run(publisher, shutdown.clone()));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(every) => {}
+        }
+        let forgotten = view.expire();
+        if forgotten > 0 {
+            tracing::debug!(forgotten, "orders past the retention left the read model");
+        }
+    }
+    let _ = keys.await;
 }
 
 /// `response` with one more header.

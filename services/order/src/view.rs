@@ -4,11 +4,16 @@
 //! Events of one order arrive on different topics, so in any order: an outcome may come before
 //! its `OrderPlaced`. The view never moves a final status back to `PENDING` and ignores a
 //! history line it already has, so replays and duplicates change nothing.
+//!
+//! With a retention, an order is forgotten once its latest event is older than that, and an
+//! event older than that is not applied: the model holds the recent orders, so memory and the
+//! rebuild after a restart stay bounded by the rate times the retention.
 
 use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -127,33 +132,81 @@ impl OrderView {
     }
 }
 
-/// Every order, in memory.
+/// An order and the time of its latest event.
+#[derive(Debug)]
+struct Kept {
+    view: OrderView,
+    latest: DateTime<Utc>,
+}
+
+/// The orders, in memory: every one, or those with an event within the retention.
 #[derive(Debug, Default)]
 pub struct View {
-    orders: RwLock<HashMap<Uuid, OrderView>>,
+    orders: RwLock<HashMap<Uuid, Kept>>,
+    retention: Option<TimeDelta>,
 }
 
 impl View {
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<Uuid, OrderView>> {
+    /// A view that keeps an order until its latest event is `retention` old.
+    pub fn with_retention(retention: Duration) -> Self {
+        Self {
+            orders: RwLock::default(),
+            retention: Some(TimeDelta::from_std(retention).unwrap_or(TimeDelta::MAX)),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<Uuid, Kept>> {
         self.orders.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Uuid, OrderView>> {
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Uuid, Kept>> {
         self.orders.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn with(&self, order_id: Uuid, change: impl FnOnce(&mut OrderView)) {
+    /// Events before this are past the retention.
+    fn cutoff(&self) -> Option<DateTime<Utc>> {
+        self.retention
+            .and_then(|r| Utc::now().checked_sub_signed(r))
+    }
+
+    fn with(&self, order_id: Uuid, at: DateTime<Utc>, change: impl FnOnce(&mut OrderView)) {
+        if self.cutoff().is_some_and(|cutoff| at < cutoff) {
+            // A replayed event of an order the view has already forgotten (or would at once).
+            return;
+        }
         let mut orders = self.write();
-        change(
-            orders
-                .entry(order_id)
-                .or_insert_with(|| OrderView::empty(order_id)),
-        );
+        let kept = orders.entry(order_id).or_insert_with(|| Kept {
+            view: OrderView::empty(order_id),
+            latest: at,
+        });
+        change(&mut kept.view);
+        kept.latest = kept.latest.max(at);
+    }
+
+    /// Forgets the orders whose latest event is past the retention; returns how many.
+    pub fn expire(&self) -> usize {
+        let Some(cutoff) = self.cutoff() else {
+            return 0;
+        };
+        let mut orders = self.write();
+        let before = orders.len();
+        orders.retain(|_, kept| kept.latest >= cutoff);
+        before - orders.len()
+    }
+
+    /// How many orders it holds.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// One order.
     pub fn get(&self, order_id: &Uuid) -> Option<OrderView> {
-        self.read().get(order_id).cloned()
+        self.read().get(order_id).map(|kept| kept.view.clone())
     }
 
     /// Orders with `status` (any when `None`), newest first, at most `limit`.
@@ -161,6 +214,7 @@ impl View {
         let mut orders: Vec<OrderView> = self
             .read()
             .values()
+            .map(|kept| &kept.view)
             .filter(|o| status.is_none_or(|s| o.status == s))
             .cloned()
             .collect();
@@ -177,7 +231,7 @@ impl View {
     pub fn counts(&self) -> (usize, usize, usize) {
         self.read()
             .values()
-            .fold((0, 0, 0), |(p, c, x), o| match o.status {
+            .fold((0, 0, 0), |(p, c, x), kept| match kept.view.status {
                 OrderStatus::Pending => (p + 1, c, x),
                 OrderStatus::Completed => (p, c + 1, x),
                 OrderStatus::Cancelled => (p, c, x + 1),
@@ -186,7 +240,7 @@ impl View {
 
     /// An order was placed.
     pub fn placed(&self, event: &OrderPlaced) {
-        self.with(event.order_id, |o| {
+        self.with(event.order_id, event.placed_at, |o| {
             o.customer_id = Some(event.customer_id.clone());
             o.items.clone_from(&event.items);
             o.total_minor = Some(event.total_minor);
@@ -197,7 +251,7 @@ impl View {
 
     /// Its saga completed.
     pub fn completed(&self, event: &OrderCompleted) {
-        self.with(event.order_id, |o| {
+        self.with(event.order_id, event.completed_at, |o| {
             o.status = OrderStatus::Completed;
             o.finished_at = Some(event.completed_at);
         });
@@ -205,7 +259,7 @@ impl View {
 
     /// Its saga was cancelled.
     pub fn cancelled(&self, event: &OrderCancelled) {
-        self.with(event.order_id, |o| {
+        self.with(event.order_id, event.cancelled_at, |o| {
             o.status = OrderStatus::Cancelled;
             o.reason = Some(event.reason.clone());
             o.failed_step = Some(event.failed_step.clone());
@@ -225,7 +279,7 @@ impl View {
             detail: event.detail.clone(),
             at: event.at,
         };
-        self.with(order_id, |o| {
+        self.with(order_id, event.at, |o| {
             if !o.history.contains(&line) {
                 o.history.push(line);
                 o.history.sort_by_key(|l| l.at);
@@ -235,7 +289,7 @@ impl View {
 
     /// It shipped.
     pub fn shipped(&self, event: &OrderShipped) {
-        self.with(event.order_id, |o| {
+        self.with(event.order_id, event.shipped_at, |o| {
             if o.shipment.as_ref().is_none_or(|s| s.status != "DELIVERED") {
                 o.shipment = Some(ShipmentView {
                     shipment_id: event.shipment_id.clone(),
@@ -248,7 +302,7 @@ impl View {
 
     /// It arrived.
     pub fn delivered(&self, event: &OrderDelivered) {
-        self.with(event.order_id, |o| {
+        self.with(event.order_id, event.delivered_at, |o| {
             o.shipment = Some(ShipmentView {
                 shipment_id: event.shipment_id.clone(),
                 status: "DELIVERED",

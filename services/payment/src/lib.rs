@@ -12,8 +12,8 @@ use std::sync::Arc;
 use sagashop_contracts::commands::{AuthorizePayment, RefundPayment};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::{
-    Error, HandlerError, KafkaConfig, Monitor, Processor, ProcessorConfig, Publisher, Router,
-    Stats, Store,
+    Error, Expiry, HandlerError, KafkaConfig, Monitor, Processor, ProcessorConfig, Publisher,
+    Router, Stats, Store,
 };
 use sagashop_saga::participant::{Command, Faults, on_command};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,10 @@ pub struct PaymentConfig {
     pub decline_rate: f64,
     /// Injected transient failures.
     pub faults: Faults,
+    /// How long a saga's payment is kept after its last change before it is forgotten
+    /// (memory and changelog). A compensation that arrives later finds nothing to undo, so
+    /// keep it longer than any saga runs.
+    pub retention: std::time::Duration,
 }
 
 /// A payment's state.
@@ -248,7 +252,8 @@ pub async fn start(
         monitor,
     )?
     .reloads(balances.clone())
-    .reloads(payments.clone());
+    .reloads(payments.clone())
+    .expires(Expiry::new().of(&payments, config.retention, |_| true));
     let stats = processor.stats();
     let task = sagashop_kit::Task::spawn("payment", processor.run(shutdown));
     Ok(Running {

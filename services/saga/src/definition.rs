@@ -321,7 +321,7 @@ impl Definition {
             .into_iter()
             .map(|topic| {
                 if topic == self.state_topic {
-                    plain(topic).with_config("cleanup.policy", "compact")
+                    plain(topic).changelog()
                 } else {
                     plain(topic)
                 }

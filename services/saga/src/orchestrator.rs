@@ -19,8 +19,8 @@ use sagashop_contracts::events::SagaStepChanged;
 use sagashop_contracts::{Contract, Envelope, Metadata};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::{
-    Error, FailurePolicy, HandlerError, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig,
-    Publisher, Record, Router, Stats, Store,
+    Error, Expiry, FailurePolicy, HandlerError, KafkaConfig, Monitor, Outgoing, Processor,
+    ProcessorConfig, Publisher, Record, Router, Stats, Store,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +43,10 @@ pub struct OrchestratorConfig {
     pub tick: Duration,
     /// Prepended to the consumer group id (to share one cluster between systems).
     pub group_prefix: String,
+    /// How long a finished (completed or cancelled) instance is kept after its last change
+    /// before it is forgotten, in memory and in the state topic. Keep it at least as long as
+    /// the order edge keeps idempotency keys, so a late keyed duplicate still finds its saga.
+    pub retention: Duration,
 }
 
 impl OrchestratorConfig {
@@ -115,8 +119,9 @@ impl Orchestrator {
             if matches!(reply, Reply::TimedOut) {
                 return Ok(Vec::new());
             }
-            // Cannot happen with transactional state, unless the state topic was lost or the
-            // reply is forged: retried, then dead-lettered, never silently dropped.
+            // Cannot happen with transactional state, unless the reply came later than the
+            // retention of its finished saga, the state topic was lost or the reply is forged:
+            // retried, then dead-lettered, never silently dropped.
             return Err(HandlerError::Transient(format!(
                 "no state for saga {} (yet)",
                 context.saga_id
@@ -340,7 +345,8 @@ pub async fn start(
     );
     let publisher = Publisher::new(kafka, "orchestrator")?.observed(monitor);
     let processor = Processor::new(kafka, processor_config, router, publisher.clone(), monitor)?
-        .reloads(instances.clone());
+        .reloads(instances.clone())
+        .expires(Expiry::new().of(&instances, config.retention, |i| i.status.is_final()));
     let stats = processor.stats();
     let ticker = tokio::spawn(tick(
         Arc::clone(&orchestrator),

@@ -47,6 +47,11 @@ pub(crate) struct SystemArgs {
     /// cluster). On for `sagashop dev`.
     #[arg(long, env = "SAGASHOP_CREATE_TOPICS")]
     pub(crate) create_topics: bool,
+    /// How long finished work is kept after its last change: finished sagas, participants'
+    /// records, notified message ids, idempotency keys and the order read model. Memory holds
+    /// about `orders per second × retention` orders (docs/operations.md, "Bounded state").
+    #[arg(long, env = "SAGASHOP_RETENTION", default_value = "10m", value_parser = parse_retention)]
+    pub(crate) retention: Duration,
     /// Inventory: stock given to products it does not know yet, as `product=quantity,…`.
     #[arg(
         long,
@@ -118,6 +123,16 @@ fn parse_stock(text: &str) -> Result<(String, i64), String> {
         .filter(|q| *q >= 0)
         .ok_or_else(|| format!("`{quantity}` is not a quantity"))?;
     Ok((product.trim().to_owned(), quantity))
+}
+
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    let retention = humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e}"))?;
+    if retention < Duration::from_secs(1) {
+        return Err(format!(
+            "`{text}` is too short: finished work must outlive its late duplicates; use at least 1s"
+        ));
+    }
+    Ok(retention)
 }
 
 fn parse_limit(text: &str) -> Result<f64, String> {
@@ -247,7 +262,7 @@ impl Topics {
             replicas,
             ..TopicSpec::new(name, partitions)
         };
-        let compacted = |name: String| plain(name).with_config("cleanup.policy", "compact");
+        let compacted = |name: String| plain(name).changelog();
         let mut specs = self.saga_topics.clone();
         for name in [
             "inventory.stock.v1",
@@ -263,9 +278,11 @@ impl Topics {
         specs.push(plain(self.named("inventory.slips.v1")));
         specs.push(plain(self.named("shipping.v1")));
         specs.push(plain(self.named("analytics.snapshots.v1")));
-        // Remembered for a week: as long as a duplicate can arrive.
+        // Message ids are forgotten by the service after its retention (tombstones); a week's
+        // time retention is the backstop for ids nobody forgot.
         specs.push(
             plain(self.named("notification.sent.v1"))
+                .changelog()
                 .with_config("cleanup.policy", "compact,delete")
                 .with_config("retention.ms", "604800000"),
         );
@@ -391,6 +408,7 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
                     dead_letter_topic: topics.dlq(Service::Orchestrator),
                     tick: Duration::from_millis(200),
                     group_prefix: topics.prefix.clone(),
+                    retention: args.retention,
                 };
                 Handle::Orchestrator(
                     sagashop_saga::orchestrator::start(kafka, config, &monitor, shutdown.clone())
@@ -412,6 +430,7 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
                     faults: Faults {
                         transient_rate: args.inventory_transient_rate,
                     },
+                    retention: args.retention,
                 };
                 Handle::Inventory(
                     sagashop_inventory::start(kafka, config, &monitor, shutdown.clone())
@@ -432,6 +451,7 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
                     faults: Faults {
                         transient_rate: args.payment_transient_rate,
                     },
+                    retention: args.retention,
                 };
                 Handle::Payment(
                     sagashop_payment::start(kafka, config, &monitor, shutdown.clone())
@@ -452,6 +472,7 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
                     faults: Faults {
                         transient_rate: args.shipping_transient_rate,
                     },
+                    retention: args.retention,
                 };
                 Handle::Shipping(
                     sagashop_shipping::start(kafka, config, &monitor, shutdown.clone())
@@ -468,6 +489,7 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
                     sent_topic: topics.named("notification.sent.v1"),
                     dead_letter_topic: topics.dlq(Service::Notification),
                     group_id: group("notification"),
+                    retention: args.retention,
                 };
                 let sink = Arc::new(sagashop_notification::LogSink);
                 Handle::Notification(
@@ -486,6 +508,7 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
                     dead_letter_topic: topics.dlq(Service::Analytics),
                     group_id: group("analytics"),
                     transactional_id: format!("{instance}-analytics"),
+                    retention: args.retention,
                 };
                 let running = sagashop_analytics::start(kafka, config, &monitor, shutdown.clone())
                     .await
@@ -509,6 +532,7 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
                     rate_burst: args.rate_burst,
                     body_timeout: args.body_timeout,
                     queue_timeout: args.queue_timeout,
+                    retention: args.retention,
                 };
                 let running = sagashop_order::start(kafka, config, &monitor, shutdown.clone())
                     .await

@@ -15,8 +15,8 @@ use sagashop_contracts::events::{OrderDelivered, OrderShipped};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::store::Reload;
 use sagashop_kit::{
-    Error, HandlerError, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig, Publisher,
-    Router, Stats, Store,
+    Error, Expiry, HandlerError, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig,
+    Publisher, Router, Stats, Store,
 };
 use sagashop_saga::participant::{Command, Faults, on_command};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,9 @@ pub struct ShippingConfig {
     pub deliver_after: Duration,
     /// Injected transient failures.
     pub faults: Faults,
+    /// How long a delivered or cancelled shipment is kept after its last change before it is
+    /// forgotten (memory and changelog); shipments on their way are kept until they arrive.
+    pub retention: Duration,
 }
 
 /// A shipment's state.
@@ -284,7 +287,10 @@ pub async fn start(
         publisher.clone(),
         monitor,
     )?
-    .reloads(shipments.clone());
+    .reloads(shipments.clone())
+    .expires(Expiry::new().of(&shipments, config.retention, |s| {
+        matches!(s, Shipment::Delivered { .. } | Shipment::Cancelled)
+    }));
     let stats = processor.stats();
     // Shipping and delivering happen later, outside any command: at least once, which is
     // what a customer notification can dedupe.
