@@ -18,15 +18,9 @@ use crate::report::{Edge, EndToEnd, Figure, Report, RunFigures};
 /// What `xtask bench` measures and where it writes.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
-    /// Kafka connection.
+    /// Kafka, the system and k6.
     #[command(flatten)]
-    kafka: KafkaConfig,
-    /// The release `sagashop` binary to run as `sagashop dev`.
-    #[arg(long, default_value = "target/release/sagashop")]
-    sagashop: PathBuf,
-    /// The k6 binary.
-    #[arg(long, default_value = ".local/bin/k6")]
-    k6: PathBuf,
+    tools: Tools,
     /// Offered order rates (orders/s), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "50,100,200,400,800")]
     rates: Vec<u32>,
@@ -52,6 +46,20 @@ pub(crate) struct BenchArgs {
     replica_rate: u32,
 }
 
+/// What a measurement runs: the broker, the system and the load generator.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Tools {
+    /// Kafka connection.
+    #[command(flatten)]
+    pub(crate) kafka: KafkaConfig,
+    /// The release `sagashop` binary to run as `sagashop dev`.
+    #[arg(long, default_value = "target/release/sagashop")]
+    pub(crate) sagashop: PathBuf,
+    /// The k6 binary.
+    #[arg(long, default_value = ".local/bin/k6")]
+    pub(crate) k6: PathBuf,
+}
+
 fn step(message: &str) {
     eprintln!("bench: {message}");
 }
@@ -62,15 +70,54 @@ async fn start_dev(
     prefix: &str,
     instance: &str,
 ) -> anyhow::Result<(Child, String)> {
+    let system = System {
+        sagashop: &args.tools.sagashop,
+        kafka: &args.tools.kafka,
+        out: &args.out,
+    };
+    system.start(prefix, instance, &[]).await
+}
+
+/// Where `sagashop dev` comes from, which Kafka it uses and where its log goes.
+pub(crate) struct System<'a> {
+    pub(crate) sagashop: &'a Path,
+    pub(crate) kafka: &'a KafkaConfig,
+    pub(crate) out: &'a Path,
+}
+
+impl System<'_> {
+    /// Starts `sagashop dev` (with `extra` arguments) on a free port with its own topic prefix;
+    /// waits until it is ready; returns the process and its address.
+    pub(crate) async fn start(
+        &self,
+        prefix: &str,
+        instance: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<(Child, String)> {
+        start_system(self, prefix, instance, extra).await
+    }
+}
+
+async fn start_system(
+    system: &System<'_>,
+    prefix: &str,
+    instance: &str,
+    extra: &[&str],
+) -> anyhow::Result<(Child, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let log = std::fs::File::create(args.out.join(format!("sagashop-dev-{instance}.log")))?;
-    let child = Command::new(&args.sagashop)
+    let out = system.out;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join(format!("sagashop-dev-{instance}.log")))?;
+    let child = Command::new(system.sagashop)
         .args(["dev", "--topic-prefix", prefix, "--summary-every", "0s"])
         .args(["--instance", instance])
         .args(["--http", &format!("127.0.0.1:{port}")])
-        .env("KAFKA_BOOTSTRAP_SERVERS", &args.kafka.bootstrap_servers)
+        .args(extra)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &system.kafka.bootstrap_servers)
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -80,7 +127,7 @@ async fn start_dev(
         .with_context(|| {
             format!(
                 "starting {} (build it with `cargo build --release -p sagashop`)",
-                args.sagashop.display()
+                system.sagashop.display()
             )
         })?;
     let address = format!("127.0.0.1:{port}");
@@ -89,7 +136,7 @@ async fn start_dev(
         if Instant::now() > deadline {
             bail!(
                 "sagashop dev was not ready in 120 s; see {}/sagashop-dev-{instance}.log",
-                args.out.display()
+                out.display()
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -140,8 +187,22 @@ fn k6_load(
     tag: &str,
     duration: Duration,
 ) -> anyhow::Result<Value> {
-    let summary = args.out.join(format!("k6-{tag}.json"));
-    let output = Command::new(&args.k6)
+    k6_run(&args.tools.k6, &args.out, base, rate, tag, duration, 60)
+}
+
+/// One run of `k6/load.js` at `rate` for `duration`, waiting up to `drain` seconds for the
+/// sagas afterwards; its summary JSON (written to `out`).
+pub(crate) fn k6_run(
+    k6: &Path,
+    out: &Path,
+    base: &str,
+    rate: u32,
+    tag: &str,
+    duration: Duration,
+    drain: u32,
+) -> anyhow::Result<Value> {
+    let summary = out.join(format!("k6-{tag}.json"));
+    let output = Command::new(k6)
         .args([
             "run",
             "--quiet",
@@ -154,19 +215,14 @@ fn k6_load(
         .env("DURATION", format!("{}s", duration.as_secs()))
         .env("VUS", (rate / 2).max(10).to_string())
         .env("MAX_VUS", (rate * 4).max(50).to_string())
-        .env("DRAIN", "60")
+        .env("DRAIN", drain.to_string())
         // Measure, do not gate: the report says what the thresholds would.
         .env("P95_MS", "1000000")
         .env("P99_MS", "1000000")
         .env("RUN_TAG", tag)
         .env("SUMMARY_JSON", &summary)
         .output()
-        .with_context(|| {
-            format!(
-                "running {} (install it with `scripts/tools`)",
-                args.k6.display()
-            )
-        })?;
+        .with_context(|| format!("running {} (install it with `scripts/tools`)", k6.display()))?;
     // Exit code 99 means a threshold failed (an error rate over 1 %): still a measurement.
     if !output.status.success() && output.status.code() != Some(99) {
         bail!(
@@ -180,7 +236,7 @@ fn k6_load(
     Ok(serde_json::from_str(&text)?)
 }
 
-fn metric(summary: &Value, name: &str, field: &str) -> f64 {
+pub(crate) fn metric(summary: &Value, name: &str, field: &str) -> f64 {
     summary["metrics"][name]["values"][field]
         .as_f64()
         .unwrap_or(0.0)
@@ -327,7 +383,7 @@ fn perf_top(out: &Path) -> Option<String> {
 
 /// Runs every measurement and writes the report.
 /// SIGTERM, and wait for the exit.
-fn stop(child: &mut Child) {
+pub(crate) fn stop(child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -368,7 +424,7 @@ async fn two_replicas(
         let summary = k6_load(args, address, args.replica_rate, &tag, args.duration)?;
         let used = cpu().zip(cpu_before).map(|(a, b)| a.saturating_sub(b));
         let edge = edge_figures(&summary, args.duration);
-        let e2e = end_to_end(&args.kafka, outcome_topic, &tag).await?;
+        let e2e = end_to_end(&args.tools.kafka, outcome_topic, &tag).await?;
         runs.push(RunFigures {
             rate: args.replica_rate,
             cpu_ms_per_order: used
@@ -384,11 +440,11 @@ async fn two_replicas(
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&args.out)?;
-    args.kafka.validate()?;
-    let info = args.kafka.probe(Duration::from_secs(15)).await?;
+    args.tools.kafka.validate()?;
+    let info = args.tools.kafka.probe(Duration::from_secs(15)).await?;
     step(&format!(
         "Kafka at {} ({} broker)",
-        args.kafka.bootstrap_servers,
+        args.tools.kafka.bootstrap_servers,
         info.brokers.len()
     ));
 
@@ -400,10 +456,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut consume = Vec::new();
     let mut bytes = 0;
     for _ in 0..args.runs {
-        let topic = ceiling::topic(&args.kafka, "bench-ceiling").await;
-        let (rate, size) = ceiling::raw_produce(&args.kafka, &topic, args.messages).await;
+        let topic = ceiling::topic(&args.tools.kafka, "bench-ceiling").await;
+        let (rate, size) = ceiling::raw_produce(&args.tools.kafka, &topic, args.messages).await;
         produce.push(rate);
-        consume.push(ceiling::raw_consume(&args.kafka, &topic, args.messages).await);
+        consume.push(ceiling::raw_consume(&args.tools.kafka, &topic, args.messages).await);
         bytes = size;
     }
 
@@ -411,7 +467,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     step("starting sagashop dev (release build)");
     let (mut dev, address) = start_dev(&args, &prefix, "a").await?;
     let outcome_topic = format!("{prefix}orders.outcome.v1");
-    let before = offsets(&args.kafka, &prefix).await?;
+    let before = offsets(&args.tools.kafka, &prefix).await?;
     step("warm-up: 20 orders/s for 3 s");
     let warm = k6_load(&args, &address, 20, "warmup", Duration::from_secs(3));
     let mut accepted_total = warm
@@ -444,7 +500,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             let edge = edge_figures(&summary, args.duration);
             accepted_total += edge.accepted;
-            let e2e = end_to_end(&args.kafka, &outcome_topic, &tag).await?;
+            let e2e = end_to_end(&args.tools.kafka, &outcome_topic, &tag).await?;
             let cpu_ms_per_order =
                 cpu.map_or(0.0, |c| c.as_secs_f64() * 1000.0 / edge.accepted.max(1.0));
             runs.push(RunFigures {
@@ -455,7 +511,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             });
         }
     }
-    let after = offsets(&args.kafka, &prefix).await?;
+    let after = offsets(&args.tools.kafka, &prefix).await?;
     let two_replicas = if args.replica_rate > 0 {
         two_replicas(&args, &prefix, &address, &dev, &outcome_topic).await?
     } else {

@@ -7,6 +7,10 @@
 //! `xtask chaos` (what `scripts/chaos` runs) is the fault suite: a broker restart, `kill -9` of
 //! every service and duplicated messages under load, each checked for lost, doubled or
 //! unannounced orders and for books that do not add up; it writes `target/chaos/report.md`.
+//!
+//! `xtask soak` (what `scripts/soak` runs) offers 10^6 orders to one `sagashop dev` with a
+//! retention, sampling its memory and state, and times a restart halfway and at the end; it
+//! writes `target/soak/report.md`.
 
 #![allow(
     clippy::print_stdout,
@@ -20,6 +24,7 @@ mod charts;
 mod fleet;
 mod report;
 mod scale;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -39,6 +44,8 @@ enum Task {
     Bench(Box<bench::BenchArgs>),
     /// Inject faults under load and check that no order is lost or doubled.
     Chaos(Box<chaos::ChaosArgs>),
+    /// Offer many orders to one system with a retention; sample memory, state and restarts.
+    Soak(Box<soak::SoakArgs>),
 }
 
 #[tokio::main]
@@ -50,6 +57,7 @@ async fn main() -> ExitCode {
     let result = match cli.task {
         Task::Bench(args) => bench::run(*args).await,
         Task::Chaos(args) => chaos::run(*args).await,
+        Task::Soak(args) => soak::run(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
