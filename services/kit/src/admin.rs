@@ -14,8 +14,8 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::{Error, KafkaConfig};
 
-/// How often a changelog rolls a segment, and how long it keeps tombstones (5 minutes).
-pub const CHANGELOG_SEGMENT_MS: &str = "300000";
+/// How often a changelog rolls a segment, and how long it keeps tombstones (a minute).
+pub const CHANGELOG_SEGMENT_MS: &str = "60000";
 
 /// A topic to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,9 +42,11 @@ impl TopicSpec {
     }
 
     /// A state store's changelog: compacted, so Kafka keeps the latest record per key and drops
-    /// keys whose latest record is a tombstone. Segments roll every 5 minutes (only closed
-    /// segments are compacted) and tombstones stay 5 minutes (far longer than any restore
-    /// takes), so what a restore reads stays proportional to the live state, not to history.
+    /// keys whose latest record is a tombstone. Segments roll every minute (only closed
+    /// segments are compacted) and tombstones stay a minute (longer than a restore takes; one
+    /// that missed a tombstone would only bring back an expired entry, swept again), so what
+    /// a restore reads stays proportional to the live state and a minute of writes, not to
+    /// history.
     #[must_use]
     pub fn changelog(self) -> Self {
         self.with_config("cleanup.policy", "compact")

@@ -24,7 +24,59 @@ pub async fn read_to_end(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<Record>, Error> {
-    read(kafka, role, topic, None, timeout).await
+    collect(read(kafka, role, topic, None, timeout, Vec::new(), push).await?)
+}
+
+fn push(records: &mut Vec<Record>, record: Record) -> Result<(), Error> {
+    records.push(record);
+    Ok(())
+}
+
+fn collect(mut records: Vec<Record>) -> Result<Vec<Record>, Error> {
+    records.sort_by_key(|r| (r.partition, r.offset));
+    Ok(records)
+}
+
+/// What [`fold_to_end`] and [`fold_partitions`] do with each record, in offset order per
+/// partition (partitions interleaved): folds it into the state.
+pub type Fold<S> = fn(&mut S, Record) -> Result<(), Error>;
+
+/// Like [`read_to_end`], folding each record into `state` as it arrives instead of keeping
+/// them: a restore's memory is then its state, not its changelog.
+pub async fn fold_to_end<S: Send + 'static>(
+    kafka: &KafkaConfig,
+    role: &str,
+    topic: &str,
+    timeout: Duration,
+    state: S,
+    fold: Fold<S>,
+) -> Result<S, Error> {
+    read(kafka, role, topic, None, timeout, state, fold).await
+}
+
+/// Like [`read_partitions`], folding each record into `state` as it arrives.
+pub async fn fold_partitions<S: Send + 'static>(
+    kafka: &KafkaConfig,
+    role: &str,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+    state: S,
+    fold: Fold<S>,
+) -> Result<S, Error> {
+    if partitions.is_empty() {
+        return Ok(state);
+    }
+    read(
+        kafka,
+        role,
+        topic,
+        Some(partitions.to_vec()),
+        timeout,
+        state,
+        fold,
+    )
+    .await
 }
 
 /// Reads every committed record of `partitions` of `topic`, up to each partition's high
@@ -39,27 +91,26 @@ pub async fn read_partitions(
     partitions: &[i32],
     timeout: Duration,
 ) -> Result<Vec<Record>, Error> {
-    if partitions.is_empty() {
-        return Ok(Vec::new());
-    }
-    read(kafka, role, topic, Some(partitions.to_vec()), timeout).await
+    collect(fold_partitions(kafka, role, topic, partitions, timeout, Vec::new(), push).await?)
 }
 
 /// Reads `topic` (all partitions, up to their last stable offsets; or `only` these, up to their
-/// high watermarks) with a `read_committed` consumer.
-async fn read(
+/// high watermarks) with a `read_committed` consumer, folding each record into `state`.
+async fn read<S: Send + 'static>(
     kafka: &KafkaConfig,
     role: &str,
     topic: &str,
     only: Option<Vec<i32>>,
     timeout: Duration,
-) -> Result<Vec<Record>, Error> {
+    mut state: S,
+    fold: Fold<S>,
+) -> Result<S, Error> {
     let config = reader_config(kafka, role);
     let mut everything = config.clone();
     everything.set("isolation.level", "read_uncommitted");
     let name = topic.to_owned();
     let topic = topic.to_owned();
-    let reading = tokio::task::spawn_blocking(move || -> Result<Vec<Record>, Error> {
+    let reading = tokio::task::spawn_blocking(move || -> Result<S, Error> {
         let consumer: BaseConsumer = config.create().map_err(client)?;
         let deadline = Instant::now() + timeout;
         let (partitions, ends_at) = match only {
@@ -97,9 +148,8 @@ async fn read(
                 ends.push((partition, high));
             }
         }
-        let mut records = Vec::new();
         if ends.is_empty() {
-            return Ok(records);
+            return Ok(state);
         }
         consumer.assign(&assignment).map_err(client)?;
         // Done when every partition's position (the next offset to read) reached the end seen at
@@ -127,12 +177,11 @@ async fn read(
                     .iter()
                     .any(|(p, high)| *p == message.partition() && message.offset() >= *high);
                 if !beyond_start {
-                    records.push(Record::from_message(&message));
+                    fold(&mut state, Record::from_message(&message))?;
                 }
             }
         }
-        records.sort_by_key(|r| (r.partition, r.offset));
-        Ok(records)
+        Ok(state)
     });
     reading
         .await
@@ -240,24 +289,27 @@ fn watermarks(
     timeout: Duration,
     deadline: Instant,
 ) -> Result<(i64, i64), Error> {
-    let settling = |e: &KafkaError| {
-        matches!(
-            e.rdkafka_error_code(),
-            Some(
-                RDKafkaErrorCode::NotLeaderForPartition
-                    | RDKafkaErrorCode::LeaderNotAvailable
-                    | RDKafkaErrorCode::UnknownLeaderEpoch
-            )
-        ) && Instant::now() < deadline
-    };
     loop {
         match consumer.fetch_watermarks(topic, partition, timeout) {
-            Err(e) if settling(&e) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) if settling(&e, deadline) => std::thread::sleep(Duration::from_millis(100)),
             other => {
                 return other.map_err(client);
             }
         }
     }
+}
+
+/// Whether `e` says a partition's leader is still being elected (a topic created a moment ago,
+/// a broker that just restarted), and there is time left to wait for it.
+fn settling(e: &KafkaError, deadline: Instant) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownLeaderEpoch
+        )
+    ) && Instant::now() < deadline
 }
 
 /// A `read_committed` consumer outside any group's offsets: it joins no group and commits nothing.
@@ -300,9 +352,14 @@ pub async fn start_group_at(
                     .map_err(client)?;
             }
         }
-        let found = consumer
-            .offsets_for_times(wanted, timeout)
-            .map_err(client)?;
+        let found = loop {
+            match consumer.offsets_for_times(wanted.clone(), timeout) {
+                Err(e) if settling(&e, deadline) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => break other.map_err(client)?,
+            }
+        };
         let mut start = TopicPartitionList::new();
         for element in found.elements() {
             let (topic, partition) = (element.topic(), element.partition());

@@ -34,7 +34,8 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::monitor::{Monitor, ReadyFlag, StoreLabels};
 use crate::publisher::Outgoing;
-use crate::reader::{read_partitions, read_to_end};
+use crate::reader::{fold_partitions, fold_to_end};
+use crate::router::Record;
 use crate::{Error, KafkaConfig};
 
 tokio::task_local! {
@@ -229,53 +230,44 @@ where
     async fn restore(&self, partitions: Option<&[i32]>) -> Result<(), Error> {
         self.ready.set(false);
         let started = tokio::time::Instant::now();
-        let records = match partitions {
+        let restoring = Restoring {
+            store: self.name.clone(),
+            topic: self.topic.clone(),
+            now: now_ms(),
+            parts: HashMap::new(),
+            records: 0,
+        };
+        // Folded record by record: memory holds the state being rebuilt, never the changelog.
+        let restored = match partitions {
             None => {
-                read_to_end(
+                fold_to_end(
                     &self.kafka,
                     "store-restore",
                     &self.topic,
                     self.restore_timeout,
+                    restoring,
+                    Restoring::<V>::apply,
                 )
                 .await?
             }
             // Read up to the high watermark, not the last stable offset: a transaction the
             // partition's previous owner still has open may commit state we must see.
             Some(partitions) => {
-                read_partitions(
+                fold_partitions(
                     &self.kafka,
                     "store-restore",
                     &self.topic,
                     partitions,
                     self.restore_timeout,
+                    restoring,
+                    Restoring::<V>::apply,
                 )
                 .await?
             }
         };
-        let mut parts: HashMap<i32, HashMap<String, Kept<V>>> = HashMap::new();
-        let now = now_ms();
-        for record in &records {
-            let key = record
-                .key
-                .as_deref()
-                .and_then(|k| std::str::from_utf8(k).ok())
-                .ok_or_else(|| self.corrupt(record.partition, record.offset, "no UTF-8 key"))?;
-            let entries = parts.entry(record.partition).or_default();
-            match &record.payload {
-                None => {
-                    entries.remove(key);
-                }
-                Some(bytes) => {
-                    let value = serde_json::from_slice(bytes).map_err(|e| {
-                        self.corrupt(record.partition, record.offset, &e.to_string())
-                    })?;
-                    let written = record.timestamp.filter(|t| *t > 0).unwrap_or(now);
-                    entries.insert(key.to_owned(), Kept { value, written });
-                }
-            }
-        }
+        let parts = restored.parts;
         let keys: usize = parts.values().map(HashMap::len).sum();
-        tracing::info!(store = %self.name, topic = %self.topic, partitions = ?partitions, records = records.len(), keys, elapsed = ?started.elapsed(), "store restored");
+        tracing::info!(store = %self.name, topic = %self.topic, partitions = ?partitions, records = restored.records, keys, elapsed = ?started.elapsed(), "store restored");
         let mut entries = self.lock();
         entries.parts = parts;
         self.held_keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
@@ -285,13 +277,6 @@ where
         drop(entries);
         self.ready.set(true);
         Ok(())
-    }
-
-    fn corrupt(&self, partition: i32, offset: i64, why: &str) -> Error {
-        Error::Internal(format!(
-            "store `{}`: changelog `{}` partition {partition} offset {offset} is unreadable: {why}",
-            self.name, self.topic
-        ))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries<V>> {
@@ -473,6 +458,51 @@ where
             payload,
             headers: Vec::new(),
         }
+    }
+}
+
+/// A restore in progress: the state rebuilt so far from the changelog's records.
+struct Restoring<V> {
+    store: String,
+    topic: String,
+    /// The write time of a record without a timestamp.
+    now: i64,
+    parts: HashMap<i32, HashMap<String, Kept<V>>>,
+    records: usize,
+}
+
+impl<V: DeserializeOwned> Restoring<V> {
+    /// One changelog record: a value sets its key, a tombstone removes it.
+    fn apply(&mut self, record: Record) -> Result<(), Error> {
+        self.records += 1;
+        let corrupt = |why: &str| {
+            Error::Internal(format!(
+                "store `{}`: changelog `{}` partition {} offset {} is unreadable: {why}",
+                self.store, self.topic, record.partition, record.offset
+            ))
+        };
+        let key = record
+            .key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .ok_or_else(|| corrupt("no UTF-8 key"))?;
+        let value = match &record.payload {
+            None => None,
+            Some(bytes) => {
+                Some(serde_json::from_slice::<V>(bytes).map_err(|e| corrupt(&e.to_string()))?)
+            }
+        };
+        let entries = self.parts.entry(record.partition).or_default();
+        match value {
+            None => {
+                entries.remove(key);
+            }
+            Some(value) => {
+                let written = record.timestamp.filter(|t| *t > 0).unwrap_or(self.now);
+                entries.insert(key.to_owned(), Kept { value, written });
+            }
+        }
+        Ok(())
     }
 }
 
