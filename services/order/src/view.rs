@@ -311,3 +311,64 @@ impl View {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placed(order_id: Uuid, at: DateTime<Utc>) -> OrderPlaced {
+        OrderPlaced {
+            order_id,
+            customer_id: "c-1".into(),
+            items: Vec::new(),
+            currency: "EUR".into(),
+            total_minor: 1000,
+            placed_at: at,
+        }
+    }
+
+    fn completed(order_id: Uuid, at: DateTime<Utc>) -> OrderCompleted {
+        OrderCompleted {
+            order_id,
+            total_minor: 1000,
+            currency: "EUR".into(),
+            completed_at: at,
+        }
+    }
+
+    #[test]
+    fn an_order_is_kept_until_its_latest_event_is_past_the_retention() {
+        let view = View::with_retention(Duration::from_secs(60));
+        let now = Utc::now();
+        let (fresh, finishing, stale) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        view.placed(&placed(fresh, now));
+        // Placed long ago, but its outcome is recent: kept, with both.
+        view.placed(&placed(finishing, now - TimeDelta::seconds(50)));
+        view.completed(&completed(finishing, now - TimeDelta::seconds(5)));
+        // A replayed order entirely past the retention is never built.
+        view.placed(&placed(stale, now - TimeDelta::seconds(120)));
+        view.completed(&completed(stale, now - TimeDelta::seconds(90)));
+        assert_eq!(view.len(), 2);
+        assert_eq!(view.expire(), 0, "nothing is past the retention yet");
+        assert_eq!(
+            view.get(&finishing).map(|o| (o.status, o.customer_id)),
+            Some((OrderStatus::Completed, Some("c-1".into())))
+        );
+        assert!(view.get(&stale).is_none());
+    }
+
+    #[test]
+    fn expiry_forgets_orders_whose_latest_event_grew_old() {
+        let view = View::with_retention(Duration::from_millis(200));
+        let order = Uuid::new_v4();
+        view.placed(&placed(order, Utc::now()));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(view.expire(), 1);
+        assert!(view.is_empty());
+
+        let unbounded = View::default();
+        unbounded.placed(&placed(order, Utc::now() - TimeDelta::days(400)));
+        assert_eq!(unbounded.expire(), 0, "without a retention nothing expires");
+        assert_eq!(unbounded.len(), 1);
+    }
+}
