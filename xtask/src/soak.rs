@@ -19,7 +19,7 @@ pub(crate) struct SoakArgs {
     #[command(flatten)]
     tools: Tools,
     /// Orders per second offered.
-    #[arg(long, default_value_t = 800)]
+    #[arg(long, default_value_t = 400)]
     rate: u32,
     /// Orders to offer in all.
     #[arg(long, default_value_t = 1_000_000)]
