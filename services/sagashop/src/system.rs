@@ -50,7 +50,7 @@ pub(crate) struct SystemArgs {
     /// How long finished work is kept after its last change: finished sagas, participants'
     /// records, notified message ids, idempotency keys and the order read model. Memory holds
     /// about `orders per second × retention` orders (docs/operations.md, "Bounded state").
-    #[arg(long, env = "SAGASHOP_RETENTION", default_value = "10m", value_parser = parse_retention)]
+    #[arg(long, env = "SAGASHOP_RETENTION", default_value = "5m", value_parser = parse_retention)]
     pub(crate) retention: Duration,
     /// Inventory: stock given to products it does not know yet, as `product=quantity,…`.
     #[arg(
