@@ -27,6 +27,7 @@ use rdkafka::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -317,8 +318,7 @@ impl ConsumerContext for GroupContext {
             tracing::warn!(group = %self.group, still_running, "revoked partitions still had records running; their next owner redoes them");
         }
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            // Nothing stored since the last commit is the common case.
-            tracing::debug!(group = %self.group, error = %e, "commit before revocation");
+            commit_failed(&self.group, &e, "the commit before a revocation");
         }
         self.partitions.revoke(&revoked);
     }
@@ -631,11 +631,20 @@ impl Processor {
                 .await
                 .map_err(|e| Error::Internal(format!("the final commit panicked: {e}")))?;
         if let Err(e) = committed {
-            // Nothing stored since the last commit is the common case; anything else is
-            // redelivered after restart.
-            tracing::debug!(error = %e, "final commit");
+            commit_failed(&self.shared.config.group_id, &e, "the final commit");
         }
         Ok(())
+    }
+}
+
+/// Reports a failed commit of stored offsets. Nothing stored since the last commit is the
+/// common case and says nothing; anything else means the next owner of those partitions
+/// redoes what was handled since the last commit that went through, so it is a warning.
+fn commit_failed(group: &str, error: &KafkaError, what: &str) {
+    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) {
+        tracing::debug!(group, "{what}: nothing new to commit");
+    } else {
+        tracing::warn!(group, %error, "{what} failed: the next owner redoes what was handled since the last commit");
     }
 }
 

@@ -21,9 +21,20 @@ use sagashop_testkit::{TestKafka, eventually, unique_name};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(90);
+const KEYS: u32 = 60;
 
 /// (member, key, sequence) in the order handled.
 type Log = Arc<Mutex<Vec<(&'static str, String, u32)>>>;
+
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "sagashop_kit=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
 
 fn member(
     name: &'static str,
@@ -32,7 +43,7 @@ fn member(
     group: &str,
     dlq: &str,
     log: &Log,
-) -> (CancellationToken, tokio::task::JoinHandle<()>, Monitor) {
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let log = log.clone();
     let router = Router::new().on(topic, move |env: Envelope<SagaStepChanged>| {
         let log = log.clone();
@@ -55,7 +66,15 @@ fn member(
     let shutdown = CancellationToken::new();
     let run = processor.run(shutdown.clone());
     let task = tokio::spawn(async move { run.await.unwrap() });
-    (shutdown, task, monitor)
+    (shutdown, task)
+}
+
+fn handled_by(log: &Log, member: &str) -> usize {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|(by, _, _)| *by == member)
+        .count()
 }
 
 async fn until_handled(log: &Log, by: Option<&str>, n: usize) {
@@ -75,29 +94,47 @@ async fn until_handled(log: &Log, by: Option<&str>, n: usize) {
 // finish on the others, as in a service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn members_joining_and_leaving_hand_over_partitions_without_loss_or_repeats() {
+    logs();
     let kafka = TestKafka::connect().await;
     let topic = kafka.topic("rebalance", 4).await;
     let dlq = kafka.topic("rebalance-dlq", 1).await;
     let group = unique_name("rebalance");
-    let total = 2400;
-    common::publish_sequenced(&kafka, &topic, total, 60).await;
+    // Every key's sequence continues from wave to wave.
+    let wave = 240;
+    let mut published = 2400;
+    common::publish_sequence(&kafka, &topic, 0..published, KEYS).await;
 
     let log = Log::default();
-    let (stop_a, a, _) = member("a", &kafka, &topic, &group, &dlq, &log);
+    let (stop_a, a) = member("a", &kafka, &topic, &group, &dlq, &log);
     until_handled(&log, Some("a"), 100).await;
-    // B joins: A gives up some partitions mid-stream.
-    let (stop_b, b, b_monitor) = member("b", &kafka, &topic, &group, &dlq, &log);
-    eventually("B to be assigned partitions", WAIT, || {
-        let ready = b_monitor.not_ready().is_empty();
-        async move { ready.then_some(()) }
-    })
-    .await;
-    let a_before = log.lock().unwrap().len();
-    assert!(a_before < total as usize, "A finished before B joined");
-    until_handled(&log, None, a_before + 200).await;
-    // A leaves: B takes everything.
+    // B joins: A gives up some partitions mid-stream. A may have finished the first records of
+    // B's partitions by then: more arrive until B has worked some.
+    let (stop_b, b) = member("b", &kafka, &topic, &group, &dlq, &log);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while handled_by(&log, "b") < 100 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B handled nothing within {WAIT:?}"
+        );
+        if handled_by(&log, "a") + handled_by(&log, "b") + 2 * wave as usize > published as usize {
+            common::publish_sequence(&kafka, &topic, published..published + wave, KEYS).await;
+            published += wave;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Another wave gives A work on the partitions it kept.
+    common::publish_sequence(&kafka, &topic, published..published + 2400, KEYS).await;
+    published += 2400;
+    let a_before = handled_by(&log, "a");
+    until_handled(&log, Some("a"), a_before + 100).await;
+    // A leaves with records of its own still running or queued: B takes everything.
     stop_a.cancel();
     tokio::time::timeout(WAIT, a).await.unwrap().unwrap();
+    assert!(
+        log.lock().unwrap().len() < published as usize,
+        "everything was handled before A left"
+    );
+    let total = published;
     until_handled(&log, None, total as usize).await;
     // Anything handled twice would show up by now.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -110,12 +147,25 @@ async fn members_joining_and_leaving_hand_over_partitions_without_loss_or_repeat
         per_key.entry(key.clone()).or_default().push(*seq);
     }
     let handled: usize = per_key.values().map(Vec::len).sum();
-    assert_eq!(handled, total as usize, "records handled more than once");
+    let mut seen = HashMap::new();
+    let repeats: Vec<_> = log
+        .iter()
+        .enumerate()
+        .filter_map(|(at, (member, key, seq))| {
+            seen.insert((key.clone(), *seq), (at, *member))
+                .map(|first| (key.clone(), *seq, first, (at, *member)))
+        })
+        .collect();
+    assert_eq!(
+        handled, total as usize,
+        "records handled more than once (key, sequence, first (position, member), again): \
+         {repeats:?}"
+    );
     for (key, seqs) in &per_key {
         assert!(
             seqs.windows(2).all(|w| w[0] < w[1]),
             "key {key} out of order or repeated: {seqs:?}"
         );
     }
-    assert_eq!(per_key.len(), 60);
+    assert_eq!(per_key.len(), KEYS as usize);
 }

@@ -14,7 +14,18 @@ use tokio_util::sync::CancellationToken;
 
 /// Publishes `n` sequenced events (sequence 0..n) round-robin over `keys` keys `order-<k>`.
 pub(crate) async fn publish_sequenced(kafka: &TestKafka, topic: &str, n: u32, keys: u32) {
-    let records: Vec<_> = (0..n)
+    publish_sequence(kafka, topic, 0..n, keys).await;
+}
+
+/// Publishes the sequenced events `range` round-robin over `keys` keys `order-<k>` (event `i`
+/// goes to key `i % keys`), so a later range continues every key's sequence.
+pub(crate) async fn publish_sequence(
+    kafka: &TestKafka,
+    topic: &str,
+    range: std::ops::Range<u32>,
+    keys: u32,
+) {
+    let records: Vec<_> = range
         .map(|i| Outgoing::event(topic, &sequenced(&format!("order-{}", i % keys), i)).unwrap())
         .collect();
     Publisher::new(&kafka.config, "test")
