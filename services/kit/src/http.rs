@@ -15,13 +15,72 @@ use crate::monitor::Monitor;
 /// The operational endpoints:
 /// - `GET /healthz`: 200 while the process runs (liveness);
 /// - `GET /readyz`: 200 once every declared component is ready, else 503 naming the rest;
-/// - `GET /metrics`: Prometheus/OpenMetrics text.
+/// - `GET /metrics`: Prometheus/OpenMetrics text;
+/// - `GET /metrics/catalogue`: every metric the process registered, with its type and help,
+///   including labelled families that have no samples yet (and so are not in `/metrics`).
 pub fn ops_router(monitor: Monitor) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/metrics/catalogue", get(catalogue))
         .with_state(monitor)
+}
+
+/// Labels of one kind of request: its method and route (the route's pattern, such as
+/// `/api/orders/{id}`, so ids do not become labels; `unmatched` for paths no route serves).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+pub(crate) struct RouteLabels {
+    pub(crate) method: String,
+    pub(crate) route: String,
+}
+
+/// [`RouteLabels`] and the answer's status code.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+pub(crate) struct ResponseLabels {
+    pub(crate) method: String,
+    pub(crate) route: String,
+    pub(crate) status: String,
+}
+
+/// `app` with its requests counted and timed (the RED metrics of an HTTP server):
+/// `sagashop_http_requests_total{method,route,status}` and
+/// `sagashop_http_request_duration_seconds{method,route}`, from the request arriving to the
+/// response's headers. Call it on the whole application, after every route is added.
+pub fn observed(app: Router, monitor: &Monitor) -> Router {
+    app.layer(axum::middleware::from_fn_with_state(
+        monitor.clone(),
+        observe,
+    ))
+}
+
+async fn observe(
+    State(monitor): State<Monitor>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = tokio::time::Instant::now();
+    let response = next.run(request).await;
+    let http = &monitor.runtime.http;
+    http.duration
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(crate::monitor::seconds(started.elapsed()));
+    http.requests
+        .get_or_create(&ResponseLabels {
+            method,
+            route,
+            status: response.status().as_u16().to_string(),
+        })
+        .inc();
+    response
 }
 
 /// What one HTTP server allows.
@@ -133,6 +192,13 @@ async fn metrics(State(monitor): State<Monitor>) -> impl IntoResponse {
     )
 }
 
+async fn catalogue(State(monitor): State<Monitor>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        monitor.catalogue(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +250,46 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+        let (status, catalogue) = get(&router, "/metrics/catalogue").await;
+        assert_eq!(status, StatusCode::OK);
+        for declared in [
+            "# TYPE sagashop_messages_handled counter",
+            "# TYPE sagashop_transaction_aborts counter",
+            "# TYPE sagashop_http_request_duration_seconds histogram",
+        ] {
+            assert!(catalogue.contains(declared), "{catalogue}");
+        }
+        assert!(
+            !text.contains("sagashop_transaction_aborts"),
+            "no samples yet, so not in /metrics"
+        );
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_by_route_pattern_and_status_and_timed() {
+        let monitor = Monitor::new();
+        let app = Router::new()
+            .route(
+                "/api/orders/{id}",
+                axum::routing::get(|| async { StatusCode::NOT_FOUND }),
+            )
+            .merge(ops_router(monitor.clone()));
+        let app = observed(app, &monitor);
+        for path in ["/api/orders/a", "/api/orders/b", "/healthz", "/nowhere"] {
+            get(&app, path).await;
+        }
+        let text = monitor.encode();
+        for line in [
+            r#"sagashop_http_requests_total{method="GET",route="/api/orders/{id}",status="404"} 2"#,
+            r#"sagashop_http_requests_total{method="GET",route="/healthz",status="200"} 1"#,
+            r#"sagashop_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+            r#"sagashop_http_request_duration_seconds_count{method="GET",route="/api/orders/{id}"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(
+            !text.contains("/api/orders/a"),
+            "an id became a label: {text}"
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
@@ -78,12 +79,22 @@ pub(crate) struct RuntimeMetrics {
     pub(crate) consumer_lag: Family<PartitionLabels, Gauge>,
     pub(crate) store_entries: Family<StoreLabels, Gauge>,
     pub(crate) store_expired: Family<StoreLabels, Counter>,
+    pub(crate) http: HttpMetrics,
+}
+
+/// The RED metrics of the HTTP server (see [`crate::http::observed`]).
+#[derive(Debug, Clone)]
+pub(crate) struct HttpMetrics {
+    pub(crate) requests: Family<crate::http::ResponseLabels, Counter>,
+    pub(crate) duration: Family<crate::http::RouteLabels, Histogram, LatencyBuckets>,
 }
 
 /// Metrics and readiness of one process; clone it into every part that reports.
 #[derive(Clone)]
 pub struct Monitor {
     registry: Arc<Mutex<Registry>>,
+    /// Name → (type, help) of every registered metric.
+    declared: Arc<Mutex<BTreeMap<String, (&'static str, String)>>>,
     pub(crate) runtime: RuntimeMetrics,
     components: Arc<Mutex<BTreeMap<String, bool>>>,
 }
@@ -106,6 +117,7 @@ impl Monitor {
     /// A monitor with the runtime's metrics registered under the `sagashop_` prefix.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("sagashop");
+        let mut declared = BTreeMap::new();
         let runtime = RuntimeMetrics {
             handled: Family::default(),
             retried: Family::default(),
@@ -120,6 +132,10 @@ impl Monitor {
             consumer_lag: Family::default(),
             store_entries: Family::default(),
             store_expired: Family::default(),
+            http: HttpMetrics {
+                requests: Family::default(),
+                duration: Family::new_with_constructor(LatencyBuckets),
+            },
         };
         for (name, help, family) in [
             (
@@ -153,45 +169,74 @@ impl Monitor {
                 &runtime.parked,
             ),
         ] {
-            registry.register(name, help, family.clone());
+            declare(&mut registry, &mut declared, name, help, family.clone());
         }
-        registry.register(
+        declare(
+            &mut registry,
+            &mut declared,
             "handler_duration_seconds",
             "Time a handler took per attempt",
             runtime.handler_seconds.clone(),
         );
-        registry.register(
+        declare(
+            &mut registry,
+            &mut declared,
             "publish_duration_seconds",
             "Time from send to the broker's acknowledgement",
             runtime.publish_seconds.clone(),
         );
-        registry.register(
+        declare(
+            &mut registry,
+            &mut declared,
             "transaction_aborts",
             "Exactly-once batches whose transaction was aborted and redone",
             runtime.transaction_aborts.clone(),
         );
-        registry.register(
+        declare(
+            &mut registry,
+            &mut declared,
             "consumer_lag",
             "Records in a partition after the group's committed offset (not yet done)",
             runtime.consumer_lag.clone(),
         );
-        registry.register(
+        declare(
+            &mut registry,
+            &mut declared,
             "store_entries",
             "Keys a state store holds in memory",
             runtime.store_entries.clone(),
         );
-        registry.register(
+        declare(
+            &mut registry,
+            &mut declared,
             "store_expired",
             "Entries a state store forgot after their retention",
             runtime.store_expired.clone(),
         );
-        registry.register(
+        declare(
+            &mut registry,
+            &mut declared,
+            "http_requests",
+            "HTTP requests answered, by method, route pattern and status",
+            runtime.http.requests.clone(),
+        );
+        declare(
+            &mut registry,
+            &mut declared,
+            "http_request_duration_seconds",
+            "Time from an HTTP request's arrival to its response, by method and route pattern",
+            runtime.http.duration.clone(),
+        );
+        declare(
+            &mut registry,
+            &mut declared,
             "consumer_rebalances",
             "Partition assignments and revocations",
             runtime.rebalances.clone(),
         );
         Self {
             registry: Arc::new(Mutex::new(registry)),
+            declared: Arc::new(Mutex::new(declared)),
             runtime,
             components: Arc::default(),
         }
@@ -204,10 +249,26 @@ impl Monitor {
         help: &str,
         metric: impl prometheus_client::registry::Metric,
     ) {
-        self.registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .register(name, help, metric);
+        declare(
+            &mut self.registry.lock().unwrap_or_else(PoisonError::into_inner),
+            &mut self.declared.lock().unwrap_or_else(PoisonError::into_inner),
+            name,
+            help,
+            metric,
+        );
+    }
+
+    /// Every metric registered, with its type and help, whether or not it has samples yet (a
+    /// labelled family has none until its first use, and `/metrics` leaves it out until then):
+    /// `# HELP` and `# TYPE` lines in the text format, served at `/metrics/catalogue`.
+    pub fn catalogue(&self) -> String {
+        let declared = self.declared.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut text = String::new();
+        for (name, (kind, help)) in declared.iter() {
+            text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        }
+        text.push_str("# EOF\n");
+        text
     }
 
     /// The metrics in the OpenMetrics text format.
@@ -259,6 +320,26 @@ impl ReadyFlag {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(self.name.clone(), ready);
     }
+}
+
+/// Registers `metric` as `sagashop_<name>` and remembers its type and help for
+/// [`Monitor::catalogue`].
+fn declare(
+    registry: &mut Registry,
+    declared: &mut BTreeMap<String, (&'static str, String)>,
+    name: &str,
+    help: &str,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    let kind = match metric.metric_type() {
+        MetricType::Counter => "counter",
+        MetricType::Gauge => "gauge",
+        MetricType::Histogram => "histogram",
+        MetricType::Info => "info",
+        MetricType::Unknown => "unknown",
+    };
+    declared.insert(format!("sagashop_{name}"), (kind, format!("{help}.")));
+    registry.register(name, help, metric);
 }
 
 pub(crate) fn seconds(elapsed: Duration) -> f64 {

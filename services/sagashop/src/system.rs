@@ -551,7 +551,7 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
     };
     let server = tokio::spawn(sagashop_kit::http::serve(
         listener,
-        app,
+        sagashop_kit::http::observed(app, &monitor),
         limits,
         shutdown.clone(),
     ));
