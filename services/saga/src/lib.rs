@@ -3,6 +3,7 @@
 
 pub mod definition;
 pub mod machine;
+pub mod metrics;
 pub mod orchestrator;
 pub mod participant;
 

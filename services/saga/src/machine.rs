@@ -208,6 +208,20 @@ impl Instance {
         self.deadline = now + millis(step.timeout);
     }
 
+    /// When attempt `attempt` of step `step_name`'s latest command (or compensation) was
+    /// sent, in Unix milliseconds; `None` when the history does not say.
+    pub fn sent_at(&self, step_name: &str, attempt: u32) -> Option<i64> {
+        self.history
+            .iter()
+            .rev()
+            .find(|e| {
+                e.step == step_name
+                    && e.attempt == attempt
+                    && matches!(e.phase, StepPhase::Started | StepPhase::Compensating)
+            })
+            .map(|e| e.at)
+    }
+
     /// Applies a reply (or deadline) for `command` of step `step_name`, attempt `attempt`.
     pub fn apply(
         &mut self,

@@ -25,7 +25,8 @@ use sagashop_kit::{
 use tokio_util::sync::CancellationToken;
 
 use crate::definition::Definition;
-use crate::machine::{Action, Instance, Reply, Transition};
+use crate::machine::{Action, Instance, Reply, Status, Transition};
+use crate::metrics::{Direction, SagaMetrics, StepOutcome};
 
 /// The header on every command naming the topic its reply goes to.
 pub const REPLY_TO: &str = "reply-to";
@@ -64,6 +65,7 @@ struct Orchestrator {
     definition: Definition,
     instances: Store<Instance>,
     locks: Vec<tokio::sync::Mutex<()>>,
+    metrics: SagaMetrics,
 }
 
 impl Orchestrator {
@@ -101,6 +103,7 @@ impl Orchestrator {
             now(),
         );
         tracing::info!(saga = %self.definition.name, saga_id = %instance.saga_id, "saga started");
+        self.metrics.started();
         self.outputs(instance, &actions, &metadata)
     }
 
@@ -127,20 +130,65 @@ impl Orchestrator {
                 context.saga_id
             )));
         };
+        let before = (instance.status, instance.step, instance.backing_off);
+        let sent_at = instance.sent_at(&context.step, context.attempt);
+        let now = now();
         match instance.apply(
             &self.definition,
             &context.step,
             command,
             context.attempt,
             &reply,
-            now(),
+            now,
         ) {
             Transition::Ignored(why) => {
                 tracing::debug!(saga_id = %context.saga_id, step = %context.step, command, why, "reply ignored");
                 Ok(Vec::new())
             }
-            Transition::Changed(actions) => self.outputs(instance, &actions, metadata),
+            Transition::Changed(actions) => {
+                self.observe(&context.step, &reply, before, sent_at, &instance, now);
+                self.outputs(instance, &actions, metadata)
+            }
         }
+    }
+
+    /// Counts a reply (or deadline) the instance took: its outcome and time per step and
+    /// direction, and a compensation given up on.
+    fn observe(
+        &self,
+        step: &str,
+        reply: &Reply,
+        (status, index, backing_off): (Status, usize, bool),
+        sent_at: Option<i64>,
+        after: &Instance,
+        now: i64,
+    ) {
+        let outcome = match reply {
+            Reply::Succeeded => StepOutcome::Succeeded,
+            Reply::Failed { .. } => StepOutcome::Failed,
+            // The end of a retry backoff, not a deadline of a command.
+            Reply::TimedOut if backing_off => return,
+            Reply::TimedOut => StepOutcome::TimedOut,
+        };
+        let direction = if status == Status::Compensating {
+            Direction::Compensation
+        } else {
+            Direction::Forward
+        };
+        let seconds = sent_at.map(|at| millis_to_seconds(now - at));
+        self.metrics.replied(step, direction, outcome, seconds);
+        let moved_on = after.step != index || after.status.is_final();
+        if direction == Direction::Compensation && outcome != StepOutcome::Succeeded && moved_on {
+            self.metrics.abandoned(step);
+        }
+    }
+
+    /// Counts an instance that ended: its outcome and its time since its first command.
+    fn finished(&self, instance: &Instance, completed: bool) {
+        let now = now();
+        let began = instance.history.first().map_or(now, |e| e.at);
+        self.metrics
+            .finished(completed, millis_to_seconds(now - began));
     }
 
     /// The messages for `actions`, and the instance's new state, caused by `parent`.
@@ -197,6 +245,7 @@ impl Orchestrator {
                     );
                 }
                 Action::Completed => {
+                    self.finished(&instance, true);
                     let mut payload = instance.trigger.clone();
                     payload.insert("completedAt".into(), timestamp().into());
                     let mut out = raw(&d.outcome.completed, payload)?;
@@ -205,6 +254,7 @@ impl Orchestrator {
                     outputs.push(out);
                 }
                 Action::Cancelled(failure) => {
+                    self.finished(&instance, false);
                     let mut payload = instance.trigger.clone();
                     payload.insert("reason".into(), failure.reason.clone().into());
                     payload.insert("failedStep".into(), failure.failed_step.clone().into());
@@ -258,6 +308,14 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "durations of milliseconds, far below 2^52"
+)]
+fn millis_to_seconds(millis: i64) -> f64 {
+    millis.max(0) as f64 / 1000.0
+}
+
 fn timestamp() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -295,6 +353,7 @@ pub async fn start(
         definition: d.clone(),
         instances: instances.clone(),
         locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+        metrics: SagaMetrics::new(&d.name, monitor),
     });
     // Replies are retried in place while a saga's state is not visible, then dead-lettered.
     let policy = FailurePolicy::default();
@@ -384,9 +443,14 @@ async fn tick(
         }
         let now = now();
         // Instances are kept after they finish: clone only the few that are due.
+        let (mut running, mut oldest) = (0, now);
         let due: Vec<Instance> = {
             let sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
             orchestrator.instances.select(|_, i| {
+                if !i.status.is_final() {
+                    running += 1;
+                    oldest = oldest.min(i.history.first().map_or(now, |e| e.at));
+                }
                 let due = !i.status.is_final()
                     && i.deadline <= now
                     && sent.get(&i.saga_id).is_none_or(|(deadline, at)| {
@@ -395,6 +459,9 @@ async fn tick(
                 due.then(|| i.clone())
             })
         };
+        orchestrator
+            .metrics
+            .running(running, millis_to_seconds(now - oldest));
         let mut outputs = Vec::with_capacity(due.len());
         for instance in &due {
             let Some(command) = instance.awaited_command(d) else {
