@@ -78,19 +78,26 @@ fn refused(sets: &[&str]) -> String {
 const EVERY_OPTION: &[&str] = &[
     "metrics.serviceMonitor.enabled=true",
     "metrics.grafanaDashboard.enabled=true",
+    "metrics.prometheusRule.enabled=true",
     "networkPolicy.enabled=true",
     "loadTest.enabled=true",
     "otel.endpoint=http://otel-collector:4318",
     "kafka.existingSecret=kafka-credentials",
 ];
 
-/// What prometheus-operator installs, reduced to what lets the API server accept a
-/// ServiceMonitor: the test cluster has no prometheus-operator.
-const SERVICE_MONITOR_CRD: &str = r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
-"metadata":{"name":"servicemonitors.monitoring.coreos.com"},
-"spec":{"group":"monitoring.coreos.com","scope":"Namespaced",
-"names":{"kind":"ServiceMonitor","plural":"servicemonitors","singular":"servicemonitor","listKind":"ServiceMonitorList"},
-"versions":[{"name":"v1","served":true,"storage":true,"schema":{"openAPIV3Schema":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
+/// What prometheus-operator installs for `kind`, reduced to what lets the API server accept
+/// one: the test cluster has no prometheus-operator.
+fn monitoring_crd(kind: &str) -> String {
+    let plural = format!("{}s", kind.to_lowercase());
+    format!(
+        r#"{{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+"metadata":{{"name":"{plural}.monitoring.coreos.com"}},
+"spec":{{"group":"monitoring.coreos.com","scope":"Namespaced",
+"names":{{"kind":"{kind}","plural":"{plural}","singular":"{singular}","listKind":"{kind}List"}},
+"versions":[{{"name":"v1","served":true,"storage":true,"schema":{{"openAPIV3Schema":{{"type":"object","x-kubernetes-preserve-unknown-fields":true}}}}}}]}}}}"#,
+        singular = kind.to_lowercase()
+    )
+}
 
 fn apply_stdin(kube: &TestKube, args: &[&str], input: &str) {
     let mut child = kube
@@ -120,11 +127,13 @@ fn apply_stdin(kube: &TestKube, args: &[&str], input: &str) {
 async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_option() {
     let kube = TestKube::connect().await;
     install_crds(&kube);
-    apply_stdin(
-        &kube,
-        &["apply", "--server-side", "-f", "-"],
-        SERVICE_MONITOR_CRD,
-    );
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        apply_stdin(
+            &kube,
+            &["apply", "--server-side", "-f", "-"],
+            &monitoring_crd(kind),
+        );
+    }
     kubectl(
         &kube,
         &[
@@ -132,6 +141,7 @@ async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_o
             "--for=condition=Established",
             "--timeout=60s",
             "crd/servicemonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
         ],
     );
     helm(&kube, &["lint", &chart()]);
@@ -578,4 +588,52 @@ async fn the_installed_chart_and_plain_topics_are_reconciled_by_the_operator_und
     .await;
     helm(&kube, &["uninstall", "sagashop", "-n", &ns]);
     delete_namespace(&kube, &ns).await;
+}
+
+/// Runs promtool in the chart's `files/`; panics with its output when it fails.
+fn promtool(args: &[&str]) -> String {
+    let output = Command::new(tool("promtool"))
+        .args(args)
+        .current_dir(root().join("charts/sagashop/files"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "promtool {}: {text}",
+        args.join(" ")
+    );
+    text
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests_and_the_chart_ships_them() {
+    // Valid PromQL and templates, and each alert fires (and stays quiet) when its unit tests say.
+    assert!(promtool(&["check", "rules", "alerts.yaml"]).contains("SUCCESS: 5 rules found"));
+    assert!(promtool(&["test", "rules", "alerts.test.yaml"]).contains("SUCCESS"));
+
+    // The chart's PrometheusRule is that file: the same groups, rule for rule.
+    let output = Command::new(tool("helm"))
+        .args(["template", "sagashop", &chart(), "--set"])
+        .arg("metrics.prometheusRule.enabled=true")
+        .args(["--show-only", "templates/monitoring.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rendered: Value = serde_saphyr::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap();
+    assert_eq!(rendered["kind"], "PrometheusRule");
+    let file: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(root().join("charts/sagashop/files/alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rendered["spec"]["groups"], file["groups"]);
+    assert_eq!(file["groups"][0]["rules"].as_array().map(Vec::len), Some(5));
 }

@@ -140,6 +140,16 @@ async fn an_applied_saga_gets_its_topics_config_and_rollout_and_reports_ready() 
             "no line starts with {needle} in\n{metrics}"
         );
     }
+    // Every operator metric the chart's dashboard and alerts query is one it exposes.
+    let exposed = sagashop_testkit::metrics::exposed(&op.monitor.catalogue());
+    let missing: Vec<_> = sagashop_testkit::metrics::chart_queries()
+        .into_iter()
+        .filter(|name| name.starts_with("sagashop_operator_") && !exposed.contains(name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard or alerts query {missing:?}, which the operator does not expose"
+    );
 
     // The ConfigMap holds the consumer configuration; the Deployment carries its hash.
     let config_maps: Api<ConfigMap> = Api::namespaced(kube.client.clone(), &ns);

@@ -17,7 +17,7 @@ use common::{Dev, WAIT, finished};
 use reqwest::StatusCode;
 use sagashop_kit::reader::read_settled;
 use sagashop_kit::{KafkaConfig, Outgoing, Publisher};
-use sagashop_testkit::{TestKafka, eventually, unique_name};
+use sagashop_testkit::{TestKafka, eventually, metrics, unique_name};
 use serde_json::{Value, json};
 
 fn order(customer: &str, product: &str, quantity: i64, unit_price: i64) -> Value {
@@ -272,7 +272,92 @@ async fn two_hundred_concurrent_orders_finish_and_the_books_balance() {
         }
     })
     .await;
+
+    // The saga and edge metrics count what happened; nothing is left running.
+    let page = eventually("no saga left running", WAIT, || {
+        let request = reqwest::get(metrics_url.clone());
+        async move {
+            let page = request.await.ok()?.text().await.ok()?;
+            let running = sample(&page, "sagashop_sagas_running{saga=\"order-fulfilment\"}")?;
+            (running == 0.0).then_some(page)
+        }
+    })
+    .await;
+    let saga = |name: &str, labels: &str| {
+        sample(
+            &page,
+            &format!("{name}{{saga=\"order-fulfilment\"{labels}}}"),
+        )
+        .unwrap_or_else(|| panic!("no {name}{labels} in\n{page}"))
+    };
+    assert_eq!(saga("sagashop_saga_started_total", ""), 200.0);
+    let ended = |outcome: &str| {
+        saga(
+            "sagashop_saga_finished_total",
+            &format!(",outcome=\"{outcome}\""),
+        )
+    };
+    assert_eq!(ended("completed"), completed as f64);
+    assert_eq!(ended("cancelled"), cancelled as f64);
+    assert_eq!(
+        saga(
+            "sagashop_saga_duration_seconds_count",
+            ",outcome=\"completed\""
+        ),
+        completed as f64
+    );
+    let step = |step: &str, outcome: &str| {
+        saga(
+            "sagashop_saga_step_replies_total",
+            &format!(",step=\"{step}\",direction=\"forward\",outcome=\"{outcome}\""),
+        )
+    };
+    assert!(
+        step("reserve-inventory", "failed") > 0.0,
+        "out of stock: {page}"
+    );
+    assert!(
+        step("authorize-payment", "failed") > 0.0,
+        "declined: {page}"
+    );
+    assert_eq!(
+        step("reserve-inventory", "succeeded"),
+        200.0 - step("reserve-inventory", "failed")
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "sagashop_http_requests_total{method=\"POST\",route=\"/api/orders\",status=\"202\"}"
+        ),
+        Some(200.0),
+        "{page}"
+    );
+    // Every metric the chart's dashboard and alerts query is one the services expose (the
+    // operator's are checked by its own test).
+    let catalogue = reqwest::get(format!("{metrics_url}/catalogue"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exposed = metrics::exposed(&catalogue);
+    assert!(exposed.is_superset(&metrics::exposed(&page)), "{catalogue}");
+    let missing: Vec<_> = metrics::chart_queries()
+        .into_iter()
+        .filter(|name| !name.starts_with("sagashop_operator_") && !exposed.contains(name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard or alerts query {missing:?}, which the services do not register"
+    );
     dev.terminate();
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed) on a metrics page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ pub mod ceiling;
 mod events;
 mod kafka;
 mod kube;
+pub mod metrics;
 mod wait;
 
 pub use events::sequenced;
