@@ -45,6 +45,28 @@ where
     }
 }
 
+/// Memory a service keeps outside any store (a read model, say): forgotten by a function,
+/// with nothing to publish.
+struct MemoryRule {
+    what: &'static str,
+    after: Duration,
+    forget: Box<dyn Fn() -> usize + Send + Sync>,
+}
+
+impl Rule for MemoryRule {
+    fn after(&self) -> Duration {
+        self.after
+    }
+
+    fn sweep(&self) -> Vec<Outgoing> {
+        let forgotten = (self.forget)();
+        if forgotten > 0 {
+            tracing::debug!(forgotten, what = self.what, "past the retention; forgotten");
+        }
+        Vec::new()
+    }
+}
+
 /// How a service's stores forget finished work.
 #[derive(Clone, Default)]
 pub struct Expiry {
@@ -80,6 +102,24 @@ impl Expiry {
             store: store.clone(),
             after,
             finished: Box::new(finished),
+        }));
+        self
+    }
+
+    /// `forget` drops `what` past a retention of `after` from memory that is no store's (a
+    /// read model rebuilt from Kafka, say) and returns how many entries went; it runs on every
+    /// sweep, and `after` counts towards how often sweeps run.
+    #[must_use]
+    pub fn also(
+        mut self,
+        what: &'static str,
+        after: Duration,
+        forget: impl Fn() -> usize + Send + Sync + 'static,
+    ) -> Self {
+        self.rules.push(Arc::new(MemoryRule {
+            what,
+            after,
+            forget: Box::new(forget),
         }));
         self
     }
@@ -139,5 +179,24 @@ impl Expiry {
                 "state past its retention forgotten"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn memory_rules_run_on_every_sweep_and_set_its_pace() {
+        let held = Arc::new(AtomicUsize::new(3));
+        let expiry = Expiry::new().also("things", Duration::from_secs(5), {
+            let held = Arc::clone(&held);
+            move || held.swap(0, Ordering::SeqCst)
+        });
+        assert!(!expiry.is_empty());
+        assert_eq!(expiry.every(), Duration::from_millis(500));
+        assert!(expiry.sweep().is_empty(), "nothing to publish");
+        assert_eq!(held.load(Ordering::SeqCst), 0, "forgotten by the sweep");
     }
 }

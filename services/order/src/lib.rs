@@ -206,13 +206,13 @@ pub async fn start(
     .await?;
     // Keys and orders past the retention are forgotten (the keys by tombstones, so every
     // edge's next restore forgets them too).
-    let expiry = Expiry::new().of(&idempotency, config.retention, |_| true);
-    tokio::spawn(forget(
-        expiry,
-        Arc::clone(&view),
-        publisher.clone(),
-        shutdown.clone(),
-    ));
+    let expiry = Expiry::new()
+        .of(&idempotency, config.retention, |_| true)
+        .also("read-model orders", config.retention, {
+            let view = Arc::clone(&view);
+            move || view.expire()
+        });
+    tokio::spawn(expiry.run(publisher.clone(), shutdown.clone()));
     let task = sagashop_kit::Task::spawn("the order service", async move {
         let read_model = processor.run(shutdown).await;
         let written = writer.stopped().await;
@@ -245,28 +245,6 @@ pub async fn start(
         stats,
         task,
     })
-}
-
-/// Forgets expired idempotency keys and read-model orders until `shutdown`.
-async fn forget(
-    expiry: Expiry,
-    view: Arc<View>,
-    publisher: Publisher,
-    shutdown: CancellationToken,
-) {
-    let every = expiry.every();
-    let keys = tokio::spawn(expiry.run(publisher, shutdown.clone()));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(every) => {}
-        }
-        let forgotten = view.expire();
-        if forgotten > 0 {
-            tracing::debug!(forgotten, "orders past the retention left the read model");
-        }
-    }
-    let _ = keys.await;
 }
 
 /// `response` with one more header.
