@@ -158,27 +158,17 @@ impl Orchestrator {
         &self,
         step: &str,
         reply: &Reply,
-        (status, index, backing_off): (Status, usize, bool),
+        before: Before,
         sent_at: Option<i64>,
         after: &Instance,
         now: i64,
     ) {
-        let outcome = match reply {
-            Reply::Succeeded => StepOutcome::Succeeded,
-            Reply::Failed { .. } => StepOutcome::Failed,
-            // The end of a retry backoff, not a deadline of a command.
-            Reply::TimedOut if backing_off => return,
-            Reply::TimedOut => StepOutcome::TimedOut,
-        };
-        let direction = if status == Status::Compensating {
-            Direction::Compensation
-        } else {
-            Direction::Forward
+        let Some((direction, outcome, abandoned)) = judge(reply, before, after) else {
+            return;
         };
         let seconds = sent_at.map(|at| millis_to_seconds(now - at));
         self.metrics.replied(step, direction, outcome, seconds);
-        let moved_on = after.step != index || after.status.is_final();
-        if direction == Direction::Compensation && outcome != StepOutcome::Succeeded && moved_on {
+        if abandoned {
             self.metrics.abandoned(step);
         }
     }
@@ -302,6 +292,34 @@ fn command_key(instance: &Instance, field: &str) -> String {
             instance.saga_id.clone()
         }
     }
+}
+
+/// An instance's status, step and backoff before it took a reply.
+type Before = (Status, usize, bool);
+
+/// What a reply that changed an instance was: its direction, its outcome, and whether it gave
+/// up a compensation (a failure after which the saga moved past the step). `None` for the end
+/// of a retry backoff, which answers no command.
+fn judge(
+    reply: &Reply,
+    (status, step, backing_off): Before,
+    after: &Instance,
+) -> Option<(Direction, StepOutcome, bool)> {
+    let outcome = match reply {
+        Reply::Succeeded => StepOutcome::Succeeded,
+        Reply::Failed { .. } => StepOutcome::Failed,
+        Reply::TimedOut if backing_off => return None,
+        Reply::TimedOut => StepOutcome::TimedOut,
+    };
+    let direction = if status == Status::Compensating {
+        Direction::Compensation
+    } else {
+        Direction::Forward
+    };
+    let moved_on = after.step != step || after.status.is_final();
+    let abandoned =
+        direction == Direction::Compensation && outcome != StepOutcome::Succeeded && moved_on;
+    Some((direction, outcome, abandoned))
 }
 
 fn now() -> i64 {
@@ -513,6 +531,66 @@ mod tests {
 
     use super::*;
     use crate::definition::Saga;
+
+    /// Applies `reply` to attempt `attempt` of `command`, and judges it as the metrics do.
+    fn judged(
+        d: &Definition,
+        i: &mut Instance,
+        step: &str,
+        command: &str,
+        attempt: u32,
+        reply: &Reply,
+    ) -> Option<(Direction, StepOutcome, bool)> {
+        let before = (i.status, i.step, i.backing_off);
+        match i.apply(d, step, command, attempt, reply, 1) {
+            Transition::Changed(_) => judge(reply, before, i),
+            Transition::Ignored(why) => panic!("ignored: {why}"),
+        }
+    }
+
+    #[test]
+    fn replies_are_judged_by_direction_and_a_compensation_out_of_retries_is_abandoned() {
+        use Direction::{Compensation, Forward};
+        use StepOutcome::{Failed, Succeeded, TimedOut};
+        let d = Saga::load(
+            include_str!("../../../k8s/sagas/order-fulfilment.yaml"),
+            "order-fulfilment.yaml",
+        )
+        .unwrap();
+        let (mut i, _) = Instance::start(&d, "o-1".into(), "c".into(), Default::default(), 0);
+        let (reserve, release) = ("ReserveInventory", "ReleaseInventory");
+        let ok = Reply::Succeeded;
+        let step = "reserve-inventory";
+        assert_eq!(
+            judged(&d, &mut i, step, reserve, 1, &ok),
+            Some((Forward, Succeeded, false))
+        );
+        let declined = Reply::Failed {
+            reason: "card declined".into(),
+            retryable: false,
+        };
+        let pay = ("authorize-payment", "AuthorizePayment");
+        assert_eq!(
+            judged(&d, &mut i, pay.0, pay.1, 1, &declined),
+            Some((Forward, Failed, false)),
+            "a forward failure is no abandoned compensation"
+        );
+        // Releasing the stock times out on every attempt: retried, then given up.
+        let attempts = d.steps[0].retry.max_attempts;
+        for attempt in 1..attempts {
+            assert_eq!(
+                judged(&d, &mut i, step, release, attempt, &Reply::TimedOut),
+                Some((Compensation, TimedOut, false)),
+                "attempt {attempt} is retried"
+            );
+        }
+        assert_eq!(
+            judged(&d, &mut i, step, release, attempts, &Reply::TimedOut),
+            Some((Compensation, TimedOut, true)),
+            "the last attempt gives the compensation up"
+        );
+        assert_eq!(i.status, Status::Cancelled);
+    }
 
     fn instance(trigger: serde_json::Value) -> Instance {
         let definition = Saga::load(
