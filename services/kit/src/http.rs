@@ -83,6 +83,30 @@ async fn observe(
     response
 }
 
+/// An `application/problem+json` answer (RFC 9457); `field` names the input at fault.
+pub fn problem(
+    status: StatusCode,
+    title: &str,
+    detail: &str,
+    field: Option<&str>,
+) -> axum::response::Response {
+    let mut body = serde_json::json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if let Some(field) = field {
+        body["field"] = field.into();
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 /// What one HTTP server allows.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {

@@ -312,6 +312,69 @@ fn settling(e: &KafkaError, deadline: Instant) -> bool {
     ) && Instant::now() < deadline
 }
 
+/// Follows every partition of `topic` from its first record, committed records only, handing
+/// each to `apply` in offset order per partition, until `shutdown`: it starts reading at once,
+/// on a blocking thread, and the future returned ends when it stops. It joins no group and
+/// commits nothing: every follower sees the whole topic (a read model of a compacted topic that
+/// each replica keeps whole). `caught_up` is called once, when every partition has been read up
+/// to the end it had at the start. A consumer error is logged and reading goes on.
+pub fn follow(
+    kafka: &KafkaConfig,
+    role: &str,
+    topic: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut apply: impl FnMut(Record) + Send + 'static,
+    caught_up: impl FnOnce() + Send + 'static,
+) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+    let config = reader_config(kafka, role);
+    let topic = topic.to_owned();
+    let timeout = Duration::from_secs(30);
+    let reading = tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        let consumer: BaseConsumer = config.create().map_err(client)?;
+        let deadline = Instant::now() + timeout;
+        let mut assignment = TopicPartitionList::new();
+        let mut ends = Vec::new();
+        for partition in partitions(&consumer, &topic, timeout, deadline)? {
+            let (_, high) = watermarks(&consumer, &topic, partition, timeout, deadline)?;
+            assignment
+                .add_partition_offset(&topic, partition, Offset::Beginning)
+                .map_err(client)?;
+            ends.push((partition, high));
+        }
+        consumer.assign(&assignment).map_err(client)?;
+        let mut caught_up = Some(caught_up);
+        while !shutdown.is_cancelled() {
+            if caught_up.is_some() {
+                let positions = consumer.position().map_err(client)?;
+                let done = ends.iter().all(|(partition, high)| {
+                    *high == 0
+                        || matches!(
+                            positions.find_partition(&topic, *partition).map(|p| p.offset()),
+                            Some(Offset::Offset(position)) if position >= *high
+                        )
+                });
+                if done && let Some(signal) = caught_up.take() {
+                    signal();
+                }
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => apply(Record::from_message(&message)),
+                Some(Err(e)) => {
+                    tracing::warn!(%topic, error = %e, "following: consumer error; continuing");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    });
+    async move {
+        reading
+            .await
+            .map_err(|e| Error::Internal(format!("a follower panicked: {e}")))?
+    }
+}
+
 /// A `read_committed` consumer outside any group's offsets: it joins no group and commits nothing.
 fn reader_config(kafka: &KafkaConfig, role: &str) -> ClientConfig {
     let mut config = kafka.consumer(role, &format!("sagashop-{role}"));

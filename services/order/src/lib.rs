@@ -30,6 +30,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use sagashop_kit::http::problem;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -251,25 +252,6 @@ pub async fn start(
 fn with_header(mut response: Response, name: header::HeaderName, value: HeaderValue) -> Response {
     response.headers_mut().insert(name, value);
     response
-}
-
-/// An `application/problem+json` answer (RFC 9457).
-fn problem(status: StatusCode, title: &str, detail: &str, field: Option<&str>) -> Response {
-    let mut body = serde_json::json!({
-        "type": "about:blank",
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    if let Some(field) = field {
-        body["field"] = field.into();
-    }
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
 }
 
 async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Response {
