@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::definition::Definition;
 use crate::machine::{Action, Instance, Reply, Status, Transition};
 use crate::metrics::{Direction, SagaMetrics, StepOutcome};
+use crate::view::SagaView;
 
 /// The header on every command naming the topic its reply goes to.
 pub const REPLY_TO: &str = "reply-to";
@@ -342,8 +343,12 @@ fn timestamp() -> String {
 pub struct Running {
     /// The processor's counters.
     pub stats: Arc<Stats>,
-    /// The saga instances (read-only use: reports and tests).
+    /// The saga instances this member owns (read-only use: reports and tests).
     pub instances: Store<Instance>,
+    /// Every instance of the saga, whichever member owns it, followed from the state topic.
+    pub view: Arc<SagaView>,
+    /// `GET /api/sagas` and `GET /api/sagas/{id}` over the view.
+    pub api: axum::Router,
     /// Its work; `task.stopped()` waits for it to end after shutdown.
     pub task: sagashop_kit::Task,
 }
@@ -431,14 +436,46 @@ pub async fn start(
         config.tick,
         shutdown.clone(),
     ));
+    let view = Arc::new(SagaView::new(&d));
+    let following = {
+        let view = Arc::clone(&view);
+        let ready = monitor.component(format!("saga-view:{}", d.name));
+        let saga = d.name.clone();
+        sagashop_kit::reader::follow(
+            kafka,
+            "saga-view",
+            &d.state_topic,
+            shutdown.clone(),
+            move |record| {
+                let id = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
+                match record.payload.as_deref() {
+                    None => view.apply(&id, None),
+                    Some(bytes) => match serde_json::from_slice::<Instance>(bytes) {
+                        Ok(state) => view.apply(&id, Some(&state)),
+                        Err(e) => {
+                            tracing::warn!(%saga, offset = record.offset, error = %e, "an unreadable saga state; the view skips it");
+                        }
+                    },
+                }
+            },
+            move || ready.set(true),
+        )
+    };
+    let following = tokio::spawn(following);
     let task = sagashop_kit::Task::spawn("the orchestrator", async move {
         let result = processor.run(shutdown).await;
         ticker.abort();
-        result
+        let followed = following
+            .await
+            .map_err(|e| Error::Internal(format!("the saga view panicked: {e}")))
+            .and_then(|r| r);
+        result.and(followed)
     });
     Ok(Running {
         stats,
         instances,
+        api: crate::api::routes(Arc::clone(&view)),
+        view,
         task,
     })
 }

@@ -58,6 +58,21 @@ pub(crate) enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Find and inspect saga instances, through the `/api/sagas` of an orchestrator (or of
+    /// `sagashop dev`).
+    Saga {
+        /// The HTTP address of an orchestrator or of `sagashop dev`.
+        #[arg(
+            long,
+            global = true,
+            env = "SAGASHOP_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        url: String,
+        /// What to do.
+        #[command(subcommand)]
+        action: SagaAction,
+    },
     /// Run every service in one process against Kafka: creates the topics, serves the HTTP API
     /// and `/healthz` `/readyz` `/metrics`, and prints a one-line summary. Ctrl-C stops it.
     Dev(crate::system::SystemArgs),
@@ -90,6 +105,44 @@ pub(crate) enum Command {
         /// The directory to write into (created if missing).
         #[arg(long, default_value = "services/contracts/schemas")]
         out: PathBuf,
+    },
+}
+
+/// `sagashop saga` actions.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SagaAction {
+    /// Instances oldest first, one per line: id, status, step, attempt, age, customer; then the
+    /// counts per status, and the cursor of the next page if there is one.
+    List {
+        /// RUNNING, COMPENSATING, COMPLETED or CANCELLED.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only instances at this step.
+        #[arg(long)]
+        step: Option<String>,
+        /// Only instances that started at least this long ago (`90s`, `5m`, `1h`).
+        #[arg(long)]
+        older_than: Option<String>,
+        /// Only this customer's.
+        #[arg(long)]
+        customer: Option<String>,
+        /// At most this many (1–1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Start after this cursor (printed by the previous page).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print the API's JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One instance and its timeline: every command, reply, timeout and compensation.
+    Show {
+        /// The saga id (for the order saga: the order id).
+        id: String,
+        /// Print the API's JSON instead of lines.
+        #[arg(long)]
+        json: bool,
     },
 }
 

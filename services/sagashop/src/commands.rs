@@ -51,6 +51,7 @@ pub(crate) async fn run(command: Command) -> Result<(), Failure> {
             timeout,
             action,
         } => crate::dlq::run(&kafka, topic, timeout, action).await,
+        Command::Saga { url, action } => crate::saga::run(&url, action).await,
         Command::Dev(mut args) => {
             args.create_topics = true;
             crate::system::run(&Service::ALL, args).await

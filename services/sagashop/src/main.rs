@@ -7,6 +7,7 @@
 mod cli;
 mod commands;
 mod dlq;
+mod saga;
 mod system;
 
 use std::process::ExitCode;

@@ -410,11 +410,12 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
                     group_prefix: topics.prefix.clone(),
                     retention: args.retention,
                 };
-                Handle::Orchestrator(
+                let running =
                     sagashop_saga::orchestrator::start(kafka, config, &monitor, shutdown.clone())
                         .await
-                        .map_err(unavailable)?,
-                )
+                        .map_err(unavailable)?;
+                app = app.merge(running.api.clone());
+                Handle::Orchestrator(running)
             }
             Service::Inventory => {
                 let config = sagashop_inventory::InventoryConfig {
@@ -555,7 +556,7 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
         limits,
         shutdown.clone(),
     ));
-    tracing::info!(address = %args.http, "serving HTTP: /api/orders, /healthz, /readyz, /metrics");
+    tracing::info!(address = %args.http, "serving HTTP: /api/orders, /api/sagas, /healthz, /readyz, /metrics");
     let summary = (!args.summary_every.is_zero()).then(|| {
         tokio::spawn(summarise(
             summary_sources(&handles),

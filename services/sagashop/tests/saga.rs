@@ -350,7 +350,136 @@ async fn two_hundred_concurrent_orders_finish_and_the_books_balance() {
         missing.is_empty(),
         "the dashboard or alerts query {missing:?}, which the services do not register"
     );
+
+    sagas_are_found_and_inspected(&dev.base, &placed, &outcomes).await;
     dev.terminate();
+}
+
+/// `GET /api/sagas` (and `sagashop saga`) find every placed order's saga by status and
+/// customer, page through them with the cursor, show a cancelled one's timeline, and refuse bad
+/// filters naming them.
+async fn sagas_are_found_and_inspected(
+    base: &str,
+    placed: &[Placed],
+    outcomes: &HashMap<String, Value>,
+) {
+    let get = |path: String| async move {
+        let response = reqwest::get(format!("{base}{path}")).await.unwrap();
+        let status = response.status();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    let ended = |status: &str| {
+        placed
+            .iter()
+            .filter(|p| outcomes[&p.order_id]["status"] == status)
+            .map(|p| p.order_id.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    // Every saga, in pages of 70, oldest first: each placed order exactly once.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    for page in 0.. {
+        assert!(page < 5, "200 sagas in pages of 70 take 3 pages");
+        let (status, body) = get(format!("/api/sagas?limit=70{cursor}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let sagas = body["sagas"].as_array().unwrap();
+        let started: Vec<&str> = sagas
+            .iter()
+            .map(|s| s["startedAt"].as_str().unwrap())
+            .collect();
+        assert!(
+            started.windows(2).all(|w| w[0] <= w[1]),
+            "oldest first: {started:?}"
+        );
+        seen.extend(
+            sagas
+                .iter()
+                .map(|s| s["sagaId"].as_str().unwrap().to_owned()),
+        );
+        match body["next"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => {
+                assert_eq!(body["counts"]["RUNNING"], 0, "{body}");
+                assert_eq!(
+                    body["counts"]["COMPLETED"],
+                    ended("COMPLETED").len(),
+                    "{body}"
+                );
+                break;
+            }
+        }
+    }
+    let all: std::collections::BTreeSet<String> =
+        placed.iter().map(|p| p.order_id.clone()).collect();
+    assert_eq!(seen.len(), all.len(), "no saga twice");
+    assert_eq!(
+        seen.into_iter().collect::<std::collections::BTreeSet<_>>(),
+        all
+    );
+
+    // By status: exactly the cancelled orders; by customer: that customer's orders.
+    let (_, body) = get("/api/sagas?status=CANCELLED&limit=1000".into()).await;
+    let cancelled: std::collections::BTreeSet<String> = body["sagas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sagaId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(cancelled, ended("CANCELLED"));
+    let customer = &placed[0].customer;
+    let (_, body) = get(format!("/api/sagas?customer={customer}&limit=1000")).await;
+    let theirs = placed.iter().filter(|p| &p.customer == customer).count();
+    assert_eq!(body["sagas"].as_array().unwrap().len(), theirs, "{body}");
+
+    // One cancelled saga's timeline: the failing step's command and its failure, with times.
+    let id = cancelled.iter().next().unwrap();
+    let (status, saga) = get(format!("/api/sagas/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(saga["status"], "CANCELLED");
+    let phases: Vec<&str> = saga["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases.first(), Some(&"STARTED"), "{saga}");
+    assert!(phases.contains(&"FAILED"), "{saga}");
+    assert_eq!(saga["failedStep"], outcomes[id]["failedStep"], "{saga}");
+
+    // Refusals name what is wrong, and an unknown id is a 404.
+    for (query, field) in [
+        ("status=DONE", "status"),
+        ("step=nowhere", "step"),
+        ("olderThan=soon", "olderThan"),
+        ("limit=0", "limit"),
+        ("cursor=12", "cursor"),
+        ("colour=red", "query"),
+    ] {
+        let (status, body) = get(format!("/api/sagas?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["field"], field, "{query}: {body}");
+    }
+    let (status, _) = get("/api/sagas/no-such-saga".into()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The command line says the same.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
+            .args(["saga", "--url", base])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let listed = cli(&["list", "--status", "CANCELLED", "--limit", "1000"]);
+    assert!(listed.status.success());
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains(id.as_str()) && text.contains("CANCELLED"),
+        "{text}"
+    );
+    let shown = cli(&["show", id]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("FAILED"));
+    assert_eq!(cli(&["list", "--status", "DONE"]).status.code(), Some(64));
 }
 
 /// The value of the sample `series` (name and labels exactly as exposed) on a metrics page.

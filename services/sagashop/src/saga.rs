@@ -1,0 +1,179 @@
+//! `sagashop saga list|show`: saga instances from an orchestrator's `/api/sagas`.
+
+use std::io::Write;
+
+use serde_json::Value;
+
+use crate::cli::{EX_UNAVAILABLE, EX_USAGE, SagaAction};
+use crate::commands::{Failure, fail, output};
+
+pub(crate) async fn run(url: &str, action: SagaAction) -> Result<(), Failure> {
+    let base = url.trim_end_matches('/');
+    match action {
+        SagaAction::List {
+            status,
+            step,
+            older_than,
+            customer,
+            limit,
+            cursor,
+            json,
+        } => {
+            let query: Vec<(&str, String)> = [
+                ("status", status),
+                ("step", step),
+                ("olderThan", older_than),
+                ("customer", customer),
+                ("limit", Some(limit.to_string())),
+                ("cursor", cursor),
+            ]
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| (name, v)))
+            .collect();
+            let page = get(&format!("{base}/api/sagas"), &query).await?;
+            let mut out = std::io::stdout().lock();
+            output(if json {
+                writeln!(out, "{page:#}")
+            } else {
+                list(&mut out, &page)
+            })
+        }
+        SagaAction::Show { id, json } => {
+            let instance = get(&format!("{base}/api/sagas/{id}"), &[]).await?;
+            let mut out = std::io::stdout().lock();
+            output(if json {
+                writeln!(out, "{instance:#}")
+            } else {
+                show(&mut out, &instance)
+            })
+        }
+    }
+}
+
+/// GETs `url`: the JSON answer, or a failure that says what the API refused (exit 64) or that
+/// nothing answered (exit 69).
+async fn get(url: &str, query: &[(&str, String)]) -> Result<Value, Failure> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| fail(EX_USAGE)(e.into()))?;
+    let mut address = reqwest::Url::parse(url)
+        .map_err(|e| fail(EX_USAGE)(anyhow::anyhow!("--url: {url} is not a URL ({e})")))?;
+    if !query.is_empty() {
+        address.query_pairs_mut().extend_pairs(query);
+    }
+    let response = client.get(address).send().await.map_err(|e| {
+        fail(EX_UNAVAILABLE)(anyhow::anyhow!(
+            "no answer from {url}: {e} (is sagashop running there? `scripts/dev` starts one; \
+             --url or SAGASHOP_URL names another)"
+        ))
+    })?;
+    let status = response.status();
+    let body: Value = response.json().await.map_err(|e| {
+        fail(EX_UNAVAILABLE)(anyhow::anyhow!("{url} answered {status} with no JSON: {e}"))
+    })?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    let detail = body["detail"].as_str().unwrap_or("no detail");
+    let code = if status.is_client_error() {
+        EX_USAGE
+    } else {
+        EX_UNAVAILABLE
+    };
+    Err(fail(code)(anyhow::anyhow!("{status}: {detail}")))
+}
+
+fn text<'v>(value: &'v Value, field: &str) -> &'v str {
+    value[field].as_str().unwrap_or("-")
+}
+
+/// How long ago an RFC 3339 time was, to the second.
+fn age(at: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(at).map_or_else(
+        |_| "-".to_owned(),
+        |at| {
+            let secs = (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+                .num_seconds()
+                .max(0);
+            humantime::format_duration(std::time::Duration::from_secs(secs.unsigned_abs()))
+                .to_string()
+                .replace(' ', "")
+        },
+    )
+}
+
+fn list(out: &mut impl Write, page: &Value) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<38} {:<13} {:<20} {:>7} {:>10}  CUSTOMER",
+        "SAGA", "STATUS", "STEP", "ATTEMPT", "AGE"
+    )?;
+    for saga in page["sagas"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "{:<38} {:<13} {:<20} {:>7} {:>10}  {}",
+            text(saga, "sagaId"),
+            text(saga, "status"),
+            text(saga, "step"),
+            saga["attempt"]
+                .as_u64()
+                .map_or("-".into(), |a| a.to_string()),
+            age(text(saga, "startedAt")),
+            text(saga, "customer"),
+        )?;
+    }
+    let counts: Vec<String> = page["counts"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(status, n)| format!("{status} {n}"))
+        .collect();
+    writeln!(out, "kept: {}", counts.join(", "))?;
+    if let Some(next) = page["next"].as_str() {
+        writeln!(out, "more: --cursor {next}")?;
+    }
+    Ok(())
+}
+
+fn show(out: &mut impl Write, saga: &Value) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "saga      {} ({})",
+        text(saga, "sagaId"),
+        text(saga, "saga")
+    )?;
+    writeln!(out, "status    {}", text(saga, "status"))?;
+    writeln!(out, "step      {}", text(saga, "step"))?;
+    writeln!(out, "customer  {}", text(saga, "customer"))?;
+    writeln!(
+        out,
+        "started   {} ({} ago)",
+        text(saga, "startedAt"),
+        age(text(saga, "startedAt"))
+    )?;
+    if saga["reason"].is_string() {
+        writeln!(
+            out,
+            "failed    {}: {}",
+            text(saga, "failedStep"),
+            text(saga, "reason")
+        )?;
+    }
+    writeln!(out, "timeline")?;
+    for line in saga["timeline"].as_array().into_iter().flatten() {
+        let detail = line["detail"]
+            .as_str()
+            .map(|d| format!("  {d}"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "  {}  {:<20} {:<13} attempt {}{detail}",
+            text(line, "at"),
+            text(line, "step"),
+            text(line, "phase"),
+            line["attempt"].as_u64().unwrap_or(0),
+        )?;
+    }
+    Ok(())
+}
