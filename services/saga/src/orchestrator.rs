@@ -461,7 +461,15 @@ pub async fn start(
             move || ready.set(true),
         )
     };
-    let following = tokio::spawn(following);
+    let following = tokio::spawn(async move {
+        let followed = following.await;
+        if let Err(e) = &followed {
+            // The orchestrator goes on; the API answers from what the view has, and readiness
+            // stays false until a restart reads the topic again.
+            tracing::error!(error = %e, "the saga view stopped following its state topic");
+        }
+        followed
+    });
     let task = sagashop_kit::Task::spawn("the orchestrator", async move {
         let result = processor.run(shutdown).await;
         ticker.abort();
