@@ -7,7 +7,7 @@ use schemars::{Schema, SchemaGenerator};
 use crate::Contract;
 use crate::commands::{
     AuthorizePayment, CancelShipment, CreateShipment, RefundPayment, ReleaseInventory,
-    ReserveInventory, StepFailed, StepSucceeded, StepTimedOut,
+    ReserveInventory, SagaCancelRequested, StepFailed, StepSucceeded, StepTimedOut,
 };
 use crate::events::{
     AnalyticsSnapshot, OrderCancelled, OrderCompleted, OrderDelivered, OrderPlaced, OrderShipped,
@@ -75,6 +75,7 @@ pub fn catalogue() -> Vec<SchemaEntry> {
         SchemaEntry::of::<StepSucceeded>(),
         SchemaEntry::of::<StepFailed>(),
         SchemaEntry::of::<StepTimedOut>(),
+        SchemaEntry::of::<SagaCancelRequested>(),
     ]
 }
 

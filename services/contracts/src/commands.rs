@@ -159,3 +159,21 @@ pub struct StepTimedOut {
     pub command: String,
 }
 contract!(StepTimedOut, "StepTimedOut", 1);
+
+/// Someone asked to cancel a running saga: it compensates what its steps did and ends
+/// `CANCELLED` with this reason. Published to the saga's reply topic, keyed by the saga id, so
+/// the orchestrator that owns the instance handles it in order with the steps' replies; a
+/// request for a saga that is no longer running changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SagaCancelRequested {
+    /// The instance.
+    pub saga_id: String,
+    /// Its saga.
+    pub saga_name: String,
+    /// Who asked (a person or a tool).
+    pub requested_by: String,
+    /// Why.
+    pub reason: String,
+}
+contract!(SagaCancelRequested, "SagaCancelRequested", 1);

@@ -4,6 +4,10 @@
 //!   first (`limit` 1–1000, default 50), `next` the cursor of the following page, `counts` per
 //!   status. `olderThan` is a duration (`90s`, `5m`, `1h`); `step` one of the saga's steps.
 //! - `GET /api/sagas/{id}`: one instance with its timeline.
+//! - `POST /api/sagas/{id}/cancel` with `{"requestedBy": "…", "reason": "…"}`: publishes a
+//!   [`SagaCancelRequested`] to the saga's reply topic for the orchestrator that owns it, which
+//!   compensates the saga; `202 Accepted`. A saga that has ended or is compensating already is
+//!   a `409` saying so, and nothing is written.
 //!
 //! Bad input is a `400 application/problem+json` naming the parameter; an unknown id a 404.
 
@@ -14,17 +18,34 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use sagashop_contracts::Envelope;
+use sagashop_contracts::commands::SagaCancelRequested;
 use sagashop_kit::http::problem;
+use sagashop_kit::{Outgoing, Publisher};
 
 use crate::view::{Cursor, Filter, SagaStatus, SagaView};
 
-/// The routes, over `view`.
-pub fn routes(view: Arc<SagaView>) -> axum::Router {
+/// What the routes use.
+#[derive(Clone)]
+struct Api {
+    view: Arc<SagaView>,
+    publisher: Publisher,
+    reply_topic: String,
+}
+
+/// The routes, over `view`; requests to act on a saga are published with `publisher` to the
+/// saga's `reply_topic`.
+pub fn routes(view: Arc<SagaView>, publisher: Publisher, reply_topic: String) -> axum::Router {
     axum::Router::new()
         .route("/api/sagas", get(list))
         .route("/api/sagas/{id}", get(show))
-        .with_state(view)
+        .route("/api/sagas/{id}/cancel", post(cancel))
+        .with_state(Api {
+            view,
+            publisher,
+            reply_topic,
+        })
 }
 
 /// Why a query was refused: the parameter, and what it must be.
@@ -122,7 +143,7 @@ pub fn filter(view: &SagaView, query: &HashMap<String, String>) -> Result<Filter
 }
 
 async fn list(
-    State(view): State<Arc<SagaView>>,
+    State(Api { view, .. }): State<Api>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     match filter(&view, &query) {
@@ -131,15 +152,111 @@ async fn list(
     }
 }
 
-async fn show(State(view): State<Arc<SagaView>>, Path(id): Path<String>) -> Response {
+fn unknown(id: &str) -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "Unknown saga",
+        &format!("no saga {id} is kept (never started, or ended longer ago than the retention)"),
+        None,
+    )
+}
+
+async fn show(State(Api { view, .. }): State<Api>, Path(id): Path<String>) -> Response {
     match view.get(&id) {
         Some(instance) => Json(instance).into_response(),
-        None => problem(
-            StatusCode::NOT_FOUND,
-            "Unknown saga",
-            &format!(
-                "no saga {id} is kept (never started, or ended longer ago than the retention)"
-            ),
+        None => unknown(&id),
+    }
+}
+
+/// The body of a cancel request.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CancelBody {
+    requested_by: Option<String>,
+    reason: Option<String>,
+}
+
+async fn cancel(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    body: Result<Json<CancelBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid body",
+                &format!(
+                    "a JSON object with requestedBy and reason: {}",
+                    e.body_text()
+                ),
+                Some("body"),
+            );
+        }
+    };
+    let text = |value: Option<String>, field: &'static str| {
+        value
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty() && v.len() <= 500)
+            .ok_or_else(|| {
+                Refused::new(
+                    field,
+                    format!("{field} must be text of 1 to 500 characters: who asks, and why"),
+                )
+            })
+    };
+    let (requested_by, reason) = match (
+        text(body.requested_by, "requestedBy"),
+        text(body.reason, "reason"),
+    ) {
+        (Ok(by), Ok(reason)) => (by, reason),
+        (Err(refused), _) | (_, Err(refused)) => return refused.answer(),
+    };
+    let Some(instance) = api.view.get(&id) else {
+        return unknown(&id);
+    };
+    if instance.status != SagaStatus::Running {
+        let why = match instance.status {
+            SagaStatus::Compensating => "it is compensating already".to_owned(),
+            ended => format!("it has ended: {}", ended.name()),
+        };
+        return problem(
+            StatusCode::CONFLICT,
+            "Saga not running",
+            &format!("saga {id} cannot be cancelled: {why}"),
+            None,
+        );
+    }
+    let request = SagaCancelRequested {
+        saga_id: id.clone(),
+        saga_name: instance.saga.clone(),
+        requested_by,
+        reason,
+    };
+    let envelope = Envelope::new(id.clone(), id.clone(), request);
+    let sent = match Outgoing::event(&api.reply_topic, &envelope) {
+        Ok(out) => api
+            .publisher
+            .send_all(&[out])
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match sent {
+        Ok(_) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "sagaId": id,
+                "requestId": envelope.metadata.message_id,
+                "detail": "the orchestrator compensates the saga; its status and timeline say when it is done",
+            })),
+        )
+            .into_response(),
+        Err(e) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Kafka unavailable",
+            &format!("the cancel request could not be published: {e}"),
             None,
         ),
     }

@@ -314,6 +314,40 @@ impl Instance {
         Transition::Changed(actions)
     }
 
+    /// Someone asked to cancel: a running saga compensates its completed steps and the one it
+    /// waits for (which may have done its work; a participant's compensation of work never
+    /// done changes nothing), then ends `CANCELLED` with the reason and who asked. A saga that
+    /// is compensating or has ended is left as it is.
+    pub fn cancel(
+        &mut self,
+        definition: &Definition,
+        requested_by: &str,
+        reason: &str,
+        now: i64,
+    ) -> Transition {
+        match self.status {
+            Status::Completed | Status::Cancelled => {
+                return Transition::Ignored("the saga has ended");
+            }
+            Status::Compensating => return Transition::Ignored("the saga is compensating already"),
+            Status::Running => {}
+        }
+        let Some(step) = definition.steps.get(self.step) else {
+            return Transition::Ignored("the saga's step is not in the definition");
+        };
+        let name = step.name.clone();
+        let reason = format!("cancelled by {requested_by}: {reason}");
+        let mut actions = vec![self.record(&name, StepPhase::Failed, Some(reason.clone()), now)];
+        self.failure = Some(Failure {
+            reason,
+            failed_step: name,
+        });
+        self.status = Status::Compensating;
+        self.backing_off = false;
+        self.compensate_from(self.step + 1, definition, now, &mut actions);
+        Transition::Changed(actions)
+    }
+
     /// After the awaited command succeeded (or a compensation was given up on): the next step
     /// forward, the next compensation backward, or the end.
     fn advance(&mut self, definition: &Definition, now: i64, actions: &mut Vec<Action>) {
@@ -467,6 +501,48 @@ mod tests {
         };
         assert!(sends(&a).is_empty());
         assert_eq!(i.status, Status::Cancelled);
+    }
+
+    #[test]
+    fn a_cancelled_saga_compensates_the_step_it_waits_for_and_those_before_once() {
+        let (d, mut i) = started();
+        ok(&d, &mut i, "reserve-inventory", "ReserveInventory");
+        let Transition::Changed(a) = i.cancel(&d, "ops", "customer asked", 30) else {
+            panic!()
+        };
+        // Payment may have charged already: refund it, then release the stock.
+        assert_eq!(sends(&a), [(1, "RefundPayment".into(), 1)]);
+        assert_eq!(i.status, Status::Compensating);
+        assert_eq!(
+            i.apply(
+                &d,
+                "authorize-payment",
+                "AuthorizePayment",
+                1,
+                &Reply::Succeeded,
+                31
+            ),
+            Transition::Ignored("not the command the saga waits for"),
+            "the late reply of the cancelled step changes nothing"
+        );
+        assert_eq!(
+            i.cancel(&d, "ops", "again", 32),
+            Transition::Ignored("the saga is compensating already")
+        );
+        let a = ok(&d, &mut i, "authorize-payment", "RefundPayment");
+        assert_eq!(sends(&a), [(0, "ReleaseInventory".into(), 1)]);
+        let a = ok(&d, &mut i, "reserve-inventory", "ReleaseInventory");
+        assert_eq!(
+            a.last(),
+            Some(&Action::Cancelled(Failure {
+                reason: "cancelled by ops: customer asked".into(),
+                failed_step: "authorize-payment".into()
+            }))
+        );
+        assert_eq!(
+            i.cancel(&d, "ops", "late", 40),
+            Transition::Ignored("the saga has ended")
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use sagashop_contracts::commands::{StepContext, StepFailed, StepSucceeded, StepTimedOut};
+use sagashop_contracts::commands::{
+    SagaCancelRequested, StepContext, StepFailed, StepSucceeded, StepTimedOut,
+};
 use sagashop_contracts::events::SagaStepChanged;
 use sagashop_contracts::{Contract, Envelope, Metadata};
 use sagashop_kit::router::HandlerResult;
@@ -148,6 +150,34 @@ impl Orchestrator {
             }
             Transition::Changed(actions) => {
                 self.observe(&context.step, &reply, before, sent_at, &instance, now);
+                self.outputs(instance, &actions, metadata)
+            }
+        }
+    }
+
+    /// A request to cancel an instance: compensates it if it still runs; otherwise (ended,
+    /// compensating, unknown here) changes nothing, said in the log.
+    async fn on_cancel(&self, request: &SagaCancelRequested, metadata: &Metadata) -> HandlerResult {
+        if request.saga_name != self.definition.name {
+            return Ok(Vec::new());
+        }
+        let _held = self.lock(&request.saga_id).lock().await;
+        let Some(mut instance) = self.instances.get(&request.saga_id) else {
+            tracing::warn!(saga_id = %request.saga_id, by = %request.requested_by, "cancel of a saga not kept here; ignored");
+            return Ok(Vec::new());
+        };
+        match instance.cancel(
+            &self.definition,
+            &request.requested_by,
+            &request.reason,
+            now(),
+        ) {
+            Transition::Ignored(why) => {
+                tracing::info!(saga_id = %request.saga_id, by = %request.requested_by, why, "cancel ignored");
+                Ok(Vec::new())
+            }
+            Transition::Changed(actions) => {
+                tracing::info!(saga_id = %request.saga_id, by = %request.requested_by, reason = %request.reason, "saga cancelled by request; compensating");
                 self.outputs(instance, &actions, metadata)
             }
         }
@@ -389,6 +419,7 @@ pub async fn start(
         let o1 = Arc::clone(&orchestrator);
         let o2 = Arc::clone(&orchestrator);
         let o3 = Arc::clone(&orchestrator);
+        let o4 = Arc::clone(&orchestrator);
         Router::new()
             .on_raw(&d.trigger.topic, &d.trigger.event, policy, trigger)
             .on(&d.reply_topic, move |env: Envelope<StepSucceeded>| {
@@ -419,6 +450,10 @@ pub async fn start(
                         .await
                 }
             })
+            .on(&d.reply_topic, move |env: Envelope<SagaCancelRequested>| {
+                let o = Arc::clone(&o4);
+                async move { o.on_cancel(&env.payload, &env.metadata).await }
+            })
     };
     let processor_config = ProcessorConfig::exactly_once(
         config.group_id(),
@@ -430,6 +465,7 @@ pub async fn start(
         .reloads(instances.clone())
         .expires(Expiry::new().of(&instances, config.retention, |i| i.status.is_final()));
     let stats = processor.stats();
+    let api_publisher = publisher.clone();
     let ticker = tokio::spawn(tick(
         Arc::clone(&orchestrator),
         publisher,
@@ -482,7 +518,7 @@ pub async fn start(
     Ok(Running {
         stats,
         instances,
-        api: crate::api::routes(Arc::clone(&view)),
+        api: crate::api::routes(Arc::clone(&view), api_publisher, d.reply_topic.clone()),
         view,
         task,
     })

@@ -136,6 +136,19 @@ pub(crate) enum SagaAction {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel a running saga: it compensates what its steps did and ends CANCELLED, with the
+    /// reason and who asked in its timeline. Refused (exit 64) for a saga that has ended or is
+    /// compensating already.
+    Cancel {
+        /// The saga id.
+        id: String,
+        /// Why (kept in the saga's timeline and outcome).
+        #[arg(long)]
+        reason: String,
+        /// Who asks.
+        #[arg(long = "by", env = "USER", default_value = "sagashop-cli")]
+        requested_by: String,
+    },
     /// One instance and its timeline: every command, reply, timeout and compensation.
     Show {
         /// The saga id (for the order saga: the order id).

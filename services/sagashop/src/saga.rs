@@ -38,6 +38,25 @@ pub(crate) async fn run(url: &str, action: SagaAction) -> Result<(), Failure> {
                 list(&mut out, &page)
             })
         }
+        SagaAction::Cancel {
+            id,
+            reason,
+            requested_by,
+        } => {
+            let body = serde_json::json!({ "requestedBy": requested_by, "reason": reason });
+            let answer = send(
+                reqwest::Method::POST,
+                &format!("{base}/api/sagas/{id}/cancel"),
+                &[],
+                Some(&body),
+            )
+            .await?;
+            output(writeln!(
+                std::io::stdout().lock(),
+                "cancel of {id} accepted (request {}): `sagashop saga show {id}` follows its compensation",
+                text(&answer, "requestId")
+            ))
+        }
         SagaAction::Show { id, json } => {
             let instance = get(&format!("{base}/api/sagas/{id}"), &[]).await?;
             let mut out = std::io::stdout().lock();
@@ -50,9 +69,19 @@ pub(crate) async fn run(url: &str, action: SagaAction) -> Result<(), Failure> {
     }
 }
 
-/// GETs `url`: the JSON answer, or a failure that says what the API refused (exit 64) or that
-/// nothing answered (exit 69).
+/// GETs `url` with `query`.
 async fn get(url: &str, query: &[(&str, String)]) -> Result<Value, Failure> {
+    send(reqwest::Method::GET, url, query, None).await
+}
+
+/// Sends a request to `url`: the JSON answer, or a failure that says what the API refused
+/// (exit 64) or that nothing answered (exit 69).
+async fn send(
+    method: reqwest::Method,
+    url: &str,
+    query: &[(&str, String)],
+    body: Option<&Value>,
+) -> Result<Value, Failure> {
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()
@@ -62,7 +91,11 @@ async fn get(url: &str, query: &[(&str, String)]) -> Result<Value, Failure> {
     if !query.is_empty() {
         address.query_pairs_mut().extend_pairs(query);
     }
-    let response = client.get(address).send().await.map_err(|e| {
+    let mut request = client.request(method, address);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.map_err(|e| {
         fail(EX_UNAVAILABLE)(anyhow::anyhow!(
             "no answer from {url}: {e} (is sagashop running there? `scripts/dev` starts one; \
              --url or SAGASHOP_URL names another)"

@@ -751,3 +751,120 @@ async fn a_saga_whose_orchestrator_goes_away_times_out_and_compensates_on_the_ne
     second.terminate();
     edge.terminate();
 }
+
+/// A saga stuck at a step whose participant never answers is found, cancelled by hand through
+/// the API and the command line (who asked and why kept), compensates, and ends CANCELLED; the
+/// compensation that cannot be done either is given up on and counted. Refusals write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_saga_is_cancelled_by_hand_and_compensates() {
+    let kafka = TestKafka::connect().await;
+    let prefix = format!("{}.", unique_name("cancel"));
+    // Shipping fails every command: create-shipment never answers, nor does its compensation.
+    let dev = Dev::start(&kafka, &prefix, &["--shipping-transient-rate", "1"]).await;
+    let (status, placed) = post(&dev.base, &order("c-cancel", "sku-1", 1, 500), None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = placed["orderId"].as_str().unwrap().to_owned();
+    let saga_url = format!("{}/api/sagas/{id}", dev.base);
+    let saga =
+        |url: String| async move { reqwest::get(url).await.ok()?.json::<Value>().await.ok() };
+    eventually("the saga to wait at create-shipment", WAIT, || {
+        let s = saga(saga_url.clone());
+        async move {
+            let s = s.await?;
+            (s["status"] == "RUNNING" && s["step"] == "create-shipment").then_some(())
+        }
+    })
+    .await;
+
+    let cancel = |body: Value, id: String| {
+        let url = format!("{}/api/sagas/{id}/cancel", dev.base);
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, refused) = cancel(json!({ "reason": "who?" }), id.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert_eq!(refused["field"], "requestedBy");
+    let (status, _) = cancel(json!({ "requestedBy": "t", "reason": "r" }), "nope".into()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, still) = saga(saga_url.clone())
+        .await
+        .map(|s| (s["status"].clone(), s))
+        .unwrap();
+    assert_eq!(status, "RUNNING", "refusals change nothing: {still}");
+
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
+        .args(["saga", "--url", &dev.base, "cancel", &id])
+        .args(["--reason", "customer called", "--by", "tester"])
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    eventually("the cancel to reach the saga", WAIT, || {
+        let s = saga(saga_url.clone());
+        async move { (s.await?["status"] != "RUNNING").then_some(()) }
+    })
+    .await;
+    let (status, conflict) =
+        cancel(json!({ "requestedBy": "t", "reason": "again" }), id.clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+
+    // Shipping cannot cancel either: that compensation is given up after its attempts, then
+    // the payment is refunded and the stock released.
+    let ended = eventually("the saga to end", WAIT, || {
+        let s = saga(saga_url.clone());
+        async move {
+            let s = s.await?;
+            (s["status"] == "CANCELLED").then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(
+        ended["reason"], "cancelled by tester: customer called",
+        "{ended}"
+    );
+    assert_eq!(ended["failedStep"], "create-shipment", "{ended}");
+    let compensated: Vec<&str> = ended["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["phase"] == "COMPENSATED")
+        .map(|l| l["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        compensated,
+        ["authorize-payment", "reserve-inventory"],
+        "{ended}"
+    );
+    let order: Value = reqwest::get(format!("{}/api/orders/{id}", dev.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["status"], "CANCELLED", "{order}");
+    let page = reqwest::get(format!("{}/metrics", dev.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.lines().any(|l| l
+            == r#"sagashop_saga_compensations_abandoned_total{saga="order-fulfilment",step="create-shipment"} 1"#),
+        "{page}"
+    );
+    dev.terminate();
+}
