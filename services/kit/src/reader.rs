@@ -317,7 +317,8 @@ fn settling(e: &KafkaError, deadline: Instant) -> bool {
 /// on a blocking thread, and the future returned ends when it stops. It joins no group and
 /// commits nothing: every follower sees the whole topic (a read model of a compacted topic that
 /// each replica keeps whole). `caught_up` is called once, when every partition has been read up
-/// to the end it had at the start. A consumer error is logged and reading goes on.
+/// to the end it had at the start. A topic that is missing or has no leaders yet is waited for;
+/// a consumer error is logged and reading goes on.
 pub fn follow(
     kafka: &KafkaConfig,
     role: &str,
@@ -331,16 +332,31 @@ pub fn follow(
     let timeout = Duration::from_secs(30);
     let reading = tokio::task::spawn_blocking(move || -> Result<(), Error> {
         let consumer: BaseConsumer = config.create().map_err(client)?;
-        let deadline = Instant::now() + timeout;
-        let mut assignment = TopicPartitionList::new();
-        let mut ends = Vec::new();
-        for partition in partitions(&consumer, &topic, timeout, deadline)? {
-            let (_, high) = watermarks(&consumer, &topic, partition, timeout, deadline)?;
-            assignment
-                .add_partition_offset(&topic, partition, Offset::Beginning)
-                .map_err(client)?;
-            ends.push((partition, high));
-        }
+        // Every partition from its start, and where each ended when we began. A topic that
+        // does not exist yet (the operator has not made it) is waited for, not an error.
+        let start = || -> Result<(TopicPartitionList, Vec<(i32, i64)>), Error> {
+            let deadline = Instant::now() + timeout;
+            let mut assignment = TopicPartitionList::new();
+            let mut ends = Vec::new();
+            for partition in partitions(&consumer, &topic, timeout, deadline)? {
+                let (_, high) = watermarks(&consumer, &topic, partition, timeout, deadline)?;
+                assignment
+                    .add_partition_offset(&topic, partition, Offset::Beginning)
+                    .map_err(client)?;
+                ends.push((partition, high));
+            }
+            Ok((assignment, ends))
+        };
+        let (assignment, ends) = loop {
+            match start() {
+                Ok(started) => break started,
+                Err(_) if shutdown.is_cancelled() => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "following: cannot read the topic yet; trying again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        };
         consumer.assign(&assignment).map_err(client)?;
         let mut caught_up = Some(caught_up);
         while !shutdown.is_cancelled() {
