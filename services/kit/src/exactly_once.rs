@@ -112,6 +112,9 @@ pub async fn fence(
     Ok(())
 }
 
+/// Transactions failed in a row after which the producer is replaced even when aborting worked.
+const STUCK_AFTER: u32 = 3;
+
 /// The transactional consume loop; returns when `shutdown` is cancelled between batches.
 pub(crate) async fn run(
     consumer: Arc<StreamConsumer<GroupContext>>,
@@ -171,8 +174,17 @@ pub(crate) async fn run(
                     })
                     .inc();
                 let fatal = e.is_fatal() || abort(&txn, timeout).await;
-                if fatal {
-                    tracing::warn!("replacing the transactional producer");
+                // After a broker restart librdkafka can keep one partition's records waiting
+                // for a leader it no longer finds in its metadata cache until they time out,
+                // transaction after transaction (seen: 20 in a row over three minutes, the
+                // outcome topic never acknowledging). A new producer starts from fresh metadata.
+                let stuck = failed_in_a_row >= STUCK_AFTER;
+                if fatal || stuck {
+                    tracing::warn!(
+                        fatal,
+                        failed_in_a_row,
+                        "replacing the transactional producer"
+                    );
                     txn = producer(&producer_config, timeout).await?;
                 }
                 // Handlers changed their stores in memory for the aborted batch: forget that
