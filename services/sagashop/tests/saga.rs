@@ -383,9 +383,13 @@ async fn sagas_are_found_and_inspected(
         let (status, body) = get(format!("/api/sagas?limit=70{cursor}")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let sagas = body["sagas"].as_array().unwrap();
-        let started: Vec<&str> = sagas
+        // As times, not strings: RFC 3339 leaves out a zero fraction (`…:52Z` is before
+        // `…:52.001Z`).
+        let started: Vec<chrono::DateTime<chrono::FixedOffset>> = sagas
             .iter()
-            .map(|s| s["startedAt"].as_str().unwrap())
+            .map(|s| {
+                chrono::DateTime::parse_from_rfc3339(s["startedAt"].as_str().unwrap()).unwrap()
+            })
             .collect();
         assert!(
             started.windows(2).all(|w| w[0] <= w[1]),
