@@ -43,12 +43,12 @@ async fn kafka_up_again_reuses_the_running_broker() {
 }
 
 #[tokio::test]
-async fn kube_up_again_reuses_the_running_control_plane() {
+async fn kube_up_again_reuses_the_running_cluster() {
     let kube = TestKube::connect().await;
     let (last, stderr) = up("kube");
     assert_eq!(last, format!("KUBECONFIG={}", kube.kubeconfig.display()));
     assert!(
-        stderr.contains("reusing the control plane already running"),
+        stderr.contains("reusing the cluster already running"),
         "{stderr}"
     );
 }
