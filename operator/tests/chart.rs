@@ -14,38 +14,15 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::{WAIT, config_hash, delete_namespace, in_kafka, install_crds, kubectl};
+use common::{
+    WAIT, chart, config_hash, delete_namespace, helm, in_kafka, install_crds, kubectl, root,
+};
 use kube::Api;
 use sagashop_operator::{KafkaTopic, Saga};
 use sagashop_testkit::{TestKafka, TestKube, eventually, tool};
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn chart() -> String {
-    root().join("charts/sagashop").display().to_string()
-}
-
-/// Runs helm against the test API server; panics with its stderr when it fails.
-fn helm(kube: &TestKube, args: &[&str]) -> String {
-    let output = Command::new(tool("helm"))
-        .args(args)
-        .env("KUBECONFIG", &kube.kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "helm {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// `helm template` with `sets`, parsed into objects.
 fn render(kube: &TestKube, namespace: &str, sets: &[&str]) -> (String, Vec<Value>) {

@@ -34,6 +34,32 @@ pub fn kubectl(kube: &TestKube, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The repository's root.
+pub fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The chart's directory, as helm takes it.
+pub fn chart() -> String {
+    root().join("charts/sagashop").display().to_string()
+}
+
+/// Runs helm against the test API server; panics with its stderr when it fails.
+pub fn helm(kube: &TestKube, args: &[&str]) -> String {
+    let output = std::process::Command::new(sagashop_testkit::tool("helm"))
+        .args(args)
+        .env("KUBECONFIG", &kube.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "helm {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// The saga configuration hash the operator stamped on a Deployment's pod template.
 pub fn config_hash(deployment: &k8s_openapi::api::apps::v1::Deployment) -> Option<String> {
     deployment

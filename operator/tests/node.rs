@@ -1,0 +1,560 @@
+//! The brief's path on a real node (`scripts/kube up`): `helm install` of the chart against the
+//! host's Kafka, as on GKE with an external Kafka; every pod Running and Ready through its real
+//! probes; the operator in-cluster under the chart's ServiceAccount reconciling the Saga and
+//! `kubectl apply -f k8s/topics.yaml`; an order placed through the order Service completing; the
+//! k6 CronJob firing on its schedule; `helm upgrade` with a changed Saga rolling the services;
+//! `helm uninstall` leaving nothing behind but what the chart promises to keep.
+//!
+//! Needs the node (`scripts/kube up`), the images (`scripts/image`, `scripts/image k6`) and a
+//! broker that pods reach (`KAFKA_PODS_ADDRESS=198.18.0.1 scripts/kafka up`, then export what
+//! `scripts/kafka pods` prints): `scripts/test` does all of it.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::print_stderr,
+    reason = "test code: a panic is the failure report; the figures go to stderr"
+)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::{chart, config_hash, delete_namespace, helm, install_crds, kubectl, root};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::Api;
+use kube::api::ListParams;
+use sagashop_operator::{KafkaTopic, Saga};
+use sagashop_testkit::{TestKube, eventually};
+use serde_json::{Value, json};
+
+const NODE: &str = "sagashop-node";
+const IMAGE_REPOSITORY: &str = "localhost/sagashop";
+const IMAGE_TAG: &str = "dev";
+/// How long the chart may take to be Ready, a rollout to finish, or the CronJob to fire and run.
+const SLOW: Duration = Duration::from_secs(300);
+
+/// The broker's address as pods see it.
+fn pods_bootstrap() -> String {
+    std::env::var("KAFKA_PODS_BOOTSTRAP_SERVERS")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "KAFKA_PODS_BOOTSTRAP_SERVERS is not set: run the tests through scripts/test, or \
+                 start the broker with KAFKA_PODS_ADDRESS=198.18.0.1 scripts/kafka up and export \
+                 what `scripts/kafka pods` prints"
+            )
+        })
+}
+
+/// The node's images (its status lists them, refreshed every few seconds).
+fn node_images(kube: &TestKube) -> BTreeSet<String> {
+    let nodes: Value =
+        serde_json::from_str(&kubectl(kube, &["get", "nodes", "-o", "json"])).unwrap();
+    let node = nodes["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|n| n["metadata"]["name"] == NODE))
+        .unwrap_or_else(|| {
+            panic!("no node {NODE}: start the cluster with its node (scripts/kube up, not KUBE_NODE=false)")
+        })
+        .clone();
+    node["status"]["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i["names"].as_array().cloned().unwrap_or_default())
+        .filter_map(|n| n.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The node holds both images (the k6 one's name is returned), or the test says what to run.
+async fn require_node(kube: &TestKube) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let images = node_images(kube);
+        let k6 = images
+            .iter()
+            .find(|n| n.starts_with("localhost/k6:"))
+            .cloned();
+        let sagashop = images.contains(&format!("{IMAGE_REPOSITORY}:{IMAGE_TAG}"));
+        match k6 {
+            Some(k6) if sagashop => return k6,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_secs(2)).await,
+            _ => panic!(
+                "the node lacks {IMAGE_REPOSITORY}:{IMAGE_TAG} or localhost/k6: run scripts/image \
+                 and scripts/image k6 (it has {images:?})"
+            ),
+        }
+    }
+}
+
+/// Every pod of the release that belongs to a Deployment: (name, Running and Ready, restarts).
+async fn deployment_pods(kube: &TestKube, ns: &str) -> Vec<(String, bool, i32)> {
+    let pods: Api<Pod> = Api::namespaced(kube.client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=sagashop"))
+        .await
+        .unwrap();
+    list.items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/component"))
+                .is_some_and(|c| c != "loadtest")
+        })
+        .map(|p| {
+            let status = p.status.clone().unwrap_or_default();
+            let ready = status.phase.as_deref() == Some("Running")
+                && status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+            let restarts = status
+                .container_statuses
+                .iter()
+                .flatten()
+                .map(|c| c.restart_count)
+                .sum();
+            (p.metadata.name.clone().unwrap(), ready, restarts)
+        })
+        .collect()
+}
+
+/// Every Deployment of the release has all its replicas updated and Ready.
+async fn rolled_out(kube: &TestKube, ns: &str) -> Option<Vec<Deployment>> {
+    let deployments: Api<Deployment> = Api::namespaced(kube.client.clone(), ns);
+    let list = deployments
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=sagashop"))
+        .await
+        .ok()?
+        .items;
+    let done = list.iter().all(|d| {
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = d.status.clone().unwrap_or_default();
+        status.observed_generation == d.metadata.generation
+            && status.updated_replicas == Some(want)
+            && status.ready_replicas == Some(want)
+            && status.replicas == Some(want)
+    });
+    (done && list.len() == 8).then_some(list)
+}
+
+fn ready(conditions: Option<&Vec<sagashop_operator::Condition>>) -> bool {
+    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The order Service's address, reached from this machine through kube-proxy.
+async fn order_service(kube: &TestKube, ns: &str) -> String {
+    let services: Api<Service> = Api::namespaced(kube.client.clone(), ns);
+    let order = services.get("sagashop-order").await.unwrap();
+    let ip = order.spec.unwrap().cluster_ip.unwrap();
+    assert!(
+        ip.starts_with("198.19."),
+        "the Service {ip} is outside 198.19.0.0/16"
+    );
+    format!("http://{ip}:8080")
+}
+
+async fn place_and_complete(base: &str) -> Value {
+    let client = reqwest::Client::new();
+    let body = json!({
+        "customerId": "node-customer",
+        "currency": "EUR",
+        "items": [{"productId": "sku-1", "quantity": 1, "unitPrice": 1250}]
+    });
+    let placed = eventually("the order Service to accept an order", SLOW, || {
+        let request = client.post(format!("{base}/api/orders")).json(&body).send();
+        async move {
+            let response = request.await.ok()?;
+            (response.status() == 202).then_some(())?;
+            response.json::<Value>().await.ok()
+        }
+    })
+    .await;
+    let id = placed["orderId"].as_str().unwrap().to_owned();
+    eventually(&format!("order {id} to finish"), SLOW, || {
+        let request = client.get(format!("{base}/api/orders/{id}")).send();
+        async move {
+            let order: Value = request.await.ok()?.json().await.ok()?;
+            (order["status"] != "PENDING" && order["status"].is_string()).then_some(order)
+        }
+    })
+    .await
+}
+
+/// The chart, copied, with one step's timeout changed in the shipped Saga: what a user does to
+/// change the saga before `helm upgrade`.
+fn chart_with_changed_saga(ns: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{ns}-chart"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = std::process::Command::new("cp")
+        .args(["-rL", &chart(), dir.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let saga = dir.join("sagashop/files/order-fulfilment.yaml");
+    let text = std::fs::read_to_string(&saga).unwrap();
+    assert!(
+        text.contains("timeout: 5s"),
+        "the shipped saga has no 5s step timeout"
+    );
+    std::fs::write(&saga, text.replacen("timeout: 5s", "timeout: 7s", 1)).unwrap();
+    dir.join("sagashop")
+}
+
+/// Uninstalls the release and deletes its namespace when the test fails half-way, so that no
+/// pod of a failed run keeps consuming from the shared broker.
+struct Release {
+    kubeconfig: std::path::PathBuf,
+    namespace: String,
+}
+
+/// PATH with the project's kubectl first.
+fn path_with_kubectl() -> String {
+    let kubectl = sagashop_testkit::tool("kubectl");
+    let dir = kubectl
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let _ = std::process::Command::new(sagashop_testkit::tool("helm"))
+            .args(["uninstall", "sagashop", "-n", &self.namespace, "--wait"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .status();
+        // Without the operator, the KafkaTopics' finalizers would hold the namespace forever.
+        let script = format!(
+            "for t in $(kubectl get kafkatopics -n {ns} -o name); do \
+               kubectl patch -n {ns} $t --type merge -p '{{\"metadata\":{{\"finalizers\":[]}}}}'; \
+             done; kubectl delete namespace {ns} --wait=false",
+            ns = self.namespace
+        );
+        let _ = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("PATH", path_with_kubectl())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_runs_in_pods_on_a_real_node_from_install_to_uninstall() {
+    let kube = TestKube::connect().await;
+    let k6_image = require_node(&kube).await;
+    let bootstrap = pods_bootstrap();
+    install_crds(&kube);
+    let ns = kube.namespace("node").await;
+    let _release = Release {
+        kubeconfig: kube.kubeconfig.clone(),
+        namespace: ns.clone(),
+    };
+
+    // The plain manifests' topics, in this namespace, for the in-cluster operator.
+    let plain = std::fs::read_to_string(root().join("k8s/topics.yaml"))
+        .unwrap()
+        .replace("namespace: sagashop", &format!("namespace: {ns}"));
+    let mut apply = kube.kubectl();
+    apply
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped());
+    let mut child = apply.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), plain.as_bytes()).unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "kubectl apply k8s/topics.yaml failed"
+    );
+
+    let (k6_repository, k6_tag) = k6_image.rsplit_once(':').unwrap();
+    let sets = [
+        "kafka.enabled=false".to_owned(),
+        format!("kafka.bootstrapServers={bootstrap}"),
+        "topics.create=false".to_owned(),
+        format!("image.repository={IMAGE_REPOSITORY}"),
+        format!("image.tag={IMAGE_TAG}"),
+        "image.pullPolicy=Never".to_owned(),
+        "loadTest.enabled=true".to_owned(),
+        format!("loadTest.image={k6_repository}:{k6_tag}"),
+        "loadTest.schedule=* * * * *".to_owned(),
+        "loadTest.rate=5".to_owned(),
+        "loadTest.duration=15s".to_owned(),
+        "loadTest.p95Ms=2000".to_owned(),
+        "loadTest.p99Ms=5000".to_owned(),
+    ];
+    let chart_dir = chart();
+    let mut install = vec!["install", "sagashop", &chart_dir, "-n", &ns];
+    for set in &sets {
+        install.extend(["--set", set]);
+    }
+    install.extend(["--wait", "--timeout", "6m"]);
+    let started = Instant::now();
+    helm(&kube, &install);
+    let rollout = eventually("every Deployment rolled out and Ready", SLOW, || {
+        rolled_out(&kube, &ns)
+    })
+    .await;
+    eprintln!(
+        "node: helm install to every pod Ready in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Every Deployment's pods Running and Ready through their real probes, none restarted.
+    let pods = deployment_pods(&kube, &ns).await;
+    let expected: i32 = rollout
+        .iter()
+        .map(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
+        .sum();
+    assert_eq!(pods.len(), usize::try_from(expected).unwrap(), "{pods:?}");
+    for (name, ready, restarts) in &pods {
+        assert!(ready, "{name} is not Running and Ready: {pods:?}");
+        assert_eq!(*restarts, 0, "{name} restarted: {pods:?}");
+    }
+    eprintln!(
+        "{}",
+        kubectl(&kube, &["get", "pods", "-n", &ns, "-o", "wide"])
+    );
+
+    // The operator, in-cluster under the chart's ServiceAccount, reconciled the Saga and every
+    // KafkaTopic, and nothing was forbidden to it.
+    let sagas: Api<Saga> = Api::namespaced(kube.client.clone(), &ns);
+    let saga = sagas.get("order-fulfilment").await.unwrap();
+    assert!(
+        ready(saga.status.as_ref().map(|s| &s.conditions)),
+        "{saga:?}"
+    );
+    let topics: Api<KafkaTopic> = Api::namespaced(kube.client.clone(), &ns);
+    let topic_list = topics.list(&ListParams::default()).await.unwrap().items;
+    let unready: Vec<_> = topic_list
+        .iter()
+        .filter(|t| !ready(t.status.as_ref().map(|s| &s.conditions)))
+        .map(|t| t.metadata.name.clone())
+        .collect();
+    assert!(
+        topic_list.len() >= 25 && unready.is_empty(),
+        "{} topics, not Ready: {unready:?}",
+        topic_list.len()
+    );
+    let operator_logs = kubectl(
+        &kube,
+        &[
+            "logs",
+            "-n",
+            &ns,
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "--tail=-1",
+        ],
+    );
+    assert!(
+        !operator_logs.contains("forbidden"),
+        "the chart's RBAC refused the in-cluster operator something:\n{operator_logs}"
+    );
+    let sa = kubectl(
+        &kube,
+        &[
+            "get",
+            "pods",
+            "-n",
+            &ns,
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "-o",
+            "jsonpath={.items[*].spec.serviceAccountName}",
+        ],
+    );
+    assert!(
+        sa.split_whitespace().all(|a| a == "sagashop-operator") && !sa.trim().is_empty(),
+        "operator pods run as {sa:?}"
+    );
+
+    // An order through the order Service (kube-proxy) completes.
+    let base = order_service(&kube, &ns).await;
+    let order = place_and_complete(&base).await;
+    assert_eq!(order["status"], "COMPLETED", "{order}");
+
+    // The k6 CronJob fires on its schedule; its pod runs k6/load.js against the order Service
+    // (by its DNS name) and prints the summary.
+    let jobs: Api<Job> = Api::namespaced(kube.client.clone(), &ns);
+    let job = eventually(
+        "the load-test CronJob to fire and its Job to finish",
+        SLOW,
+        || {
+            let jobs = jobs.clone();
+            async move {
+                let list = jobs
+                    .list(&ListParams::default().labels("app.kubernetes.io/component=loadtest"))
+                    .await
+                    .ok()?;
+                list.items.into_iter().find(|j| {
+                    let s = j.status.clone().unwrap_or_default();
+                    s.succeeded.unwrap_or(0) + s.failed.unwrap_or(0) > 0
+                })
+            }
+        },
+    )
+    .await;
+    let job_name = job.metadata.name.clone().unwrap();
+    let owner = job
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .map(|o| format!("{}/{}", o.kind, o.name))
+        .collect::<Vec<_>>();
+    assert_eq!(owner, ["CronJob/sagashop-loadtest"]);
+    let summary = kubectl(&kube, &["logs", "-n", &ns, &format!("job/{job_name}")]);
+    eprintln!("node: the CronJob's k6 summary ({job_name}):\n{summary}");
+    assert!(
+        job.status.as_ref().and_then(|s| s.succeeded) == Some(1),
+        "the load-test Job failed:\n{summary}"
+    );
+    let figure = |label: &str| -> Option<u64> {
+        let line = summary
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))?;
+        line.trim_start()[label.len()..]
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    assert!(
+        summary.contains("sagashop load at 5 orders/s against http://sagashop-order:8080")
+            && figure("accepted (202)").is_some_and(|n| n > 0)
+            && figure("finished sagas").is_some_and(|n| n > 0)
+            && summary.contains("thresholds          all passed"),
+        "no k6 summary with accepted and finished orders in the Job's logs:\n{summary}"
+    );
+
+    // `helm upgrade` with a changed Saga: the operator rewrites the configuration and rolls every
+    // service onto it.
+    let before: BTreeMap<String, Option<String>> = rollout
+        .iter()
+        .filter(|d| d.metadata.name.as_deref() != Some("sagashop-operator"))
+        .map(|d| (d.metadata.name.clone().unwrap(), config_hash(d)))
+        .collect();
+    assert!(
+        before.values().all(Option::is_some),
+        "not every service was stamped with the saga's hash: {before:?}"
+    );
+    let old_pods: BTreeSet<String> = pods.iter().map(|p| p.0.clone()).collect();
+    let changed_chart = chart_with_changed_saga(&ns);
+    let mut upgrade = vec![
+        "upgrade",
+        "sagashop",
+        changed_chart.to_str().unwrap(),
+        "-n",
+        &ns,
+    ];
+    for set in &sets {
+        upgrade.extend(["--set", set]);
+    }
+    upgrade.extend(["--wait", "--timeout", "6m"]);
+    let started = Instant::now();
+    helm(&kube, &upgrade);
+    let saga = sagas.get("order-fulfilment").await.unwrap();
+    assert_eq!(
+        saga.spec.steps[0].timeout, "7s",
+        "the upgrade did not change the Saga"
+    );
+    let rolled = eventually(
+        "every service rolled onto the changed saga",
+        SLOW,
+        || async {
+            let list = rolled_out(&kube, &ns).await?;
+            list.iter()
+                .filter(|d| before.contains_key(d.metadata.name.as_deref().unwrap_or("")))
+                .all(|d| {
+                    let name = d.metadata.name.clone().unwrap();
+                    config_hash(d).is_some() && config_hash(d) != before[&name]
+                })
+                .then_some(list)
+        },
+    )
+    .await;
+    let new_pods = deployment_pods(&kube, &ns).await;
+    eprintln!(
+        "node: helm upgrade with a changed Saga rolled {} Deployments in {:.1}s",
+        rolled.len() - 1,
+        started.elapsed().as_secs_f64()
+    );
+    for (name, ready, _) in &new_pods {
+        let component = name.rsplitn(3, '-').last().unwrap_or(name);
+        if component == "sagashop-operator" {
+            continue;
+        }
+        assert!(!old_pods.contains(name), "{name} was not replaced");
+        assert!(ready, "{name} is not Ready after the rollout");
+    }
+    let configmap = kubectl(
+        &kube,
+        &[
+            "get",
+            "configmap",
+            "saga-order-fulfilment",
+            "-n",
+            &ns,
+            "-o",
+            "json",
+        ],
+    );
+    assert!(
+        configmap.contains("7s"),
+        "the saga ConfigMap does not have the new timeout"
+    );
+    let order = place_and_complete(&base).await;
+    assert_eq!(order["status"], "COMPLETED", "{order}");
+
+    // `helm uninstall` leaves only what the chart promises to keep: the CRDs (helm never deletes
+    // them), the KafkaTopics applied by hand, and the topics in Kafka (deletionPolicy Retain).
+    helm(&kube, &["uninstall", "sagashop", "-n", &ns, "--wait"]);
+    let deadline = Instant::now() + SLOW;
+    loop {
+        let out = kubectl(
+            &kube,
+            &[
+                "get",
+                "deployments,replicasets,pods,services,configmaps,secrets,serviceaccounts,roles,\
+                 rolebindings,cronjobs,jobs,horizontalpodautoscalers,poddisruptionbudgets,sagas,leases",
+                "-n",
+                &ns,
+                "-o",
+                "name",
+            ],
+        );
+        let left: Vec<&str> = out
+            .lines()
+            .filter(|l| !matches!(*l, "configmap/kube-root-ca.crt" | "serviceaccount/default"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "helm uninstall left these behind for {SLOW:?}: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let kept = topics.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(
+        kept.len(),
+        topic_list.len(),
+        "KafkaTopics applied by hand went away"
+    );
+    delete_namespace(&kube, &ns).await;
+    let _ = std::fs::remove_dir_all(changed_chart.parent().unwrap());
+}
