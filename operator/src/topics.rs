@@ -11,6 +11,11 @@
 //! | annotation `sagashop.dev/managed: "false"` | `Ready=False`, reason `Unmanaged`; the finalizer is removed, the topic left alone |
 //! | the resource is deleted | `deletionPolicy: Delete` deletes the topic (unless another resource claims it, which then owns it); `Retain` keeps it |
 //!
+//! Only `deletionPolicy: Delete` puts the finalizer on: a `Retain` resource has nothing for the
+//! operator to do when it goes, so it goes without the operator — `helm uninstall` removes the
+//! operator and the Saga's KafkaTopics at once, and a finalizer nobody removes would hold them
+//! (and their namespace) forever.
+//!
 //! | the resource's namespace is outside the operator's scope | `Ready=False`, reason `NotWatched` (unless another operator manages it) |
 //!
 //! Every object is resynced periodically (five minutes by default), which detects and reverts
@@ -349,13 +354,24 @@ async fn release(api: &Api<KafkaTopic>, resource: &KafkaTopic) -> Result<(), Err
     Ok(())
 }
 
+/// Whether an operator that manages the resource's namespace has taken it: its finalizer
+/// (`Delete`), or a status it wrote (any reason but this operator's own `NotWatched`).
+fn claimed(resource: &KafkaTopic) -> bool {
+    resource.finalizers().iter().any(|f| f == FINALIZER)
+        || resource.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason != "NotWatched")
+        })
+}
+
 async fn reconcile(resource: Arc<KafkaTopic>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = resource.namespace().unwrap_or_default();
     let api: Api<KafkaTopic> = Api::namespaced(ctx.shared.client.clone(), &namespace);
     if !ctx.shared.scope.manages(&namespace) {
-        // Another operator that manages this namespace puts its finalizer on: leave it to it.
-        let claimed = resource.finalizers().iter().any(|f| f == FINALIZER);
-        if !claimed && resource.meta().deletion_timestamp.is_none() {
+        // Another operator that manages this namespace has put its finalizer on, or reported on
+        // it: leave it to it.
+        if !claimed(&resource) && resource.meta().deletion_timestamp.is_none() {
             let message = ctx.shared.scope.refusal(&namespace);
             report(&ctx, &resource, false, "NotWatched", message, None).await?;
         }
@@ -370,6 +386,14 @@ async fn reconcile(resource: Arc<KafkaTopic>, ctx: Arc<Context>) -> Result<Actio
             report(&ctx, &resource, false, "Unmanaged", message, None).await?;
         }
         return Ok(Action::await_change());
+    }
+    if resource.spec.deletion_policy == DeletionPolicy::Retain {
+        // Nothing to do when it goes: no finalizer (and none left from a `Delete` before).
+        release(&api, &resource).await?;
+        if resource.meta().deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
+        }
+        return apply(resource, &ctx).await;
     }
     let action = finalizer(&api, FINALIZER, resource, |event| async {
         match event {
@@ -494,6 +518,25 @@ mod tests {
     #[tokio::test]
     async fn a_topic_another_operator_manages_is_not_claimed_as_unwatched() {
         let calls = reconciled(Scope::only(["payments"]), resource(json!({}), &[FINALIZER])).await;
+        assert!(calls.all().is_empty(), "{:?}", calls.summary());
+    }
+
+    #[tokio::test]
+    async fn a_retain_topic_another_operator_reported_on_is_not_claimed_as_unwatched() {
+        // No finalizer (Retain), but a status the managing operator wrote.
+        let mut topic = resource(json!({}), &[]);
+        topic.status = Some(KafkaTopicStatus {
+            conditions: vec![condition(
+                &[],
+                "Ready",
+                true,
+                "Created",
+                String::new(),
+                Some(1),
+            )],
+            ..KafkaTopicStatus::default()
+        });
+        let calls = reconciled(Scope::only(["payments"]), topic).await;
         assert!(calls.all().is_empty(), "{:?}", calls.summary());
     }
 

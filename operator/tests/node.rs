@@ -549,12 +549,34 @@ async fn the_chart_runs_in_pods_on_a_real_node_from_install_to_uninstall() {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let kept = topics.list(&ListParams::default()).await.unwrap().items;
-    assert_eq!(
-        kept.len(),
-        topic_list.len(),
-        "KafkaTopics applied by hand went away"
-    );
+    // The Saga's KafkaTopics went with it (Retain: no finalizer to wait for the operator);
+    // the hand-applied ones stay, not even terminating.
+    let by_hand: BTreeSet<String> = plain
+        .split("\n---")
+        .filter(|doc| doc.contains("kind: KafkaTopic"))
+        .filter_map(|doc| {
+            doc.lines()
+                .find_map(|l| l.trim().strip_prefix("name: ").map(str::to_owned))
+        })
+        .collect();
+    assert_eq!(by_hand.len(), 14, "{by_hand:?}");
+    let deadline = Instant::now() + SLOW;
+    loop {
+        let kept = topics.list(&ListParams::default()).await.unwrap().items;
+        let names: BTreeSet<String> = kept
+            .iter()
+            .filter_map(|t| t.metadata.name.clone())
+            .collect();
+        let terminating = kept.iter().any(|t| t.metadata.deletion_timestamp.is_some());
+        if names == by_hand && !terminating {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after helm uninstall the KafkaTopics are {names:?} (terminating: {terminating}), expected {by_hand:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     delete_namespace(&kube, &ns).await;
     let _ = std::fs::remove_dir_all(changed_chart.parent().unwrap());
 }

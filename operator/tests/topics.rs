@@ -92,6 +92,13 @@ async fn existing_topics_are_adopted_and_what_kafka_cannot_do_is_reported_not_re
     op.create("wider", wider).await;
     op.reason("wider", "ReplicationFactorMismatch").await;
 
+    // Only Delete puts the finalizer on: a Retain resource goes without the operator (helm
+    // uninstall removes the operator and the Saga's KafkaTopics at once).
+    let adopted = op.api.get("adopted").await.unwrap();
+    assert!(
+        adopted.metadata.finalizers.unwrap_or_default().is_empty(),
+        "a Retain KafkaTopic has a finalizer"
+    );
     // Retain: deleting the resource keeps the topic.
     op.delete("adopted").await;
     assert!(
