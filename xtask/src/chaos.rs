@@ -36,15 +36,20 @@ pub(crate) enum Scenario {
     /// Every service as 1 → 3 → 2 → 1 replicas (separate processes) under load, with a
     /// `kill -9` of replicas in the middle and one `Idempotency-Key` sent to two edges at once.
     Scale,
+    /// The chart in pods on the local node (scripts/kube): `kubectl delete pod` of each service,
+    /// then the participants scaled 1 → 3 → 1, under load through the order Service. Needs the
+    /// node and the images (scripts/image); not in the default list.
+    PodFaults,
 }
 
 impl Scenario {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::BrokerRestart => "broker-restart",
             Self::ProcessKills => "process-kills",
             Self::Duplicates => "duplicates",
             Self::Scale => "scale",
+            Self::PodFaults => "pod-faults",
         }
     }
 }
@@ -127,7 +132,12 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         "starting a broker of our own in {}",
         out.join("kafka").display()
     ));
-    let broker = Broker::up(&root, &out.join("kafka"))?;
+    // Pods reach the host's broker on the node's bridge address (scripts/kube).
+    let pods = args
+        .scenarios
+        .contains(&Scenario::PodFaults)
+        .then_some("198.18.0.1");
+    let broker = Broker::up(&root, &out.join("kafka"), pods)?;
     let mut rows = Vec::new();
     for (n, scenario) in args.scenarios.iter().enumerate() {
         let dir = out.join(scenario.name());
@@ -145,6 +155,7 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             Scenario::ProcessKills => process_kills(&args, &broker, &dir, &prefix).await,
             Scenario::Duplicates => duplicates(&args, &broker, &dir, &prefix).await,
             Scenario::Scale => crate::scale::run(&args, &broker, &dir, &prefix).await,
+            Scenario::PodFaults => crate::pods::run(&args, &broker, &dir, &prefix).await,
         }
         .with_context(|| format!("scenario {}", scenario.name()))?;
         row.elapsed = started.elapsed();

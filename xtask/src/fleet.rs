@@ -26,18 +26,36 @@ pub(crate) struct Broker {
     script: PathBuf,
     run_dir: PathBuf,
     pub(crate) bootstrap: String,
+    /// Where the local node's pods reach it, when it listens for them.
+    pub(crate) pods_bootstrap: Option<String>,
+    /// The address it also listens on for pods (`KAFKA_PODS_ADDRESS`).
+    pods_address: Option<String>,
 }
 
 impl Broker {
-    /// `scripts/kafka up` on `run_dir`.
-    pub(crate) fn up(root: &Path, run_dir: &Path) -> anyhow::Result<Self> {
+    /// `scripts/kafka up` on `run_dir`; with `pods_address`, also listening there for the local
+    /// node's pods.
+    pub(crate) fn up(
+        root: &Path,
+        run_dir: &Path,
+        pods_address: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let script = root.join("scripts/kafka");
         let mut broker = Self {
             script,
             run_dir: run_dir.to_owned(),
             bootstrap: String::new(),
+            pods_bootstrap: None,
+            pods_address: pods_address.map(str::to_owned),
         };
         let out = broker.kafka(&["up"])?;
+        if pods_address.is_some() {
+            broker.pods_bootstrap = broker
+                .kafka(&["pods"])?
+                .trim()
+                .strip_prefix("KAFKA_PODS_BOOTSTRAP_SERVERS=")
+                .map(str::to_owned);
+        }
         broker.bootstrap = out
             .lines()
             .last()
@@ -51,6 +69,10 @@ impl Broker {
         let output = Command::new(&self.script)
             .args(args)
             .env("KAFKA_RUN_DIR", &self.run_dir)
+            .env(
+                "KAFKA_PODS_ADDRESS",
+                self.pods_address.as_deref().unwrap_or(""),
+            )
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("running {}", self.script.display()))?;

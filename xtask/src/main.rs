@@ -22,6 +22,7 @@ mod bench;
 mod chaos;
 mod charts;
 mod fleet;
+mod pods;
 mod report;
 mod scale;
 mod soak;

@@ -1,6 +1,8 @@
 //! The fault suite in its short form (`scripts/chaos` runs it longer): a broker restart, `kill -9`
-//! of every service in turn, duplicated commands, replies, requests and a replay, and every
-//! service scaled 1 → 3 → 2 → 1 replicas with kills, each under load on a broker of its own. `xtask chaos` fails when a promise breaks (an accepted order
+//! of every service in turn, duplicated commands, replies, requests and a replay, every
+//! service scaled 1 → 3 → 2 → 1 replicas with kills, and the chart in pods on the local node
+//! with a `kubectl delete pod` of every service and the participants scaled 1 → 3 → 1, each
+//! under load on a broker of its own. `xtask chaos` fails when a promise breaks (an accepted order
 //! lost, an order finished twice, a refused order written, books that do not add up, an edge
 //! that does not recover), so this test is that verdict plus the report it writes.
 
@@ -32,6 +34,8 @@ fn under_every_fault_no_order_is_lost_doubled_or_written_unannounced() {
             "30",
             "--broker-down",
             "6s",
+            "--scenario",
+            "broker-restart,process-kills,duplicates,scale,pod-faults",
         ])
         .arg("--sagashop")
         .arg(&sagashop)
@@ -53,6 +57,7 @@ fn under_every_fault_no_order_is_lost_doubled_or_written_unannounced() {
         "| process-kills |",
         "| duplicates |",
         "| scale |",
+        "| pod-faults |",
     ] {
         let row = report
             .lines()
