@@ -7,7 +7,8 @@ use schemars::{Schema, SchemaGenerator};
 use crate::Contract;
 use crate::commands::{
     AuthorizePayment, CancelShipment, CreateShipment, RefundPayment, ReleaseInventory,
-    ReserveInventory, SagaCancelRequested, StepFailed, StepSucceeded, StepTimedOut,
+    ReserveInventory, SagaCancelRequested, SagaRetryRequested, StepFailed, StepSucceeded,
+    StepTimedOut,
 };
 use crate::events::{
     AnalyticsSnapshot, OrderCancelled, OrderCompleted, OrderDelivered, OrderPlaced, OrderShipped,
@@ -76,6 +77,7 @@ pub fn catalogue() -> Vec<SchemaEntry> {
         SchemaEntry::of::<StepFailed>(),
         SchemaEntry::of::<StepTimedOut>(),
         SchemaEntry::of::<SagaCancelRequested>(),
+        SchemaEntry::of::<SagaRetryRequested>(),
     ]
 }
 

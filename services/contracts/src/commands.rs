@@ -177,3 +177,21 @@ pub struct SagaCancelRequested {
     pub reason: String,
 }
 contract!(SagaCancelRequested, "SagaCancelRequested", 1);
+
+/// Someone asked to retry a saga: a `FAILED` one (a compensation gave up) sends that
+/// compensation again and goes on compensating; a running one sends the command it waits for
+/// again at once. Published like [`SagaCancelRequested`]; a request for a saga that has ended
+/// changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SagaRetryRequested {
+    /// The instance.
+    pub saga_id: String,
+    /// Its saga.
+    pub saga_name: String,
+    /// Who asked (a person or a tool).
+    pub requested_by: String,
+    /// Why.
+    pub reason: String,
+}
+contract!(SagaRetryRequested, "SagaRetryRequested", 1);

@@ -6,8 +6,11 @@
 //! - `GET /api/sagas/{id}`: one instance with its timeline.
 //! - `POST /api/sagas/{id}/cancel` with `{"requestedBy": "…", "reason": "…"}`: publishes a
 //!   [`SagaCancelRequested`] to the saga's reply topic for the orchestrator that owns it, which
-//!   compensates the saga; `202 Accepted`. A saga that has ended or is compensating already is
-//!   a `409` saying so, and nothing is written.
+//!   compensates the saga; `202 Accepted`. A saga that has ended, is compensating already or
+//!   has `FAILED` is a `409` saying so, and nothing is written.
+//! - `POST /api/sagas/{id}/retry`, the same body: publishes a [`SagaRetryRequested`]; a `FAILED`
+//!   saga sends the compensation that gave up again and goes on compensating, a running or
+//!   compensating one sends the command it waits for again at once. An ended saga is a `409`.
 //!
 //! Bad input is a `400 application/problem+json` naming the parameter; an unknown id a 404.
 
@@ -20,7 +23,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sagashop_contracts::Envelope;
-use sagashop_contracts::commands::SagaCancelRequested;
+use sagashop_contracts::commands::{SagaCancelRequested, SagaRetryRequested};
 use sagashop_kit::http::problem;
 use sagashop_kit::{Outgoing, Publisher};
 
@@ -41,6 +44,7 @@ pub fn routes(view: Arc<SagaView>, publisher: Publisher, reply_topic: String) ->
         .route("/api/sagas", get(list))
         .route("/api/sagas/{id}", get(show))
         .route("/api/sagas/{id}/cancel", post(cancel))
+        .route("/api/sagas/{id}/retry", post(retry))
         .with_state(Api {
             view,
             publisher,
@@ -93,7 +97,7 @@ pub fn filter(view: &SagaView, query: &HashMap<String, String>) -> Result<Filter
                 filter.status = Some(SagaStatus::parse(value).ok_or_else(|| {
                     Refused::new(
                         "status",
-                        "status must be RUNNING, COMPENSATING, COMPLETED or CANCELLED",
+                        "status must be RUNNING, COMPENSATING, COMPLETED, CANCELLED or FAILED",
                     )
                 })?);
             }
@@ -168,19 +172,47 @@ async fn show(State(Api { view, .. }): State<Api>, Path(id): Path<String>) -> Re
     }
 }
 
-/// The body of a cancel request.
+/// The body of a cancel or retry request.
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct CancelBody {
+struct ActBody {
     requested_by: Option<String>,
     reason: Option<String>,
 }
 
-async fn cancel(
-    State(api): State<Api>,
-    Path(id): Path<String>,
-    body: Result<Json<CancelBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
+type Body = Result<Json<ActBody>, axum::extract::rejection::JsonRejection>;
+
+/// What someone may ask of a saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Cancel,
+    Retry,
+}
+
+async fn cancel(State(api): State<Api>, Path(id): Path<String>, body: Body) -> Response {
+    act(&api, id, body, Verb::Cancel).await
+}
+
+async fn retry(State(api): State<Api>, Path(id): Path<String>, body: Body) -> Response {
+    act(&api, id, body, Verb::Retry).await
+}
+
+/// Why `verb` makes no sense for a saga in `status`, if it does not.
+fn refusal(verb: Verb, status: SagaStatus) -> Option<String> {
+    match (verb, status) {
+        (Verb::Cancel, SagaStatus::Running)
+        | (Verb::Retry, SagaStatus::Running | SagaStatus::Compensating | SagaStatus::Failed) => {
+            None
+        }
+        (Verb::Cancel, SagaStatus::Compensating) => Some("it is compensating already".to_owned()),
+        (Verb::Cancel, SagaStatus::Failed) => {
+            Some("it FAILED while compensating: retry it instead".to_owned())
+        }
+        (_, ended) => Some(format!("it has ended: {}", ended.name())),
+    }
+}
+
+async fn act(api: &Api, id: String, body: Body, verb: Verb) -> Response {
     let Json(body) = match body {
         Ok(body) => body,
         Err(e) => {
@@ -216,47 +248,78 @@ async fn cancel(
     let Some(instance) = api.view.get(&id) else {
         return unknown(&id);
     };
-    if instance.status != SagaStatus::Running {
-        let why = match instance.status {
-            SagaStatus::Compensating => "it is compensating already".to_owned(),
-            ended => format!("it has ended: {}", ended.name()),
-        };
+    let (name, done) = match verb {
+        Verb::Cancel => (
+            "cancel",
+            "the orchestrator compensates the saga; its status and timeline say when it is done",
+        ),
+        Verb::Retry => (
+            "retry",
+            "the orchestrator sends the awaited command (or the compensation that gave up) again; the timeline says when",
+        ),
+    };
+    if let Some(why) = refusal(verb, instance.status) {
         return problem(
             StatusCode::CONFLICT,
-            "Saga not running",
-            &format!("saga {id} cannot be cancelled: {why}"),
+            "Not possible now",
+            &format!(
+                "saga {id} cannot be {name}: {why}",
+                name = match verb {
+                    Verb::Cancel => "cancelled",
+                    Verb::Retry => "retried",
+                }
+            ),
             None,
         );
     }
-    let request = SagaCancelRequested {
-        saga_id: id.clone(),
-        saga_name: instance.saga.clone(),
-        requested_by,
-        reason,
+    let (saga_id, saga_name) = (id.clone(), instance.saga.clone());
+    let out = match verb {
+        Verb::Cancel => {
+            let request = SagaCancelRequested {
+                saga_id,
+                saga_name,
+                requested_by,
+                reason,
+            };
+            let envelope = Envelope::new(id.clone(), id.clone(), request);
+            Outgoing::event(&api.reply_topic, &envelope)
+                .map(|out| (out, envelope.metadata.message_id))
+        }
+        Verb::Retry => {
+            let request = SagaRetryRequested {
+                saga_id,
+                saga_name,
+                requested_by,
+                reason,
+            };
+            let envelope = Envelope::new(id.clone(), id.clone(), request);
+            Outgoing::event(&api.reply_topic, &envelope)
+                .map(|out| (out, envelope.metadata.message_id))
+        }
     };
-    let envelope = Envelope::new(id.clone(), id.clone(), request);
-    let sent = match Outgoing::event(&api.reply_topic, &envelope) {
-        Ok(out) => api
+    let sent = match out {
+        Ok((out, message_id)) => api
             .publisher
             .send_all(&[out])
             .await
+            .map(|_| message_id)
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match sent {
-        Ok(_) => (
+        Ok(message_id) => (
             StatusCode::ACCEPTED,
             Json(serde_json::json!({
                 "sagaId": id,
-                "requestId": envelope.metadata.message_id,
-                "detail": "the orchestrator compensates the saga; its status and timeline say when it is done",
+                "requestId": message_id,
+                "detail": done,
             })),
         )
             .into_response(),
         Err(e) => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "Kafka unavailable",
-            &format!("the cancel request could not be published: {e}"),
+            &format!("the {name} request could not be published: {e}"),
             None,
         ),
     }

@@ -28,12 +28,20 @@ pub enum Status {
     Completed,
     /// Compensated after a failure.
     Cancelled,
+    /// A compensation gave up after its attempts: work may be left done (stock taken, money
+    /// charged). It waits, kept and counted, until someone retries it (`sagashop saga retry`).
+    Failed,
 }
 
 impl Status {
     /// Whether the saga has ended.
     pub fn is_final(self) -> bool {
         matches!(self, Self::Completed | Self::Cancelled)
+    }
+
+    /// Whether it waits for a reply (or a deadline) of a command it sent.
+    pub fn is_waiting(self) -> bool {
+        matches!(self, Self::Running | Self::Compensating)
     }
 }
 
@@ -88,6 +96,9 @@ pub struct Instance {
     /// Set once a step failed for good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// Why it is `FAILED`: the compensation that gave up, and its last reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
     /// Everything that happened, oldest first.
     pub history: Vec<HistoryEntry>,
 }
@@ -126,6 +137,8 @@ pub enum Action {
     Completed,
     /// Compensated.
     Cancelled(Failure),
+    /// A compensation gave up: the saga waits in `FAILED` for a retry (the incident).
+    Failed(String),
 }
 
 /// What an input did.
@@ -156,6 +169,7 @@ impl Instance {
             deadline: 0,
             backing_off: false,
             failure: None,
+            incident: None,
             history: Vec::new(),
         };
         let mut actions = Vec::new();
@@ -169,7 +183,7 @@ impl Instance {
         match self.status {
             Status::Running => Some(step.command.as_str()),
             Status::Compensating => step.compensation.as_deref(),
-            Status::Completed | Status::Cancelled => None,
+            Status::Completed | Status::Cancelled | Status::Failed => None,
         }
     }
 
@@ -187,6 +201,17 @@ impl Instance {
 
     /// Sends the awaited command (current step, attempt) and sets its deadline.
     fn send(&mut self, definition: &Definition, now: i64, actions: &mut Vec<Action>) {
+        self.send_noting(definition, None, now, actions);
+    }
+
+    /// [`Self::send`], its history line saying `detail` (who asked for this attempt, and why).
+    fn send_noting(
+        &mut self,
+        definition: &Definition,
+        detail: Option<String>,
+        now: i64,
+        actions: &mut Vec<Action>,
+    ) {
         let Some(step) = definition.steps.get(self.step) else {
             return;
         };
@@ -198,7 +223,7 @@ impl Instance {
         } else {
             StepPhase::Compensating
         };
-        actions.push(self.record(&step.name, phase, None, now));
+        actions.push(self.record(&step.name, phase, detail, now));
         actions.push(Action::Send {
             step: self.step,
             command,
@@ -234,6 +259,9 @@ impl Instance {
     ) -> Transition {
         if self.status.is_final() {
             return Transition::Ignored("the saga has ended");
+        }
+        if self.status == Status::Failed {
+            return Transition::Ignored("the saga failed and waits for a retry");
         }
         let Some(step) = definition.steps.get(self.step) else {
             return Transition::Ignored("the saga's step is not in the definition");
@@ -305,9 +333,19 @@ impl Instance {
                     };
                     self.compensate_from(below, definition, now, &mut actions);
                 } else {
-                    // A compensation that cannot be done is recorded and skipped, so that the
-                    // saga still ends; the history says what was left undone.
-                    self.advance(definition, now, &mut actions);
+                    // A compensation that cannot be done: what it should undo may still be
+                    // done (stock taken, money charged). The saga stops here, FAILED, until
+                    // someone retries it; nothing after it is undone meanwhile.
+                    let incident = format!(
+                        "{name}: compensation {} gave up after {} attempt{}: {reason}",
+                        step.compensation.as_deref().unwrap_or("?"),
+                        self.attempt,
+                        if self.attempt == 1 { "" } else { "s" }
+                    );
+                    self.status = Status::Failed;
+                    self.backing_off = false;
+                    self.incident = Some(incident.clone());
+                    actions.push(Action::Failed(incident));
                 }
             }
         }
@@ -330,6 +368,7 @@ impl Instance {
                 return Transition::Ignored("the saga has ended");
             }
             Status::Compensating => return Transition::Ignored("the saga is compensating already"),
+            Status::Failed => return Transition::Ignored("the saga failed compensating: retry it"),
             Status::Running => {}
         }
         let Some(step) = definition.steps.get(self.step) else {
@@ -348,8 +387,36 @@ impl Instance {
         Transition::Changed(actions)
     }
 
-    /// After the awaited command succeeded (or a compensation was given up on): the next step
-    /// forward, the next compensation backward, or the end.
+    /// Someone asked to retry: a `FAILED` saga sends the compensation that gave up again (a new
+    /// attempt) and, once it succeeds, goes on compensating and ends `CANCELLED`; a running or
+    /// compensating saga sends the command it waits for again now, as a new attempt, without
+    /// waiting out its deadline or backoff. An ended saga is left as it is.
+    pub fn retry(
+        &mut self,
+        definition: &Definition,
+        requested_by: &str,
+        reason: &str,
+        now: i64,
+    ) -> Transition {
+        if self.status.is_final() {
+            return Transition::Ignored("the saga has ended");
+        }
+        if definition.steps.get(self.step).is_none() {
+            return Transition::Ignored("the saga's step is not in the definition");
+        }
+        if self.status == Status::Failed {
+            self.status = Status::Compensating;
+            self.incident = None;
+        }
+        self.attempt += 1;
+        let mut actions = Vec::new();
+        let detail = format!("retry requested by {requested_by}: {reason}");
+        self.send_noting(definition, Some(detail), now, &mut actions);
+        Transition::Changed(actions)
+    }
+
+    /// After the awaited command succeeded: the next step forward, the next compensation
+    /// backward, or the end.
     fn advance(&mut self, definition: &Definition, now: i64, actions: &mut Vec<Action>) {
         match self.status {
             Status::Running if self.step + 1 < definition.steps.len() => {
@@ -362,7 +429,7 @@ impl Instance {
                 actions.push(Action::Completed);
             }
             Status::Compensating => self.compensate_from(self.step, definition, now, actions),
-            Status::Completed | Status::Cancelled => {}
+            Status::Completed | Status::Cancelled | Status::Failed => {}
         }
     }
 
@@ -577,6 +644,86 @@ mod tests {
         assert_eq!(i.failure.as_ref().unwrap().failed_step, "authorize-payment");
         let a = ok(&d, &mut i, "authorize-payment", "RefundPayment");
         assert_eq!(sends(&a), [(0, "ReleaseInventory".into(), 1)]);
+    }
+
+    #[test]
+    fn a_compensation_that_gives_up_fails_the_saga_until_a_retry_finishes_compensating() {
+        let (d, mut i) = started();
+        ok(&d, &mut i, "reserve-inventory", "ReserveInventory");
+        let declined = Reply::Failed {
+            reason: "declined".into(),
+            retryable: false,
+        };
+        i.apply(
+            &d,
+            "authorize-payment",
+            "AuthorizePayment",
+            1,
+            &declined,
+            20,
+        );
+        // ReleaseInventory never answers: three attempts, then the saga stops, FAILED.
+        for attempt in 1..=3 {
+            i.apply(
+                &d,
+                "reserve-inventory",
+                "ReleaseInventory",
+                attempt,
+                &Reply::TimedOut,
+                30,
+            );
+        }
+        assert_eq!(i.status, Status::Failed);
+        let incident = i.incident.clone().unwrap();
+        assert!(
+            incident.contains("ReleaseInventory gave up after 3 attempts"),
+            "{incident}"
+        );
+        // It sends nothing more and takes no reply, nor a cancel, until someone retries.
+        assert_eq!(i.awaited_command(&d), None);
+        assert!(matches!(
+            i.apply(
+                &d,
+                "reserve-inventory",
+                "ReleaseInventory",
+                3,
+                &Reply::Succeeded,
+                40
+            ),
+            Transition::Ignored(_)
+        ));
+        assert!(matches!(i.cancel(&d, "t", "r", 40), Transition::Ignored(_)));
+
+        let Transition::Changed(a) = i.retry(&d, "ops", "inventory is back", 50) else {
+            panic!()
+        };
+        assert_eq!(sends(&a), [(0, "ReleaseInventory".into(), 4)]);
+        assert_eq!(i.status, Status::Compensating);
+        assert_eq!(i.incident, None);
+        assert_eq!(
+            i.history.last().unwrap().detail.as_deref(),
+            Some("retry requested by ops: inventory is back")
+        );
+        let a = ok(&d, &mut i, "reserve-inventory", "ReleaseInventory");
+        assert!(matches!(a.last(), Some(Action::Cancelled(f)) if f.reason == "declined"));
+        assert_eq!(i.status, Status::Cancelled);
+        assert!(matches!(
+            i.retry(&d, "ops", "again", 60),
+            Transition::Ignored(_)
+        ));
+    }
+
+    #[test]
+    fn a_retry_of_a_running_saga_sends_the_awaited_command_again_at_once() {
+        let (d, mut i) = started();
+        let Transition::Changed(a) = i.retry(&d, "ops", "inventory was down", 5) else {
+            panic!()
+        };
+        assert_eq!(sends(&a), [(0, "ReserveInventory".into(), 2)]);
+        assert_eq!(i.status, Status::Running);
+        // The new attempt's success counts; so would the first's (same effect, idempotent).
+        let a = ok(&d, &mut i, "reserve-inventory", "ReserveInventory");
+        assert_eq!(sends(&a), [(1, "AuthorizePayment".into(), 1)]);
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! | `sagashop_saga_duration_seconds` | saga, outcome | first command to the outcome |
 //! | `sagashop_saga_step_replies_total` | saga, step, direction (`forward`, `compensation`), outcome (`succeeded`, `failed`, `timed_out`) | replies and deadlines of the awaited command |
 //! | `sagashop_saga_step_duration_seconds` | saga, step, direction, outcome | the attempt's command to its reply or deadline |
-//! | `sagashop_saga_compensations_abandoned_total` | saga, step | compensations given up after their retries: work left undone (money or stock still taken) |
-//! | `sagashop_sagas_running` | saga | instances not ended (running or compensating) |
-//! | `sagashop_saga_oldest_running_seconds` | saga | age of the oldest instance not ended (0 when none) |
+//! | `sagashop_saga_compensations_abandoned_total` | saga, step | compensations given up after their retries: the saga is put in `FAILED` (money or stock may still be taken) |
+//! | `sagashop_sagas_running` | saga | instances running or compensating |
+//! | `sagashop_sagas_failed` | saga | instances `FAILED`, waiting for a retry by hand |
+//! | `sagashop_saga_oldest_running_seconds` | saga | age of the oldest instance running or compensating (0 when none) |
 //!
 //! Counters are counted when the orchestrator handles an input; an exactly-once batch whose
 //! transaction aborts is handled again, so after a fault they can count an input twice.
@@ -88,6 +89,7 @@ pub struct SagaMetrics {
     step_duration: Family<StepLabels, Histogram, SagaBuckets>,
     abandoned: Family<AbandonedLabels, Counter>,
     running: Family<SagaLabels, Gauge>,
+    failed: Family<SagaLabels, Gauge>,
     oldest: Family<SagaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
@@ -103,6 +105,7 @@ impl SagaMetrics {
             step_duration: Family::new_with_constructor(SagaBuckets),
             abandoned: Family::default(),
             running: Family::default(),
+            failed: Family::default(),
             oldest: Family::default(),
         };
         monitor.register(
@@ -132,17 +135,22 @@ impl SagaMetrics {
         );
         monitor.register(
             "saga_compensations_abandoned",
-            "Compensations given up after their retries: what they undo is still taken",
+            "Compensations given up after their retries: the saga is FAILED until retried",
             metrics.abandoned.clone(),
         );
         monitor.register(
             "sagas_running",
-            "Saga instances not ended (running or compensating)",
+            "Saga instances running or compensating",
             metrics.running.clone(),
         );
         monitor.register(
+            "sagas_failed",
+            "Saga instances FAILED (a compensation gave up), waiting for a retry by hand",
+            metrics.failed.clone(),
+        );
+        monitor.register(
             "saga_oldest_running_seconds",
-            "Age of the oldest saga instance not ended; 0 when none runs",
+            "Age of the oldest saga instance running or compensating; 0 when none runs",
             metrics.oldest.clone(),
         );
         // Present from the start, so dashboards and alerts see zeros rather than no data.
@@ -156,7 +164,7 @@ impl SagaMetrics {
                 .get_or_create(&metrics.outcome(outcome))
                 .inc_by(0);
         }
-        metrics.running(0, 0.0);
+        metrics.running(0, 0, 0.0);
         metrics
     }
 
@@ -222,12 +230,16 @@ impl SagaMetrics {
             .inc();
     }
 
-    /// `running` instances have not ended; the oldest started `oldest_seconds` ago.
-    pub fn running(&self, running: usize, oldest_seconds: f64) {
+    /// `running` instances run or compensate, the oldest started `oldest_seconds` ago;
+    /// `failed` wait in `FAILED`.
+    pub fn running(&self, running: usize, failed: usize, oldest_seconds: f64) {
         let labels = self.saga_labels();
         self.running
             .get_or_create(&labels)
             .set(i64::try_from(running).unwrap_or(i64::MAX));
+        self.failed
+            .get_or_create(&labels)
+            .set(i64::try_from(failed).unwrap_or(i64::MAX));
         self.oldest.get_or_create(&labels).set(oldest_seconds);
     }
 }
@@ -256,7 +268,7 @@ mod tests {
         );
         metrics.abandoned("payment");
         metrics.finished(false, 3.5);
-        metrics.running(2, 42.0);
+        metrics.running(2, 1, 42.0);
         let text = monitor.encode();
         for line in [
             r#"sagashop_saga_started_total{saga="order-fulfilment"} 1"#,
@@ -266,6 +278,7 @@ mod tests {
             r#"sagashop_saga_step_duration_seconds_count{saga="order-fulfilment",step="payment",direction="compensation",outcome="timed_out"} 1"#,
             r#"sagashop_saga_compensations_abandoned_total{saga="order-fulfilment",step="payment"} 1"#,
             r#"sagashop_sagas_running{saga="order-fulfilment"} 2"#,
+            r#"sagashop_sagas_failed{saga="order-fulfilment"} 1"#,
             r#"sagashop_saga_oldest_running_seconds{saga="order-fulfilment"} 42.0"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

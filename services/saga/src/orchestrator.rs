@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sagashop_contracts::commands::{
-    SagaCancelRequested, StepContext, StepFailed, StepSucceeded, StepTimedOut,
+    SagaCancelRequested, SagaRetryRequested, StepContext, StepFailed, StepSucceeded, StepTimedOut,
 };
 use sagashop_contracts::events::SagaStepChanged;
 use sagashop_contracts::{Contract, Envelope, Metadata};
@@ -183,6 +183,34 @@ impl Orchestrator {
         }
     }
 
+    /// A request to retry an instance: a `FAILED` one sends its compensation again, a running
+    /// one its awaited command; an ended or unknown one is left alone, said in the log.
+    async fn on_retry(&self, request: &SagaRetryRequested, metadata: &Metadata) -> HandlerResult {
+        if request.saga_name != self.definition.name {
+            return Ok(Vec::new());
+        }
+        let _held = self.lock(&request.saga_id).lock().await;
+        let Some(mut instance) = self.instances.get(&request.saga_id) else {
+            tracing::warn!(saga_id = %request.saga_id, by = %request.requested_by, "retry of a saga not kept here; ignored");
+            return Ok(Vec::new());
+        };
+        match instance.retry(
+            &self.definition,
+            &request.requested_by,
+            &request.reason,
+            now(),
+        ) {
+            Transition::Ignored(why) => {
+                tracing::info!(saga_id = %request.saga_id, by = %request.requested_by, why, "retry ignored");
+                Ok(Vec::new())
+            }
+            Transition::Changed(actions) => {
+                tracing::info!(saga_id = %request.saga_id, by = %request.requested_by, reason = %request.reason, attempt = instance.attempt, "saga retried by request");
+                self.outputs(instance, &actions, metadata)
+            }
+        }
+    }
+
     /// Counts a reply (or deadline) the instance took: its outcome and time per step and
     /// direction, and a compensation given up on.
     fn observe(
@@ -274,6 +302,9 @@ impl Orchestrator {
                     tracing::info!(saga_id = %instance.saga_id, "saga completed");
                     outputs.push(out);
                 }
+                Action::Failed(incident) => {
+                    tracing::error!(saga_id = %instance.saga_id, incident = %incident, "saga FAILED: a compensation gave up; it waits for `sagashop saga retry`");
+                }
                 Action::Cancelled(failure) => {
                     self.finished(&instance, false);
                     let mut payload = instance.trigger.clone();
@@ -333,7 +364,7 @@ type Before = (Status, usize, bool);
 /// of a retry backoff, which answers no command.
 fn judge(
     reply: &Reply,
-    (status, step, backing_off): Before,
+    (status, _step, backing_off): Before,
     after: &Instance,
 ) -> Option<(Direction, StepOutcome, bool)> {
     let outcome = match reply {
@@ -347,9 +378,9 @@ fn judge(
     } else {
         Direction::Forward
     };
-    let moved_on = after.step != step || after.status.is_final();
-    let abandoned =
-        direction == Direction::Compensation && outcome != StepOutcome::Succeeded && moved_on;
+    let abandoned = direction == Direction::Compensation
+        && outcome != StepOutcome::Succeeded
+        && after.status == Status::Failed;
     Some((direction, outcome, abandoned))
 }
 
@@ -420,6 +451,7 @@ pub async fn start(
         let o2 = Arc::clone(&orchestrator);
         let o3 = Arc::clone(&orchestrator);
         let o4 = Arc::clone(&orchestrator);
+        let o5 = Arc::clone(&orchestrator);
         Router::new()
             .on_raw(&d.trigger.topic, &d.trigger.event, policy, trigger)
             .on(&d.reply_topic, move |env: Envelope<StepSucceeded>| {
@@ -453,6 +485,10 @@ pub async fn start(
             .on(&d.reply_topic, move |env: Envelope<SagaCancelRequested>| {
                 let o = Arc::clone(&o4);
                 async move { o.on_cancel(&env.payload, &env.metadata).await }
+            })
+            .on(&d.reply_topic, move |env: Envelope<SagaRetryRequested>| {
+                let o = Arc::clone(&o5);
+                async move { o.on_retry(&env.payload, &env.metadata).await }
             })
     };
     let processor_config = ProcessorConfig::exactly_once(
@@ -542,15 +578,17 @@ async fn tick(
         }
         let now = now();
         // Instances are kept after they finish: clone only the few that are due.
-        let (mut running, mut oldest) = (0, now);
+        let (mut running, mut failed, mut oldest) = (0, 0, now);
         let due: Vec<Instance> = {
             let sent = sent.lock().unwrap_or_else(PoisonError::into_inner);
             orchestrator.instances.select(|_, i| {
-                if !i.status.is_final() {
+                if i.status.is_waiting() {
                     running += 1;
                     oldest = oldest.min(i.history.first().map_or(now, |e| e.at));
+                } else if i.status == Status::Failed {
+                    failed += 1;
                 }
-                let due = !i.status.is_final()
+                let due = i.status.is_waiting()
                     && i.deadline <= now
                     && sent.get(&i.saga_id).is_none_or(|(deadline, at)| {
                         *deadline != i.deadline || now - at > resend_after
@@ -560,7 +598,7 @@ async fn tick(
         };
         orchestrator
             .metrics
-            .running(running, millis_to_seconds(now - oldest));
+            .running(running, failed, millis_to_seconds(now - oldest));
         let mut outputs = Vec::with_capacity(due.len());
         for instance in &due {
             let Some(command) = instance.awaited_command(d) else {
@@ -592,7 +630,7 @@ async fn tick(
                     orchestrator
                         .instances
                         .get(id)
-                        .is_some_and(|i| !i.status.is_final())
+                        .is_some_and(|i| i.status.is_waiting())
                 });
                 for instance in &due {
                     sent.insert(instance.saga_id.clone(), (instance.deadline, now));
@@ -670,7 +708,7 @@ mod tests {
             Some((Compensation, TimedOut, true)),
             "the last attempt gives the compensation up"
         );
-        assert_eq!(i.status, Status::Cancelled);
+        assert_eq!(i.status, Status::Failed);
     }
 
     fn instance(trigger: serde_json::Value) -> Instance {

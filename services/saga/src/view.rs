@@ -35,18 +35,21 @@ pub enum SagaStatus {
     Completed,
     /// Compensated after a failure.
     Cancelled,
+    /// A compensation gave up: needs attention (`sagashop saga retry`).
+    Failed,
 }
 
 impl SagaStatus {
     /// Every status, in the order a saga moves through them.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Running,
         Self::Compensating,
         Self::Completed,
         Self::Cancelled,
+        Self::Failed,
     ];
 
-    /// Parses `RUNNING`, `COMPENSATING`, `COMPLETED` or `CANCELLED`.
+    /// Parses `RUNNING`, `COMPENSATING`, `COMPLETED`, `CANCELLED` or `FAILED`.
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.name() == text)
     }
@@ -58,6 +61,7 @@ impl SagaStatus {
             Self::Compensating => "COMPENSATING",
             Self::Completed => "COMPLETED",
             Self::Cancelled => "CANCELLED",
+            Self::Failed => "FAILED",
         }
     }
 }
@@ -108,6 +112,9 @@ pub struct SagaInstance {
     /// The step that failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_step: Option<String>,
+    /// Why it is `FAILED`: the compensation that gave up, and its last reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
     /// Everything that happened, oldest first (left out of lists).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<TimelineLine>,
@@ -291,6 +298,7 @@ impl SagaView {
                 Status::Compensating => SagaStatus::Compensating,
                 Status::Completed => SagaStatus::Completed,
                 Status::Cancelled => SagaStatus::Cancelled,
+                Status::Failed => SagaStatus::Failed,
             },
             step,
             attempt: Some(state.attempt),
@@ -307,6 +315,7 @@ impl SagaView {
                 .as_ref()
                 .map(|f| f.failed_step.clone())
                 .filter(|s| !s.is_empty()),
+            incident: state.incident.clone(),
             timeline,
         };
         if let Some(old) = inner.instances.remove(saga_id) {

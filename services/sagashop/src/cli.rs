@@ -149,6 +149,19 @@ pub(crate) enum SagaAction {
         #[arg(long = "by", env = "USER", default_value = "sagashop-cli")]
         requested_by: String,
     },
+    /// Retry a saga: a FAILED one (a compensation gave up) sends that compensation again and
+    /// goes on compensating, to CANCELLED; a running one sends the command it waits for again
+    /// at once. Refused (exit 64) for a saga that has ended.
+    Retry {
+        /// The saga id.
+        id: String,
+        /// Why (kept in the saga's timeline).
+        #[arg(long)]
+        reason: String,
+        /// Who asks.
+        #[arg(long = "by", env = "USER", default_value = "sagashop-cli")]
+        requested_by: String,
+    },
     /// One instance and its timeline: every command, reply, timeout and compensation.
     Show {
         /// The saga id (for the order saga: the order id).

@@ -1,4 +1,4 @@
-//! `sagashop saga list|show`: saga instances from an orchestrator's `/api/sagas`.
+//! `sagashop saga list|show|cancel|retry`: saga instances from an orchestrator's `/api/sagas`.
 
 use std::io::Write;
 
@@ -43,19 +43,30 @@ pub(crate) async fn run(url: &str, action: SagaAction) -> Result<(), Failure> {
             reason,
             requested_by,
         } => {
-            let body = serde_json::json!({ "requestedBy": requested_by, "reason": reason });
-            let answer = send(
-                reqwest::Method::POST,
-                &format!("{base}/api/sagas/{id}/cancel"),
-                &[],
-                Some(&body),
+            act(
+                base,
+                "cancel",
+                &id,
+                &reason,
+                &requested_by,
+                "its compensation",
             )
-            .await?;
-            output(writeln!(
-                std::io::stdout().lock(),
-                "cancel of {id} accepted (request {}): `sagashop saga show {id}` follows its compensation",
-                text(&answer, "requestId")
-            ))
+            .await
+        }
+        SagaAction::Retry {
+            id,
+            reason,
+            requested_by,
+        } => {
+            act(
+                base,
+                "retry",
+                &id,
+                &reason,
+                &requested_by,
+                "the new attempt",
+            )
+            .await
         }
         SagaAction::Show { id, json } => {
             let instance = get(&format!("{base}/api/sagas/{id}"), &[]).await?;
@@ -67,6 +78,30 @@ pub(crate) async fn run(url: &str, action: SagaAction) -> Result<(), Failure> {
             })
         }
     }
+}
+
+/// POSTs a `verb` (cancel, retry) request for saga `id`.
+async fn act(
+    base: &str,
+    verb: &str,
+    id: &str,
+    reason: &str,
+    requested_by: &str,
+    follows: &str,
+) -> Result<(), Failure> {
+    let body = serde_json::json!({ "requestedBy": requested_by, "reason": reason });
+    let answer = send(
+        reqwest::Method::POST,
+        &format!("{base}/api/sagas/{id}/{verb}"),
+        &[],
+        Some(&body),
+    )
+    .await?;
+    output(writeln!(
+        std::io::stdout().lock(),
+        "{verb} of {id} accepted (request {}): `sagashop saga show {id}` follows {follows}",
+        text(&answer, "requestId")
+    ))
 }
 
 /// GETs `url` with `query`.
@@ -191,6 +226,13 @@ fn show(out: &mut impl Write, saga: &Value) -> std::io::Result<()> {
             "failed    {}: {}",
             text(saga, "failedStep"),
             text(saga, "reason")
+        )?;
+    }
+    if saga["incident"].is_string() {
+        writeln!(
+            out,
+            "incident  {} (FAILED: `sagashop saga retry` resumes it)",
+            text(saga, "incident")
         )?;
     }
     writeln!(out, "timeline")?;

@@ -660,7 +660,7 @@ async fn bad_input_gets_its_status_and_a_failing_participant_is_compensated_afte
         .unwrap();
     assert_eq!(placed.len(), 1, "the retry wrote a second OrderPlaced");
 
-    // Garbage on a command topic is dead-lettered; the order still ends, compensated.
+    // Garbage on a command topic is dead-lettered; the saga still goes on.
     Publisher::new(&kafka.config, "test")
         .unwrap()
         .send(&Outgoing {
@@ -672,14 +672,30 @@ async fn bad_input_gets_its_status_and_a_failing_participant_is_compensated_afte
         })
         .await
         .unwrap();
-    let order = finished(base, a["orderId"].as_str().unwrap()).await;
-    assert_eq!(order["status"], "CANCELLED", "{order}");
-    assert_eq!(order["failedStep"], "authorize-payment", "{order}");
+    // Payment timed out (it may have charged), and cannot refund either: the saga stops FAILED
+    // there, and the stock stays reserved until someone retries it.
+    let id = a["orderId"].as_str().unwrap();
+    let saga = eventually("the saga to fail at the refund", WAIT, || {
+        let url = format!("{base}/api/sagas/{id}");
+        async move {
+            let s: Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+            (s["status"] == "FAILED").then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(saga["failedStep"], "authorize-payment", "{saga}");
+    assert!(
+        saga["incident"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("RefundPayment gave up"),
+        "{saga}"
+    );
     let stock_now = latest(&kafka.config, &dev.topic("inventory.stock.v1")).await;
     assert_eq!(
         stock_now["sku-2"],
-        json!(100_000),
-        "the reservation was not released"
+        json!(99_999),
+        "the reservation was released before the refund was done"
     );
     let poisoned = read_settled(&kafka.config, "test", &dev.topic("inventory.dlq.v1"), WAIT)
         .await
@@ -697,7 +713,8 @@ async fn bad_input_gets_its_status_and_a_failing_participant_is_compensated_afte
 
 /// The saga deadline survives a change of owner: an orchestrator that started a saga stops
 /// before the step's deadline, another replica takes its partitions over, restores the saga
-/// and times it out and compensates it there (no participant runs, so nothing ever answers).
+/// and times it out and compensates it there (no participant runs, so nothing ever answers:
+/// the compensation gives up too, and the saga stops FAILED on the new owner).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_whose_orchestrator_goes_away_times_out_and_compensates_on_the_next_owner() {
     let kafka = TestKafka::connect().await;
@@ -748,19 +765,141 @@ async fn a_saga_whose_orchestrator_goes_away_times_out_and_compensates_on_the_ne
         &["--saga", saga, "--instance", "second"],
     )
     .await;
-    let order = finished(&edge.base, &id).await;
-    assert_eq!(order["status"], "CANCELLED", "{order}");
-    let history = order["history"].to_string();
-    assert!(history.contains("TIMED_OUT"), "{history}");
+    let url = format!("{}/api/sagas/{id}", second.base);
+    let saga = eventually(
+        "the saga to time out and fail on the new owner",
+        WAIT,
+        || {
+            let url = url.clone();
+            async move {
+                let s: Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+                (s["status"] == "FAILED").then_some(s)
+            }
+        },
+    )
+    .await;
+    let timeline = saga["timeline"].to_string();
+    assert!(timeline.contains("TIMED_OUT"), "{timeline}");
+    assert!(
+        saga["incident"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ReleaseInventory gave up"),
+        "{saga}"
+    );
     second.terminate();
     edge.terminate();
 }
 
-/// A saga stuck at a step whose participant never answers is found, cancelled by hand through
-/// the API and the command line (who asked and why kept), compensates, and ends CANCELLED; the
-/// compensation that cannot be done either is given up on and counted. Refusals write nothing.
+/// A compensation that gives up puts the saga in FAILED; once the participant is fixed, a
+/// retry by hand sends it again, the saga goes on compensating and ends CANCELLED, with the
+/// stock and money given back. Every service its own process, so shipping can be fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_saga_is_cancelled_by_hand_and_compensates() {
+async fn a_failed_saga_retried_once_its_participant_is_fixed_compensates_and_ends_cancelled() {
+    let kafka = TestKafka::connect().await;
+    let prefix = format!("{}.", unique_name("retry"));
+    // Short deadlines, one attempt per step: shipping's failures fail the saga within seconds.
+    let saga = std::env::temp_dir().join(format!("{prefix}saga.yaml"));
+    let short = include_str!("../../../k8s/sagas/order-fulfilment.yaml")
+        .replace("timeout: 5s", "timeout: 3s")
+        .replace("maxAttempts: 3", "maxAttempts: 1");
+    std::fs::write(&saga, short).unwrap();
+    let saga = saga.to_str().unwrap();
+    let service = |name: &'static str, extra: &'static [&'static str]| {
+        let kafka = &kafka;
+        let prefix = prefix.clone();
+        async move {
+            let mut args = vec!["--saga", saga, "--instance", name];
+            args.extend_from_slice(extra);
+            Dev::service(kafka, name, &prefix, &args).await
+        }
+    };
+    let edge = service("order", &["--create-topics"]).await;
+    let orchestrator = service("orchestrator", &[]).await;
+    let inventory = service("inventory", &[]).await;
+    let payment = service("payment", &[]).await;
+    let broken = service("shipping", &["--shipping-transient-rate", "1"]).await;
+
+    let (status, body) = post(&edge.base, &order("c-retry", "sku-1", 1, 700), None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["orderId"].as_str().unwrap().to_owned();
+    let saga_url = format!("{}/api/sagas/{id}", orchestrator.base);
+    let saga =
+        |url: String| async move { reqwest::get(url).await.ok()?.json::<Value>().await.ok() };
+    // create-shipment times out, so its CancelShipment is sent, and fails too: FAILED.
+    let failed = eventually("the saga to fail", WAIT, || {
+        let s = saga(saga_url.clone());
+        async move {
+            let s = s.await?;
+            (s["status"] == "FAILED").then_some(s)
+        }
+    })
+    .await;
+    assert!(
+        failed["incident"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("CancelShipment gave up after 1 attempt"),
+        "{failed}"
+    );
+
+    // Shipping is fixed (restarted without the fault); someone retries the saga.
+    broken.terminate();
+    let shipping = service("shipping", &[]).await;
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
+        .args(["saga", "--url", &orchestrator.base, "retry", &id])
+        .args(["--reason", "shipping fixed", "--by", "ops"])
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let order = finished(&edge.base, &id).await;
+    assert_eq!(order["status"], "CANCELLED", "{order}");
+    let ended = saga(saga_url.clone()).await.unwrap();
+    assert_eq!(ended["status"], "CANCELLED", "{ended}");
+    assert!(ended["incident"].is_null(), "{ended}");
+    let compensated: Vec<&str> = ended["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["phase"] == "COMPENSATED")
+        .map(|l| l["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        compensated,
+        ["create-shipment", "authorize-payment", "reserve-inventory"],
+        "{ended}"
+    );
+    let retried = ended["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["detail"] == "retry requested by ops: shipping fixed" && l["attempt"] == 2);
+    assert!(retried, "the retry is not in the timeline: {ended}");
+    // An ended saga is not retried.
+    let again = reqwest::Client::new()
+        .post(format!("{saga_url}/retry"))
+        .json(&json!({"requestedBy": "ops", "reason": "again"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    for p in [shipping, payment, inventory, orchestrator, edge] {
+        p.terminate();
+    }
+}
+
+/// A saga stuck at a step whose participant never answers is found, cancelled by hand through
+/// the API and the command line (who asked and why kept), and compensates; the compensation
+/// that cannot be done either puts it in FAILED, counted, and a retry while the participant is
+/// still broken fails it again. Refusals write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_saga_is_cancelled_by_hand_and_fails_where_a_compensation_cannot_be_done() {
     let kafka = TestKafka::connect().await;
     let prefix = format!("{}.", unique_name("cancel"));
     // Shipping fails every command: create-shipment never answers, nor does its compensation.
@@ -825,32 +964,33 @@ async fn a_stuck_saga_is_cancelled_by_hand_and_compensates() {
         cancel(json!({ "requestedBy": "t", "reason": "again" }), id.clone()).await;
     assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
 
-    // Shipping cannot cancel either: that compensation is given up after its attempts, then
-    // the payment is refunded and the stock released.
-    let ended = eventually("the saga to end", WAIT, || {
+    // Shipping cannot cancel either: that compensation gives up after its attempts, and the
+    // saga stops FAILED, the payment and stock still taken, until someone retries it.
+    let failed = eventually("the saga to fail", WAIT, || {
         let s = saga(saga_url.clone());
         async move {
             let s = s.await?;
-            (s["status"] == "CANCELLED").then_some(s)
+            (s["status"] == "FAILED").then_some(s)
         }
     })
     .await;
     assert_eq!(
-        ended["reason"], "cancelled by tester: customer called",
-        "{ended}"
+        failed["reason"], "cancelled by tester: customer called",
+        "{failed}"
     );
-    assert_eq!(ended["failedStep"], "create-shipment", "{ended}");
-    let compensated: Vec<&str> = ended["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["phase"] == "COMPENSATED")
-        .map(|l| l["step"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        compensated,
-        ["authorize-payment", "reserve-inventory"],
-        "{ended}"
+    assert_eq!(failed["failedStep"], "create-shipment", "{failed}");
+    let incident = failed["incident"].as_str().unwrap_or_default();
+    assert!(
+        incident.contains("CancelShipment gave up after 3 attempts"),
+        "{failed}"
+    );
+    assert!(
+        !failed["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["phase"] == "COMPENSATED"),
+        "nothing after the failed compensation was undone: {failed}"
     );
     let order: Value = reqwest::get(format!("{}/api/orders/{id}", dev.base))
         .await
@@ -858,17 +998,60 @@ async fn a_stuck_saga_is_cancelled_by_hand_and_compensates() {
         .json()
         .await
         .unwrap();
-    assert_eq!(order["status"], "CANCELLED", "{order}");
-    let page = reqwest::get(format!("{}/metrics", dev.base))
-        .await
-        .unwrap()
-        .text()
-        .await
+    assert_ne!(order["status"], "CANCELLED", "{order}");
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
+        .args(["saga", "--url", &dev.base, "list", "--status", "FAILED"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains(&id), "saga list --status FAILED:\n{listed}");
+    let (status, refused) =
+        cancel(json!({ "requestedBy": "t", "reason": "again" }), id.clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("retry it"),
+        "{refused}"
+    );
+    // The gauge follows on the orchestrator's next deadline sweep.
+    let metrics_url = format!("{}/metrics", dev.base);
+    eventually("the failed saga in /metrics", WAIT, || {
+        let page = reqwest::get(metrics_url.clone());
+        async move {
+            let page = page.await.ok()?.text().await.ok()?;
+            [
+                r#"sagashop_saga_compensations_abandoned_total{saga="order-fulfilment",step="create-shipment"} 1"#,
+                r#"sagashop_sagas_failed{saga="order-fulfilment"} 1"#,
+            ]
+            .iter()
+            .all(|line| page.lines().any(|l| l == *line))
+            .then_some(())
+        }
+    })
+    .await;
+    // A retry while shipping is still broken: one more attempt, and FAILED again.
+    let retried = std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
+        .args(["saga", "--url", &dev.base, "retry", &id])
+        .args(["--reason", "try once more", "--by", "tester"])
+        .output()
         .unwrap();
     assert!(
-        page.lines().any(|l| l
-            == r#"sagashop_saga_compensations_abandoned_total{saga="order-fulfilment",step="create-shipment"} 1"#),
-        "{page}"
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
     );
+    eventually("the retried compensation to fail again", WAIT, || {
+        let s = saga(saga_url.clone());
+        async move {
+            let s = s.await?;
+            let tried = s["timeline"].as_array()?.iter().any(|l| {
+                l["attempt"] == 4 && l["detail"] == "retry requested by tester: try once more"
+            });
+            (tried && s["status"] == "FAILED").then_some(())
+        }
+    })
+    .await;
     dev.terminate();
 }
