@@ -89,13 +89,31 @@ impl Partitions {
 
     /// A record of `epoch` finished. Returns the offset to store when the partition's
     /// contiguous finished prefix grew. Call [`Partitions::ended`] once it is stored.
+    #[cfg(test)]
     pub(crate) fn finished(&self, partition: &Partition, epoch: u64, offset: i64) -> Option<i64> {
+        self.finished_storing(partition, epoch, offset, |_| Ok::<(), ()>(()))
+            .map(|(through, _)| through)
+    }
+
+    /// [`Partitions::finished`], storing the new position with `store` while the lock is held:
+    /// two records of one partition finishing at once on two threads must store their
+    /// positions in the order they were decided, or the later (lower) one would move the
+    /// stored position back and the next owner would redo records already handled. Returns
+    /// the position and what `store` said, when there was one to store.
+    pub(crate) fn finished_storing<E>(
+        &self,
+        partition: &Partition,
+        epoch: u64,
+        offset: i64,
+        store: impl FnOnce(i64) -> Result<(), E>,
+    ) -> Option<(i64, Result<(), E>)> {
         let mut inner = self.lock();
         let tracked = inner.owned.get_mut(partition)?;
         if tracked.epoch != epoch {
             return None;
         }
-        tracked.tracker.finish(offset)
+        let through = tracked.tracker.finish(offset)?;
+        Some((through, store(through)))
     }
 
     /// A record of `epoch` stopped running (finished and its offset stored, or abandoned).
@@ -192,6 +210,41 @@ mod tests {
         parts.ended(&p(0), new);
         assert_eq!(parts.take_revoked(), [p(0)]);
         assert!(parts.take_revoked().is_empty());
+    }
+
+    #[test]
+    fn positions_are_stored_in_the_order_they_grow_when_records_finish_on_many_threads() {
+        // Found in CI: a task that decided to store 12 stored it after another had stored 13,
+        // so the next owner redid 13. Stores now happen under the lock, in decision order.
+        let parts = std::sync::Arc::new(Partitions::default());
+        let mut epoch = 0;
+        for offset in 0..400 {
+            epoch = parts.received(&p(2), offset).unwrap();
+        }
+        let stored = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let (parts, stored) = (parts.clone(), stored.clone());
+                std::thread::spawn(move || {
+                    for offset in (0..400).filter(|o| o % 8 == t) {
+                        parts.finished_storing(&p(2), epoch, offset, |through| {
+                            std::thread::yield_now();
+                            stored.lock().unwrap().push(through);
+                            Ok::<(), ()>(())
+                        });
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let stored = stored.lock().unwrap().clone();
+        assert!(
+            stored.windows(2).all(|w| w[0] < w[1]),
+            "the stored position went back: {stored:?}"
+        );
+        assert_eq!(stored.last(), Some(&399));
     }
 
     #[test]

@@ -782,8 +782,10 @@ async fn chain(
         let offset = record.offset;
         let done = process(&shared, record).await;
         if done
-            && let Some(through) = partitions.finished(&partition, epoch, offset)
-            && let Err(e) = consumer.store_offset(&partition.0, partition.1, through)
+            && let Some((_, Err(e))) =
+                partitions.finished_storing(&partition, epoch, offset, |through| {
+                    consumer.store_offset(&partition.0, partition.1, through)
+                })
         {
             // The partition went away meanwhile; its new owner re-reads from the last
             // commit (at-least-once).
