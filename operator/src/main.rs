@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use sagashop_kit::exit::{EX_CANTCREAT, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE};
 use sagashop_kit::telemetry::LogFormat;
 use sagashop_operator::lease::LeaseConfig;
 use sagashop_operator::{OperatorConfig, RunError, Scope};
@@ -93,7 +94,7 @@ async fn main() -> ExitCode {
 
 fn usage(message: &str) -> ExitCode {
     tracing::error!("{message}");
-    ExitCode::from(64)
+    ExitCode::from(EX_USAGE)
 }
 
 async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
@@ -101,7 +102,7 @@ async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
         Ok(guard) => guard,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "sagashop-operator: {e}");
-            return ExitCode::from(70);
+            return ExitCode::from(EX_SOFTWARE);
         }
     };
     if let Err(e) = args.kafka.validate() {
@@ -121,14 +122,14 @@ async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
         Ok(listener) => listener,
         Err(e) => {
             tracing::error!("cannot listen on {} (OPERATOR_HTTP): {e}", args.http);
-            return ExitCode::from(69);
+            return ExitCode::from(EX_UNAVAILABLE);
         }
     };
     let client = match kube::Client::try_default().await {
         Ok(client) => client,
         Err(e) => {
             tracing::error!("no Kubernetes API server: {e} (set KUBECONFIG, or run in a cluster)");
-            return ExitCode::from(69);
+            return ExitCode::from(EX_UNAVAILABLE);
         }
     };
     let config = OperatorConfig {
@@ -176,11 +177,11 @@ async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ RunError::Kafka(_)) => {
             tracing::error!("{e}");
-            ExitCode::from(69)
+            ExitCode::from(EX_UNAVAILABLE)
         }
         Err(e @ RunError::LeaseLost(_)) => {
             tracing::error!("{e}");
-            ExitCode::from(75)
+            ExitCode::from(EX_TEMPFAIL)
         }
     }
 }
@@ -207,7 +208,7 @@ fn crds(out: Option<&std::path::Path>) -> ExitCode {
                 std::io::stderr(),
                 "sagashop-operator: writing the CRDs: {e}"
             );
-            ExitCode::from(73)
+            ExitCode::from(EX_CANTCREAT)
         }
     }
 }

@@ -329,8 +329,7 @@ pub(crate) fn millis(duration: Duration) -> String {
     duration.as_millis().to_string()
 }
 
-/// sysexits `EX_USAGE`: a bad command line or setting.
-pub const EX_USAGE: u8 = 64;
+pub use crate::exit::EX_USAGE;
 
 /// Prints a command-line parse error (or the help or version asked for) and returns the exit
 /// code every sagashop binary uses for it: 0 for `--help` and `--version`, 64 otherwise.

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod committer;
 pub mod dlq;
 mod exactly_once;
+pub mod exit;
 pub mod expiry;
 pub mod headers;
 pub mod http;

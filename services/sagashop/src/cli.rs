@@ -7,16 +7,9 @@ use clap::{Parser, Subcommand};
 use sagashop_kit::KafkaConfig;
 use sagashop_kit::telemetry::LogFormat;
 
-/// sysexits: a bad command line or setting.
-pub(crate) const EX_USAGE: u8 = sagashop_kit::kafka::EX_USAGE;
-/// sysexits: a service we need (Kafka) is unavailable.
-pub(crate) const EX_UNAVAILABLE: u8 = 69;
-/// sysexits: an internal error.
-pub(crate) const EX_SOFTWARE: u8 = 70;
-/// sysexits: a file could not be written.
-pub(crate) const EX_CANTCREAT: u8 = 73;
-/// sysexits: writing the output failed.
-pub(crate) const EX_IOERR: u8 = 74;
+pub(crate) use sagashop_kit::exit::{
+    EX_CANTCREAT, EX_IOERR, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE,
+};
 
 /// sagashop: an event-driven order saga on Apache Kafka.
 #[derive(Debug, Parser)]
