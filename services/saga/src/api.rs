@@ -212,6 +212,17 @@ fn refusal(verb: Verb, status: SagaStatus) -> Option<String> {
     }
 }
 
+/// A request as its record on `topic`, keyed (and correlated) by the saga id it names, with
+/// its message id.
+fn record<T: sagashop_contracts::Contract>(
+    topic: &str,
+    id: &str,
+    request: T,
+) -> Result<(Outgoing, uuid::Uuid), sagashop_contracts::EncodeError> {
+    let envelope = Envelope::new(id.to_owned(), id.to_owned(), request);
+    Outgoing::event(topic, &envelope).map(|out| (out, envelope.metadata.message_id))
+}
+
 async fn act(api: &Api, id: String, body: Body, verb: Verb) -> Response {
     let Json(body) = match body {
         Ok(body) => body,
@@ -274,28 +285,26 @@ async fn act(api: &Api, id: String, body: Body, verb: Verb) -> Response {
     }
     let (saga_id, saga_name) = (id.clone(), instance.saga.clone());
     let out = match verb {
-        Verb::Cancel => {
-            let request = SagaCancelRequested {
+        Verb::Cancel => record(
+            &api.reply_topic,
+            &id,
+            SagaCancelRequested {
                 saga_id,
                 saga_name,
                 requested_by,
                 reason,
-            };
-            let envelope = Envelope::new(id.clone(), id.clone(), request);
-            Outgoing::event(&api.reply_topic, &envelope)
-                .map(|out| (out, envelope.metadata.message_id))
-        }
-        Verb::Retry => {
-            let request = SagaRetryRequested {
+            },
+        ),
+        Verb::Retry => record(
+            &api.reply_topic,
+            &id,
+            SagaRetryRequested {
                 saga_id,
                 saga_name,
                 requested_by,
                 reason,
-            };
-            let envelope = Envelope::new(id.clone(), id.clone(), request);
-            Outgoing::event(&api.reply_topic, &envelope)
-                .map(|out| (out, envelope.metadata.message_id))
-        }
+            },
+        ),
     };
     let sent = match out {
         Ok((out, message_id)) => api

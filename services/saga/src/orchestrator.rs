@@ -158,54 +158,64 @@ impl Orchestrator {
     /// A request to cancel an instance: compensates it if it still runs; otherwise (ended,
     /// compensating, unknown here) changes nothing, said in the log.
     async fn on_cancel(&self, request: &SagaCancelRequested, metadata: &Metadata) -> HandlerResult {
-        if request.saga_name != self.definition.name {
-            return Ok(Vec::new());
-        }
-        let _held = self.lock(&request.saga_id).lock().await;
-        let Some(mut instance) = self.instances.get(&request.saga_id) else {
-            tracing::warn!(saga_id = %request.saga_id, by = %request.requested_by, "cancel of a saga not kept here; ignored");
-            return Ok(Vec::new());
+        let asked = Asked {
+            verb: "cancel",
+            saga_id: &request.saga_id,
+            saga_name: &request.saga_name,
+            requested_by: &request.requested_by,
+            reason: &request.reason,
         };
-        match instance.cancel(
-            &self.definition,
-            &request.requested_by,
-            &request.reason,
-            now(),
-        ) {
-            Transition::Ignored(why) => {
-                tracing::info!(saga_id = %request.saga_id, by = %request.requested_by, why, "cancel ignored");
-                Ok(Vec::new())
-            }
-            Transition::Changed(actions) => {
-                tracing::info!(saga_id = %request.saga_id, by = %request.requested_by, reason = %request.reason, "saga cancelled by request; compensating");
-                self.outputs(instance, &actions, metadata)
-            }
-        }
+        self.on_request(&asked, metadata, Instance::cancel).await
     }
 
     /// A request to retry an instance: a `FAILED` one sends its compensation again, a running
     /// one its awaited command; an ended or unknown one is left alone, said in the log.
     async fn on_retry(&self, request: &SagaRetryRequested, metadata: &Metadata) -> HandlerResult {
-        if request.saga_name != self.definition.name {
+        let asked = Asked {
+            verb: "retry",
+            saga_id: &request.saga_id,
+            saga_name: &request.saga_name,
+            requested_by: &request.requested_by,
+            reason: &request.reason,
+        };
+        self.on_request(&asked, metadata, Instance::retry).await
+    }
+
+    /// Applies a request by hand (`act`: [`Instance::cancel`] or [`Instance::retry`]) to the
+    /// instance it names, under the instance's lock, as the steps' replies are.
+    async fn on_request(
+        &self,
+        asked: &Asked<'_>,
+        metadata: &Metadata,
+        act: impl FnOnce(&mut Instance, &Definition, &str, &str, i64) -> Transition,
+    ) -> HandlerResult {
+        let Asked {
+            verb,
+            saga_id,
+            saga_name,
+            requested_by,
+            reason,
+        } = *asked;
+        if saga_name != self.definition.name {
             return Ok(Vec::new());
         }
-        let _held = self.lock(&request.saga_id).lock().await;
-        let Some(mut instance) = self.instances.get(&request.saga_id) else {
-            tracing::warn!(saga_id = %request.saga_id, by = %request.requested_by, "retry of a saga not kept here; ignored");
+        let _held = self.lock(saga_id).lock().await;
+        let Some(mut instance) = self.instances.get(saga_id) else {
+            tracing::warn!(
+                saga_id,
+                by = requested_by,
+                verb,
+                "request for a saga not kept here; ignored"
+            );
             return Ok(Vec::new());
         };
-        match instance.retry(
-            &self.definition,
-            &request.requested_by,
-            &request.reason,
-            now(),
-        ) {
+        match act(&mut instance, &self.definition, requested_by, reason, now()) {
             Transition::Ignored(why) => {
-                tracing::info!(saga_id = %request.saga_id, by = %request.requested_by, why, "retry ignored");
+                tracing::info!(saga_id, by = requested_by, verb, why, "request ignored");
                 Ok(Vec::new())
             }
             Transition::Changed(actions) => {
-                tracing::info!(saga_id = %request.saga_id, by = %request.requested_by, reason = %request.reason, attempt = instance.attempt, "saga retried by request");
+                tracing::info!(saga_id, by = requested_by, verb, reason, status = ?instance.status, attempt = instance.attempt, "request by hand applied");
                 self.outputs(instance, &actions, metadata)
             }
         }
@@ -382,6 +392,16 @@ fn judge(
         && outcome != StepOutcome::Succeeded
         && after.status == Status::Failed;
     Some((direction, outcome, abandoned))
+}
+
+/// Who asked what of which saga, and why (a cancel or a retry by hand).
+#[derive(Clone, Copy)]
+struct Asked<'a> {
+    verb: &'static str,
+    saga_id: &'a str,
+    saga_name: &'a str,
+    requested_by: &'a str,
+    reason: &'a str,
 }
 
 fn now() -> i64 {
