@@ -137,6 +137,10 @@ impl PublishError {
                     | C::LeaderNotAvailable
                     | C::NotLeaderForPartition
                     | C::OperationTimedOut
+                    // Sends still queued or in flight when a transaction is aborted or its
+                    // producer replaced (after the broker went away) are purged: never written.
+                    | C::PurgeQueue
+                    | C::PurgeInflight
             )
         );
         let topic = topic.to_owned();
@@ -339,5 +343,28 @@ impl Publisher {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         use rdkafka::producer::Producer;
         self.producer.flush(timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classified(code: RDKafkaErrorCode) -> PublishError {
+        PublishError::classify("orders", KafkaError::MessageProduction(code))
+    }
+
+    #[test]
+    fn sends_purged_by_an_aborted_transaction_are_unavailable_not_rejected() {
+        // The edge answers 503 (try again) for these, never 500: nothing was written.
+        for code in [
+            RDKafkaErrorCode::PurgeQueue,
+            RDKafkaErrorCode::PurgeInflight,
+        ] {
+            assert!(classified(code).is_unavailable(), "{code:?}");
+        }
+        assert!(classified(RDKafkaErrorCode::AllBrokersDown).is_unavailable());
+        assert!(!classified(RDKafkaErrorCode::MessageSizeTooLarge).is_unavailable());
+        assert!(!classified(RDKafkaErrorCode::TopicAuthorizationFailed).is_unavailable());
     }
 }
