@@ -12,7 +12,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::{Error, KafkaConfig};
+use crate::error::Error;
+use crate::kafka::KafkaConfig;
 
 /// How often a changelog rolls a segment, and how long it keeps tombstones (a minute).
 pub const CHANGELOG_SEGMENT_MS: &str = "60000";

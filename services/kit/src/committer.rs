@@ -25,10 +25,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::exactly_once::{TxnError, blocking, commit_now, grace_after, producer};
+use crate::error::Error;
+use crate::kafka::KafkaConfig;
 use crate::monitor::{GroupLabels, Monitor, TopicLabels, seconds};
-use crate::publisher::{Outgoing, PublishError, Publisher};
-use crate::{Error, KafkaConfig, Task};
+use crate::publisher::{PublishError, Publisher};
+use crate::record::Outgoing;
+use crate::task::Task;
+use crate::transaction::{TxnError, blocking, commit_now, grace_after, producer};
 
 /// How a [`Committer`] runs.
 #[derive(Debug, Clone)]

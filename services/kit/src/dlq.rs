@@ -7,10 +7,11 @@
 
 use std::time::Duration;
 
-use crate::publisher::Outgoing;
+use crate::error::Error;
+use crate::kafka::KafkaConfig;
 use crate::reader::read_to_end;
-use crate::router::Record;
-use crate::{Error, KafkaConfig};
+use crate::record::Outgoing;
+use crate::record::Record;
 
 /// Header names the runtime adds to a dead letter.
 pub mod header {

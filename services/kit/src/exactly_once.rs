@@ -21,96 +21,21 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
-use crate::processor::{Disposition, GroupContext, KeyId, Shared, count, handle};
+use crate::error::Error;
+use crate::group::GroupContext;
+use crate::handling::{Disposition, KeyId, Shared, count, handle};
 use crate::publisher::{PublishError, Publisher};
+use crate::record::Record;
 use crate::retry::RetryPolicy;
-use crate::router::Record;
 use crate::store::Reload;
-
-/// Why a batch's transaction did not commit.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum TxnError {
-    #[error("{0}: {1}")]
-    Kafka(&'static str, KafkaError),
-    #[error("{0} did not return within the watchdog timeout")]
-    Watchdog(&'static str),
-    #[error(transparent)]
-    Delivery(#[from] PublishError),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl TxnError {
-    /// Whether the producer can no longer be used (fenced by a newer instance, or broken).
-    fn is_fatal(&self) -> bool {
-        match self {
-            Self::Kafka(_, KafkaError::Transaction(e)) => e.is_fatal(),
-            Self::Watchdog(_) => true,
-            _ => false,
-        }
-    }
-}
-
-/// Runs a blocking librdkafka call on the blocking pool, giving up after `timeout` plus a margin
-/// (librdkafka's own timeout should fire first; the watchdog catches a call that hangs anyway).
-pub(crate) async fn blocking<T, F>(
-    what: &'static str,
-    timeout: Duration,
-    call: F,
-) -> Result<T, TxnError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, KafkaError> + Send + 'static,
-{
-    let task = tokio::task::spawn_blocking(call);
-    match tokio::time::timeout(timeout + Duration::from_secs(5), task).await {
-        Ok(Ok(result)) => result.map_err(|e| TxnError::Kafka(what, e)),
-        Ok(Err(join)) => Err(TxnError::Internal(format!("{what} panicked: {join}"))),
-        Err(_) => Err(TxnError::Watchdog(what)),
-    }
-}
-
-/// Creates a transactional producer and registers its `transactional.id` with the broker,
-/// which fences (aborts) whatever an earlier instance with the same id left open.
-pub(crate) async fn producer(
-    config: &ClientConfig,
-    timeout: Duration,
-) -> Result<FutureProducer, Error> {
-    let producer: FutureProducer = config.create().map_err(|cause| Error::Client {
-        what: "transactional producer",
-        cause,
-    })?;
-    let init = producer.clone();
-    blocking("init_transactions", timeout, move || {
-        init.init_transactions(timeout)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("could not start transactions: {e}")))?;
-    Ok(producer)
-}
-
-/// Fences the previous incarnation of `transactional_id` (a member killed mid-transaction):
-/// registering the id aborts whatever it left open at once, instead of after the transaction
-/// timeout. Call it before restoring stores: an open transaction holds back what
-/// `read_committed` readers (the restore) can see.
-pub async fn fence(
-    kafka: &crate::KafkaConfig,
-    group_id: &str,
-    transactional_id: &str,
-    timeout: Duration,
-) -> Result<(), Error> {
-    let config = kafka.transactional_producer(group_id, transactional_id);
-    let fenced = producer(&config, timeout).await?;
-    drop(fenced);
-    Ok(())
-}
+use crate::transaction::{
+    SHUTDOWN_GRACE, TxnError, abort, blocking, commit_now, grace_after, producer,
+};
 
 /// Transactions failed in a row after which the producer is replaced even when aborting worked.
 const STUCK_AFTER: u32 = 3;
@@ -138,7 +63,7 @@ pub(crate) async fn run(
         // The assignment changed: restore the state of the partitions owned now (another
         // member may have written it) and drop the rest.
         if assigned.swap(false, Ordering::SeqCst) {
-            owned = crate::processor::assign(&consumer, &stores).await?;
+            owned = crate::group::assign(&consumer, &stores).await?;
         }
         // Records fetched before a rebalance took their partition away: its new owner has them.
         batch.retain(|r| owned.contains(&(r.topic.clone(), r.partition)));
@@ -203,44 +128,6 @@ pub(crate) async fn run(
         }
     }
     Ok(())
-}
-
-/// Commits the open transaction. First waits (up to a second) until librdkafka holds no
-/// message and no undelivered report: every record's acknowledgement has been awaited already,
-/// but the report may still be on its way out of librdkafka's queue, and rdkafka's
-/// `commit_transaction` then runs its flush loop, which sleeps 100 ms per round. Measured: 1
-/// commit in 10 took 100 ms instead of under 1 ms.
-pub(crate) fn commit_now(txn: &FutureProducer, timeout: Duration) -> Result<(), KafkaError> {
-    let settled = std::time::Instant::now() + Duration::from_secs(1);
-    while txn.in_flight_count() > 0 && std::time::Instant::now() < settled {
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    txn.commit_transaction(timeout)
-}
-
-/// How long shutdown waits for a transaction in progress.
-pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// Completes [`SHUTDOWN_GRACE`] after `shutdown` is cancelled.
-pub(crate) async fn grace_after(shutdown: &CancellationToken) {
-    shutdown.cancelled().await;
-    tokio::time::sleep(SHUTDOWN_GRACE).await;
-}
-
-/// Aborts the open transaction; returns whether the producer must be replaced.
-async fn abort(txn: &FutureProducer, timeout: Duration) -> bool {
-    let producer = txn.clone();
-    match blocking("abort_transaction", timeout, move || {
-        producer.abort_transaction(timeout)
-    })
-    .await
-    {
-        Ok(()) => false,
-        Err(e) => {
-            tracing::warn!(error = %e, "abort failed");
-            e.is_fatal()
-        }
-    }
 }
 
 /// Seeks every assigned partition back to its committed offset (or to the beginning where
@@ -355,7 +242,7 @@ async fn run_batch(
                 };
                 for out in outputs {
                     let mut sent = None;
-                    let mut enqueue = |record: &crate::publisher::Outgoing| {
+                    let mut enqueue = |record: &crate::record::Outgoing| {
                         sent = Some(
                             txn.send_result(Publisher::record(record))
                                 .map_err(|(cause, _)| PublishError::classify(&record.topic, cause)),

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::publisher::{Outgoing, Publisher};
+use crate::publisher::Publisher;
+use crate::record::Outgoing;
 use crate::store::Store;
 
 /// One store's rule: what it forgets, and after how long.

@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::monitor::Monitor;
+use crate::monitor::{Monitor, ResponseLabels, RouteLabels};
 
 /// The operational endpoints:
 /// - `GET /healthz`: 200 while the process runs (liveness);
@@ -25,22 +25,6 @@ pub fn ops_router(monitor: Monitor) -> Router {
         .route("/metrics", get(metrics))
         .route("/metrics/catalogue", get(catalogue))
         .with_state(monitor)
-}
-
-/// Labels of one kind of request: its method and route (the route's pattern, such as
-/// `/api/orders/{id}`, so ids do not become labels; `unmatched` for paths no route serves).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
-pub(crate) struct RouteLabels {
-    pub(crate) method: String,
-    pub(crate) route: String,
-}
-
-/// [`RouteLabels`] and the answer's status code.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
-pub(crate) struct ResponseLabels {
-    pub(crate) method: String,
-    pub(crate) route: String,
-    pub(crate) status: String,
 }
 
 /// `app` with its requests counted and timed (the RED metrics of an HTTP server):

@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::util::Timeout;
 
-use crate::Error;
+use crate::error::Error;
 use crate::security::KafkaSecurity;
 
 /// How sagashop reaches Kafka. Every service and tool takes these flags.

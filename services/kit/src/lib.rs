@@ -10,13 +10,23 @@
 //! handlers: ordered per key, concurrent across keys, offsets committed only through the last
 //! contiguous finished record, transient failures retried with backoff ([`retry`]), everything
 //! else sent to a dead-letter topic ([`dlq`]).
+//!
+//! Modules import one way (checked by `tests/layering.rs`), so kit reads bottom up:
+//! `error`, `task`, [`record`] (the consumed [`Record`] and the [`Outgoing`] one), [`kafka`] and
+//! [`security`]; then [`reader`], [`store`], [`publisher`] and `transaction`; then `handling`
+//! (what handling one record means), `group` (consumer group membership), `exactly_once` and
+//! at the top [`processor`] and [`committer`]. Each module names the module that defines what
+//! it uses; the re-exports below are for the services.
 
 pub mod admin;
 pub mod committer;
 pub mod dlq;
+mod error;
 mod exactly_once;
 pub mod exit;
 pub mod expiry;
+mod group;
+mod handling;
 pub mod headers;
 pub mod http;
 pub mod kafka;
@@ -26,120 +36,28 @@ mod partitions;
 pub mod processor;
 pub mod publisher;
 pub mod reader;
+pub mod record;
 pub mod redelivery;
 pub mod retry;
 pub mod router;
 pub mod security;
 pub mod store;
+mod task;
 pub mod telemetry;
+mod transaction;
 
 pub use committer::{CommitError, Committer, CommitterConfig};
-pub use exactly_once::fence;
+pub use error::Error;
 pub use expiry::Expiry;
 pub use http::ops_router;
 pub use kafka::{ClusterInfo, KafkaConfig};
 pub use monitor::{Monitor, ReadyFlag};
 pub use processor::{DedupeKey, Processor, ProcessorConfig, Stats, StatsSnapshot};
-pub use publisher::{Delivered, Outgoing, PublishError, Publisher};
+pub use publisher::{Delivered, PublishError, Publisher};
+pub use record::{Outgoing, Record};
 pub use redelivery::RetryTopic;
 pub use retry::RetryPolicy;
-pub use router::{FailurePolicy, HandlerError, HandlerResult, Record, Router};
+pub use router::{FailurePolicy, HandlerError, HandlerResult, Router};
 pub use store::Store;
-
-use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaErrorCode;
-
-/// What can go wrong in the runtime. Messages say what to do next where there is something to do.
-///
-/// librdkafka's errors are shown inline as `cause` rather than chained as a `source`: their
-/// `Display` already includes the error code that their `source()` would repeat.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A setting is unusable; found before any connection is made.
-    #[error("invalid setting {setting}: {reason}")]
-    InvalidConfig {
-        /// The environment variable (or flag) at fault.
-        setting: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The broker does not answer.
-    #[error(
-        "Kafka at {bootstrap} is unreachable ({cause}): start it with `scripts/kafka up`, or \
-         check KAFKA_BOOTSTRAP_SERVERS (and KAFKA_SECURITY_PROTOCOL: a TLS listener looks like \
-         this to a PLAINTEXT client)"
-    )]
-    Unreachable {
-        /// The bootstrap servers tried.
-        bootstrap: String,
-        /// librdkafka's account.
-        cause: KafkaError,
-    },
-    /// The broker answers but refuses the connection: TLS or SASL settings do not match it.
-    #[error(
-        "Kafka at {bootstrap} refused the connection ({reason}): check KAFKA_SECURITY_PROTOCOL, \
-         KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SSL_CA_LOCATION"
-    )]
-    Refused {
-        /// The bootstrap servers tried.
-        bootstrap: String,
-        /// librdkafka's reason.
-        reason: String,
-    },
-    /// librdkafka refused a client configuration.
-    #[error("could not create the Kafka {what} client: {cause}")]
-    Client {
-        /// Which client: producer, consumer, admin.
-        what: &'static str,
-        /// librdkafka's account.
-        cause: KafkaError,
-    },
-    /// An admin request failed as a whole.
-    #[error("Kafka could not {action}: {cause}")]
-    Admin {
-        /// What we asked for.
-        action: &'static str,
-        /// librdkafka's account.
-        cause: KafkaError,
-    },
-    /// The broker refused to create a topic.
-    #[error("Kafka refused to create topic `{topic}`: {code}")]
-    TopicRefused {
-        /// The topic.
-        topic: String,
-        /// The broker's error code.
-        code: RDKafkaErrorCode,
-    },
-    /// A bug or an environment fault (a panicked blocking task, say).
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-/// A service's background work: its processor (and helpers), running until its shutdown
-/// token is cancelled.
-#[derive(Debug)]
-pub struct Task {
-    name: &'static str,
-    handle: tokio::task::JoinHandle<Result<(), Error>>,
-}
-
-impl Task {
-    /// Runs `work` on the executor as `name`'s task.
-    pub fn spawn(
-        name: &'static str,
-        work: impl std::future::Future<Output = Result<(), Error>> + Send + 'static,
-    ) -> Self {
-        Self {
-            name,
-            handle: tokio::spawn(work),
-        }
-    }
-
-    /// Waits for it to end (after its shutdown token is cancelled): its result, or an internal
-    /// error naming it if it panicked.
-    pub async fn stopped(self) -> Result<(), Error> {
-        self.handle
-            .await
-            .map_err(|e| Error::Internal(format!("{} panicked: {e}", self.name)))?
-    }
-}
+pub use task::Task;
+pub use transaction::fence;

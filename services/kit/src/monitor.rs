@@ -53,6 +53,22 @@ pub struct StoreLabels {
     pub store: String,
 }
 
+/// Labels of one kind of request: its method and route (the route's pattern, such as
+/// `/api/orders/{id}`, so ids do not become labels; `unmatched` for paths no route serves).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+pub(crate) struct RouteLabels {
+    pub(crate) method: String,
+    pub(crate) route: String,
+}
+
+/// [`RouteLabels`] and the answer's status code.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+pub(crate) struct ResponseLabels {
+    pub(crate) method: String,
+    pub(crate) route: String,
+    pub(crate) status: String,
+}
+
 /// Latency buckets from 0.5 ms to ~16 s.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LatencyBuckets;
@@ -85,8 +101,8 @@ pub(crate) struct RuntimeMetrics {
 /// The RED metrics of the HTTP server (see [`crate::http::observed`]).
 #[derive(Debug, Clone)]
 pub(crate) struct HttpMetrics {
-    pub(crate) requests: Family<crate::http::ResponseLabels, Counter>,
-    pub(crate) duration: Family<crate::http::RouteLabels, Histogram, LatencyBuckets>,
+    pub(crate) requests: Family<ResponseLabels, Counter>,
+    pub(crate) duration: Family<RouteLabels, Histogram, LatencyBuckets>,
 }
 
 /// Metrics and readiness of one process; clone it into every part that reports.

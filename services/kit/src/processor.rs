@@ -17,340 +17,30 @@
 //! Records with an `event-type` no handler knows are acknowledged and counted.
 
 use std::collections::{HashMap, VecDeque};
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::FutureExt;
-use rdkafka::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::dlq::dead_letter;
-use crate::monitor::{GroupLabels, HandlerLabels, Monitor, PartitionLabels, ReadyFlag, seconds};
+use crate::error::Error;
+use crate::kafka::KafkaConfig;
+use crate::monitor::Monitor;
 use crate::partitions::{Partition, Partitions};
-use crate::publisher::{Delivered, Outgoing, PublishError, Publisher};
+use crate::publisher::{Delivered, PublishError, Publisher};
+use crate::record::Outgoing;
+use crate::record::Record;
 use crate::redelivery::{self, RetryTopic};
 use crate::retry::RetryPolicy;
-use crate::router::{HandlerError, Record, Route, Router};
-use crate::store::{Reload, Store};
-use crate::telemetry::{continue_trace, inject_current};
-use crate::{Error, KafkaConfig};
-use tracing::Instrument;
+use crate::router::Router;
+use crate::store::Reload;
 
-/// How a processor consumes.
-#[derive(Debug, Clone)]
-pub struct ProcessorConfig {
-    /// The consumer group.
-    pub group_id: String,
-    /// Handlers running at once.
-    pub concurrency: usize,
-    /// Records received but not finished before fetching pauses.
-    pub max_in_flight: usize,
-    /// In-place retry of transient failures.
-    pub retry: RetryPolicy,
-    /// Where records the runtime gives up on go.
-    pub dead_letter_topic: String,
-    /// How long shutdown waits for in-flight records before abandoning them (uncommitted, so
-    /// they are redelivered).
-    pub drain_timeout: Duration,
-    /// Exactly-once mode when set: outputs and input offsets commit in one Kafka transaction
-    /// per batch. The id must be stable across restarts of this member (e.g. the pod name) and
-    /// unique among the group's members: the broker fences an older instance with the same id.
-    pub transactional_id: Option<String>,
-    /// Exactly-once mode: the most records in one transaction.
-    pub batch_size: usize,
-    /// Exactly-once mode: how long a batch waits for more records after its first.
-    pub batch_linger: Duration,
-    /// Exactly-once mode: the timeout of each transaction call.
-    pub transaction_timeout: Duration,
-    /// How often librdkafka reports statistics, from which consumer lag per partition is
-    /// published (`sagashop_consumer_lag`).
-    pub lag_interval: Duration,
-    /// Skip records whose `message-id` this store has seen (message id → when it was handled,
-    /// in Unix milliseconds). Its changelog should be compacted with a retention
-    /// (`cleanup.policy=compact,delete`, `retention.ms` = how long duplicates can arrive).
-    pub dedupe: Option<Store<i64>>,
-    /// How long a message id is remembered: older ids are deleted from the dedupe store (and
-    /// its changelog), so memory stays bounded. At least as long as a duplicate can arrive.
-    pub dedupe_retention: Duration,
-    /// What makes two records "the same" for the dedupe store: the `message-id` header unless
-    /// the service names a business key (e.g. saga id + step).
-    pub dedupe_key: DedupeKey,
-    /// At-least-once mode: where records go when in-place retries run out, to be re-consumed
-    /// when due instead of being dead-lettered at once.
-    pub retry_topic: Option<RetryTopic>,
-}
-
-impl ProcessorConfig {
-    /// Defaults for an exactly-once member of `group_id` with `transactional_id`.
-    pub fn exactly_once(
-        group_id: impl Into<String>,
-        dead_letter_topic: impl Into<String>,
-        transactional_id: impl Into<String>,
-    ) -> Self {
-        Self {
-            transactional_id: Some(transactional_id.into()),
-            ..Self::new(group_id, dead_letter_topic)
-        }
-    }
-
-    /// Defaults for `group_id` dead-lettering to `dead_letter_topic`.
-    pub fn new(group_id: impl Into<String>, dead_letter_topic: impl Into<String>) -> Self {
-        Self {
-            group_id: group_id.into(),
-            concurrency: 16,
-            max_in_flight: 1024,
-            retry: RetryPolicy::default(),
-            dead_letter_topic: dead_letter_topic.into(),
-            drain_timeout: Duration::from_secs(10),
-            transactional_id: None,
-            batch_size: 200,
-            batch_linger: Duration::from_millis(20),
-            transaction_timeout: Duration::from_secs(30),
-            dedupe: None,
-            dedupe_retention: Duration::from_secs(7 * 24 * 3600),
-            dedupe_key: DedupeKey::MessageId,
-            retry_topic: None,
-            lag_interval: Duration::from_secs(5),
-        }
-    }
-}
-
-/// How the dedupe store identifies a record.
-#[derive(Clone, Default)]
-pub enum DedupeKey {
-    /// The `message-id` header: the same message delivered again.
-    #[default]
-    MessageId,
-    /// A business key computed from the record (`None`: do not dedupe this record), for
-    /// different messages that must take effect once, such as a command re-sent with a new id.
-    Business(BusinessKey),
-}
-
-/// Computes a record's business key for [`DedupeKey::Business`].
-pub type BusinessKey = Arc<dyn Fn(&Record) -> Option<String> + Send + Sync>;
-
-impl DedupeKey {
-    /// A business key from `key`.
-    pub fn business(key: impl Fn(&Record) -> Option<String> + Send + Sync + 'static) -> Self {
-        Self::Business(Arc::new(key))
-    }
-
-    /// The key of `record`, if it has one.
-    pub fn of(&self, record: &Record) -> Option<String> {
-        match self {
-            Self::MessageId => record.metadata().ok().map(|m| m.message_id.to_string()),
-            Self::Business(key) => key(record),
-        }
-    }
-}
-
-impl std::fmt::Debug for DedupeKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::MessageId => "MessageId",
-            Self::Business(_) => "Business(..)",
-        })
-    }
-}
-
-/// Counters of what a processor did; read them at any time.
-#[derive(Debug, Default)]
-pub struct Stats {
-    handled: AtomicU64,
-    retried: AtomicU64,
-    dead_lettered: AtomicU64,
-    unknown: AtomicU64,
-    duplicates: AtomicU64,
-    parked: AtomicU64,
-}
-
-/// A copy of [`Stats`] at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StatsSnapshot {
-    /// Records a handler finished.
-    pub handled: u64,
-    /// Retries of transient failures.
-    pub retried: u64,
-    /// Records sent to the dead-letter topic.
-    pub dead_lettered: u64,
-    /// Records with an event type no handler knows, acknowledged.
-    pub unknown: u64,
-    /// Records skipped because their `message-id` was handled before.
-    pub duplicates: u64,
-    /// Records parked on the retry topic.
-    pub parked: u64,
-}
-
-impl Stats {
-    /// The counters now.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            handled: self.handled.load(Ordering::Relaxed),
-            retried: self.retried.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            unknown: self.unknown.load(Ordering::Relaxed),
-            duplicates: self.duplicates.load(Ordering::Relaxed),
-            parked: self.parked.load(Ordering::Relaxed),
-        }
-    }
-
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Records of one ordering key in one partition run in sequence. Keyless records are their own
-/// key (by offset): they have no order to keep.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct KeyId {
-    topic: String,
-    partition: i32,
-    key: Result<Vec<u8>, i64>,
-}
-
-impl KeyId {
-    pub(crate) fn of(record: &Record) -> Self {
-        Self {
-            topic: record.topic.clone(),
-            partition: record.partition,
-            key: record.key.clone().ok_or(record.offset),
-        }
-    }
-}
-
-/// What one record's task needs.
-pub(crate) struct Shared {
-    pub(crate) router: Router,
-    pub(crate) publisher: Publisher,
-    pub(crate) config: ProcessorConfig,
-    pub(crate) permits: Semaphore,
-    pub(crate) stats: Arc<Stats>,
-    pub(crate) monitor: Monitor,
-    pub(crate) shutdown: CancellationToken,
-    /// Every store the handlers write, set when the processor runs: their changelog records
-    /// are written with the store's current value (see `Reload::enqueue_current`).
-    pub(crate) stores: std::sync::OnceLock<Vec<Arc<dyn Reload>>>,
-}
-
-impl Shared {
-    pub(crate) fn stores(&self) -> &[Arc<dyn Reload>] {
-        self.stores.get().map_or(&[], Vec::as_slice)
-    }
-
-    fn labels(&self, record: &Record) -> HandlerLabels {
-        HandlerLabels {
-            group: self.config.group_id.clone(),
-            topic: record.topic.clone(),
-        }
-    }
-}
-
-/// The consumer's view of group membership: ready once the group assigned us partitions.
-pub(crate) struct GroupContext {
-    group: String,
-    ready: ReadyFlag,
-    monitor: Monitor,
-    /// At-least-once mode: what is running per partition, and how long a revoked partition's
-    /// running records may take to finish before it is committed and let go.
-    partitions: Arc<Partitions>,
-    revoke_drain: Option<Duration>,
-    /// After shutdown drained, a revocation (the consumer closing) has nothing to wait for.
-    shutdown: CancellationToken,
-    /// Set on every assignment and revocation: stores are restored for the partitions owned
-    /// now before the next record, since another member may have written them meanwhile.
-    pub(crate) assigned: Arc<AtomicBool>,
-}
-
-impl ClientContext for GroupContext {
-    /// librdkafka's periodic statistics: publish each assigned partition's lag behind the
-    /// group's committed offset (`-1`, "unknown", is skipped).
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        for (topic, stats) in &statistics.topics {
-            for (partition, p) in &stats.partitions {
-                if *partition < 0 || p.consumer_lag < 0 {
-                    continue;
-                }
-                let labels = PartitionLabels {
-                    group: self.group.clone(),
-                    topic: topic.clone(),
-                    partition: partition.to_string(),
-                };
-                self.monitor
-                    .runtime
-                    .consumer_lag
-                    .get_or_create(&labels)
-                    .set(p.consumer_lag);
-            }
-        }
-    }
-}
-
-impl ConsumerContext for GroupContext {
-    /// Before revoked partitions go: wait (bounded) for their running records, then commit
-    /// what finished, so the next owner starts where we stopped.
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let (Rebalance::Revoke(list), Some(drain)) = (rebalance, self.revoke_drain) else {
-            return;
-        };
-        let revoked: Vec<Partition> = list
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_owned(), e.partition()))
-            .collect();
-        // This runs on the thread polling the consumer. On a multi-threaded runtime the records
-        // can finish elsewhere meanwhile; on a single-threaded one nothing could, so don't wait.
-        let multi_threaded = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let still_running = if multi_threaded && !self.shutdown.is_cancelled() {
-            tokio::task::block_in_place(|| self.partitions.wait_idle(&revoked, drain))
-        } else {
-            self.partitions.wait_idle(&revoked, Duration::ZERO)
-        };
-        if still_running > 0 {
-            tracing::warn!(group = %self.group, still_running, "revoked partitions still had records running; their next owner redoes them");
-        }
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            commit_failed(&self.group, &e, "the commit before a revocation");
-        }
-        self.partitions.revoke(&revoked);
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let labels = GroupLabels {
-            group: self.group.clone(),
-        };
-        self.monitor.runtime.rebalances.get_or_create(&labels).inc();
-        match rebalance {
-            Rebalance::Assign(partitions) => {
-                let list: Vec<Partition> = partitions
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect();
-                self.partitions.assigned(&list);
-                tracing::info!(group = %self.group, partitions = partitions.count(), "partitions assigned");
-                self.assigned.store(true, Ordering::SeqCst);
-                self.ready.set(true);
-            }
-            Rebalance::Revoke(partitions) => {
-                tracing::info!(group = %self.group, partitions = partitions.count(), "partitions revoked");
-                self.assigned.store(true, Ordering::SeqCst);
-            }
-            Rebalance::Error(e) => {
-                tracing::warn!(group = %self.group, error = %e, "rebalance failed");
-            }
-        }
-    }
-}
-
+use crate::group::{GroupContext, assign, commit_failed};
+pub use crate::handling::{BusinessKey, DedupeKey, ProcessorConfig, Stats, StatsSnapshot};
+use crate::handling::{Disposition, KeyId, Shared, count, handle, letter};
 /// A consumer group member running a [`Router`].
 pub struct Processor {
     consumer: Arc<StreamConsumer<GroupContext>>,
@@ -362,7 +52,7 @@ pub struct Processor {
     partitions: Arc<Partitions>,
     assigned: Arc<AtomicBool>,
     /// How the stores forget finished work (the dedupe store's rule is added here).
-    expiry: crate::Expiry,
+    expiry: crate::expiry::Expiry,
 }
 
 impl Processor {
@@ -441,7 +131,7 @@ impl Processor {
             })?;
         let permits = Semaphore::new(config.concurrency);
         let mut stores: Vec<Arc<dyn Reload>> = Vec::new();
-        let mut expiry = crate::Expiry::new();
+        let mut expiry = crate::expiry::Expiry::new();
         // The dedupe store is state like any other: roll it back with aborted batches. Its ids
         // are forgotten after the dedupe retention.
         if let Some(store) = config.dedupe.clone() {
@@ -482,7 +172,7 @@ impl Processor {
     /// Forgets what `expiry` says while it runs, publishing the tombstones (see
     /// [`crate::expiry`]).
     #[must_use]
-    pub fn expires(mut self, expiry: crate::Expiry) -> Self {
+    pub fn expires(mut self, expiry: crate::expiry::Expiry) -> Self {
         self.expiry = self.expiry.and(expiry);
         self
     }
@@ -637,69 +327,6 @@ impl Processor {
     }
 }
 
-/// Reports a failed commit of stored offsets. Nothing stored since the last commit is the
-/// common case and says nothing; anything else means the next owner of those partitions
-/// redoes what was handled since the last commit that went through, so it is a warning.
-fn commit_failed(group: &str, error: &KafkaError, what: &str) {
-    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) {
-        tracing::debug!(group, "{what}: nothing new to commit");
-    } else {
-        tracing::warn!(group, %error, "{what} failed: the next owner redoes what was handled since the last commit");
-    }
-}
-
-/// The input partitions assigned now, and their numbers, after checking that every input
-/// topic has the same numbers (co-partitioning), as owned stores need: their partition p is the
-/// state of every input's partition p.
-pub(crate) fn assignment(
-    consumer: &StreamConsumer<GroupContext>,
-    stores: &[Arc<dyn Reload>],
-) -> Result<(std::collections::HashSet<Partition>, Vec<i32>), Error> {
-    let list = consumer.assignment().map_err(|cause| Error::Client {
-        what: "consumer",
-        cause,
-    })?;
-    let owned: std::collections::HashSet<Partition> = list
-        .elements()
-        .iter()
-        .map(|e| (e.topic().to_owned(), e.partition()))
-        .collect();
-    let mut by_topic: HashMap<&str, std::collections::BTreeSet<i32>> = HashMap::new();
-    for (topic, partition) in &owned {
-        by_topic.entry(topic).or_default().insert(*partition);
-    }
-    let mut numbers: std::collections::BTreeSet<i32> = std::collections::BTreeSet::new();
-    for set in by_topic.values() {
-        numbers.extend(set);
-    }
-    if stores.iter().any(|s| s.is_owned())
-        && let Some((topic, set)) = by_topic.iter().find(|(_, set)| **set != numbers)
-    {
-        return Err(Error::InvalidConfig {
-            setting: "partitions",
-            reason: format!(
-                "the input topics are not co-partitioned: `{topic}` has partitions {set:?} \
-                 assigned here, the others {numbers:?}; give every input topic and state \
-                 changelog of the service the same partition count"
-            ),
-        });
-    }
-    Ok((owned, numbers.into_iter().collect()))
-}
-
-/// Restores every store for the partitions assigned now; returns them.
-pub(crate) async fn assign(
-    consumer: &StreamConsumer<GroupContext>,
-    stores: &[Arc<dyn Reload>],
-) -> Result<std::collections::HashSet<Partition>, Error> {
-    let (owned, numbers) = assignment(consumer, stores)?;
-    for store in stores {
-        store.assign(&numbers).await?;
-    }
-    tracing::debug!(partitions = ?numbers, "state restored for the assigned partitions");
-    Ok(owned)
-}
-
 /// `process` catches handler panics, so a failed join is a bug in the runtime itself; without
 /// its offset the partition could never commit again, so stop loudly.
 fn joined(done: Result<(), tokio::task::JoinError>) -> Result<(), Error> {
@@ -805,178 +432,6 @@ async fn chain(
             None => return,
         }
     }
-}
-
-/// What became of one record once its handler is done with it.
-pub(crate) enum Disposition {
-    /// Handled: publish these records.
-    Outputs(Vec<Outgoing>),
-    /// Given up on: publish this dead letter.
-    DeadLetter(Outgoing),
-    /// No handler for its event type: nothing to publish.
-    Unknown,
-    /// Its `message-id` was handled before: nothing to do again.
-    Duplicate,
-    /// Transient failures used up the in-place attempts: park it on the retry topic, or
-    /// publish the dead letter when it may not be parked (again).
-    Exhausted {
-        /// The dead letter, should it come to that.
-        letter: Outgoing,
-        /// The last error.
-        error: String,
-        /// The handler's own redelivery budget, if it set one.
-        redeliveries: Option<u32>,
-    },
-    /// Parked on the retry topic.
-    Parked,
-}
-
-/// Routes a record and runs its handler, retrying transient failures in place, inside a
-/// `process <topic>` consumer span that continues the record's trace; the handler's outputs
-/// carry this span's trace context onwards.
-pub(crate) async fn handle(shared: &Shared, record: &Record) -> Disposition {
-    crate::store::handling(record.partition, handle_record(shared, record)).await
-}
-
-/// [`handle`], with owned stores writing to the record's partition.
-async fn handle_record(shared: &Shared, record: &Record) -> Disposition {
-    let span = tracing::info_span!(
-        "process",
-        otel.name = %format!("process {}", record.topic),
-        otel.kind = "consumer",
-        messaging.system = "kafka",
-        messaging.operation.type = "process",
-        messaging.destination.name = %record.topic,
-        messaging.destination.partition.id = record.partition,
-        messaging.kafka.offset = record.offset,
-        messaging.consumer.group.name = %shared.config.group_id,
-        correlation_id = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
-    continue_trace(&span, &record.headers);
-    if let Ok(metadata) = record.metadata() {
-        span.record("correlation_id", metadata.correlation_id.as_str());
-    }
-    let dedupe_id = shared.config.dedupe_key.of(record);
-    if let (Some(store), Some(id)) = (&shared.config.dedupe, &dedupe_id)
-        && store.get(id).is_some()
-    {
-        tracing::debug!(parent: &span, dedupe_id = %id, "duplicate; skipped");
-        return Disposition::Duplicate;
-    }
-    let mut disposition = handle_in_span(shared, record)
-        .instrument(span.clone())
-        .await;
-    if let Disposition::Outputs(outputs) = &mut disposition {
-        let _entered = span.enter();
-        for output in outputs.iter_mut() {
-            inject_current(&mut output.headers);
-        }
-        // Remembered with the outputs, so (in exactly-once mode) in the same transaction.
-        if let (Some(store), Some(id)) = (&shared.config.dedupe, dedupe_id) {
-            match store.put(&id, chrono::Utc::now().timestamp_millis()) {
-                Ok(remember) => outputs.push(remember),
-                Err(e) => tracing::error!(error = %e, "could not remember the message id"),
-            }
-        }
-    }
-    disposition
-}
-
-async fn handle_in_span(shared: &Shared, record: &Record) -> Disposition {
-    let (error, attempts) = match shared.router.route(record.clone()) {
-        Err(decode) => (decode.to_string(), 0),
-        Ok(Route::Unknown { event_type }) => {
-            tracing::debug!(topic = %record.topic, offset = record.offset, %event_type, "no handler; acknowledged");
-            return Disposition::Unknown;
-        }
-        Ok(Route::Handler(call)) => {
-            let policy = call.policy();
-            let retry = policy.retry.unwrap_or(shared.config.retry);
-            let mut attempt = 1;
-            loop {
-                let result = {
-                    // The semaphore is never closed, so acquire cannot fail; if it did, running
-                    // without a permit is better than dropping the record.
-                    let _permit = shared.permits.acquire().await.ok();
-                    let started = tokio::time::Instant::now();
-                    let result = AssertUnwindSafe(call.call())
-                        .catch_unwind()
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(HandlerError::Permanent("the handler panicked".into()))
-                        });
-                    shared
-                        .monitor
-                        .runtime
-                        .handler_seconds
-                        .get_or_create(&shared.labels(record))
-                        .observe(seconds(started.elapsed()));
-                    result
-                };
-                let error = match result {
-                    Ok(outputs) => return Disposition::Outputs(outputs),
-                    Err(e) => e,
-                };
-                if error.is_transient() && retry.retries_after(attempt) {
-                    tracing::info!(topic = %record.topic, offset = record.offset, attempt, %error, "transient failure; retrying");
-                    Stats::bump(&shared.stats.retried);
-                    shared
-                        .monitor
-                        .runtime
-                        .retried
-                        .get_or_create(&shared.labels(record))
-                        .inc();
-                    tokio::time::sleep(retry.backoff(attempt)).await;
-                    attempt += 1;
-                    continue;
-                }
-                if error.is_transient() {
-                    let error = error.to_string();
-                    return Disposition::Exhausted {
-                        letter: letter(shared, record, &error, attempt),
-                        error,
-                        redeliveries: policy.redeliveries,
-                    };
-                }
-                // An unreadable payload never reached the handler: zero attempts.
-                let attempts = if matches!(error, HandlerError::Decode(_)) {
-                    0
-                } else {
-                    attempt
-                };
-                break (error.to_string(), attempts);
-            }
-        }
-    };
-    Disposition::DeadLetter(letter(shared, record, &error, attempts))
-}
-
-fn letter(shared: &Shared, record: &Record, error: &str, attempts: u32) -> Outgoing {
-    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, attempts, %error, "dead-lettering record");
-    dead_letter(
-        record,
-        &shared.config.dead_letter_topic,
-        &shared.config.group_id,
-        error,
-        attempts,
-    )
-}
-
-/// Counts a record whose disposition was delivered.
-pub(crate) fn count(shared: &Shared, record: &Record, disposition: &Disposition) {
-    let (stat, family) = match disposition {
-        Disposition::Outputs(_) => (&shared.stats.handled, &shared.monitor.runtime.handled),
-        Disposition::DeadLetter(_) | Disposition::Exhausted { .. } => (
-            &shared.stats.dead_lettered,
-            &shared.monitor.runtime.dead_lettered,
-        ),
-        Disposition::Parked => (&shared.stats.parked, &shared.monitor.runtime.parked),
-        Disposition::Unknown => (&shared.stats.unknown, &shared.monitor.runtime.unknown),
-        Disposition::Duplicate => (&shared.stats.duplicates, &shared.monitor.runtime.duplicates),
-    };
-    Stats::bump(stat);
-    family.get_or_create(&shared.labels(record)).inc();
 }
 
 /// At-least-once: handles one record to the end — outputs published, parked on the retry

@@ -5,80 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sagashop_contracts::{Contract, EncodeError, Envelope, Metadata};
+use sagashop_contracts::{Contract, EncodeError, Envelope};
 
+use crate::error::Error;
+use crate::kafka::KafkaConfig;
 use crate::monitor::{Monitor, TopicLabels, seconds};
+use crate::record::Outgoing;
 use crate::store::Reload;
-use crate::{Error, KafkaConfig};
 use tracing::Instrument;
-
-/// A record ready to publish: payload already encoded, headers already rendered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    /// Destination topic.
-    pub topic: String,
-    /// Record key (the order id); `None` only for records that belong to no entity.
-    pub key: Option<Vec<u8>>,
-    /// The partition, when the writer must choose it (a state store's changelog record goes
-    /// to the partition of the input it belongs to); `None` lets the key choose.
-    pub partition: Option<i32>,
-    /// Record value; `None` is a tombstone (deletes the key from a compacted topic).
-    pub payload: Option<Vec<u8>>,
-    /// Record headers, in order.
-    pub headers: Vec<(String, Vec<u8>)>,
-}
-
-impl Outgoing {
-    /// An envelope bound for `topic`.
-    pub fn event<T: Contract>(topic: &str, envelope: &Envelope<T>) -> Result<Self, EncodeError> {
-        Ok(Self {
-            topic: topic.to_owned(),
-            key: Some(envelope.key.clone().into_bytes()),
-            partition: None,
-            payload: Some(envelope.encode_payload()?),
-            headers: envelope
-                .metadata
-                .to_headers()
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.into_bytes()))
-                .collect(),
-        })
-    }
-
-    /// A payload already encoded, with `metadata` as headers: for messages whose type is
-    /// data (a saga's commands) rather than a Rust type.
-    pub fn raw(topic: &str, key: &str, metadata: &Metadata, payload: Vec<u8>) -> Self {
-        Self {
-            topic: topic.to_owned(),
-            key: Some(key.as_bytes().to_vec()),
-            partition: None,
-            payload: Some(payload),
-            headers: metadata
-                .to_headers()
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.into_bytes()))
-                .collect(),
-        }
-    }
-
-    /// Adds a header.
-    #[must_use]
-    pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        self.headers
-            .push((name.to_owned(), value.as_bytes().to_vec()));
-        self
-    }
-
-    fn kafka_headers(&self) -> OwnedHeaders {
-        crate::headers::owned(
-            self.headers
-                .iter()
-                .map(|(key, value)| (key.as_str(), value.as_slice())),
-        )
-    }
-}
 
 /// Where an acknowledged record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

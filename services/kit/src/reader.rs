@@ -8,8 +8,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, Message};
 
-use crate::router::Record;
-use crate::{Error, KafkaConfig};
+use crate::error::Error;
+use crate::kafka::KafkaConfig;
+use crate::record::Record;
 
 /// Reads every committed record of `topic` that exists now, sorted by partition and offset.
 ///

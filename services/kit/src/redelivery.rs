@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use crate::publisher::Outgoing;
+use crate::record::Outgoing;
+use crate::record::Record;
 use crate::retry::RetryPolicy;
-use crate::router::Record;
 use crate::store::Store;
 
 /// Header names on a parked record.

@@ -5,58 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use rdkafka::Message;
-use rdkafka::message::Headers;
 use sagashop_contracts::{Contract, DecodeError, Envelope, Metadata};
 
-use crate::publisher::Outgoing;
+use crate::record::{Outgoing, Record};
 use crate::retry::RetryPolicy;
-
-/// A consumed record, detached from the consumer so it can move between tasks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// Source topic.
-    pub topic: String,
-    /// Source partition.
-    pub partition: i32,
-    /// Source offset.
-    pub offset: i64,
-    /// Record key.
-    pub key: Option<Vec<u8>>,
-    /// Record value.
-    pub payload: Option<Vec<u8>>,
-    /// Record headers, in order.
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
-    /// When it was produced (or appended, per the topic's timestamp type), Unix milliseconds.
-    pub timestamp: Option<i64>,
-}
-
-impl Record {
-    /// Copies a consumed message.
-    pub fn from_message<M: Message>(message: &M) -> Self {
-        Self {
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            headers: message
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            timestamp: message.timestamp().to_millis(),
-        }
-    }
-
-    /// The envelope metadata in the headers.
-    pub fn metadata(&self) -> Result<Metadata, DecodeError> {
-        Metadata::from_headers(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
-    }
-}
 
 /// Why a handler did not finish a record.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use rdkafka::ClientConfig;
 
-use crate::Error;
+use crate::error::Error;
 
 /// `security.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

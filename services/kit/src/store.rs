@@ -32,11 +32,12 @@ use serde::de::DeserializeOwned;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::error::Error;
+use crate::kafka::KafkaConfig;
 use crate::monitor::{Monitor, ReadyFlag, StoreLabels};
-use crate::publisher::Outgoing;
 use crate::reader::{fold_partitions, fold_to_end};
-use crate::router::Record;
-use crate::{Error, KafkaConfig};
+use crate::record::Outgoing;
+use crate::record::Record;
 
 tokio::task_local! {
     /// The input partition of the record whose handler is running (set by the processor).
@@ -196,7 +197,7 @@ where
         Ok(store)
     }
 
-    /// An owned store: empty and not ready until the processor that [reloads](crate::Processor::reloads)
+    /// An owned store: empty and not ready until the processor that [reloads](crate::processor::Processor::reloads)
     /// it is assigned partitions and restores them. Its changelog must have as many partitions
     /// as the processor's input topics.
     pub fn owned(kafka: &KafkaConfig, name: &str, topic: &str, monitor: &Monitor) -> Self {

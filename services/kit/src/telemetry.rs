@@ -50,7 +50,7 @@ impl Drop for TelemetryGuard {
 /// `service` names the process in exported spans.
 ///
 /// Fails when a subscriber is already installed or the OTLP exporter cannot be built.
-pub fn init(format: LogFormat, service: &str) -> Result<TelemetryGuard, crate::Error> {
+pub fn init(format: LogFormat, service: &str) -> Result<TelemetryGuard, crate::error::Error> {
     use std::io::IsTerminal;
     let mut builder = SdkTracerProvider::builder().with_resource(
         opentelemetry_sdk::Resource::builder()
@@ -61,7 +61,7 @@ pub fn init(format: LogFormat, service: &str) -> Result<TelemetryGuard, crate::E
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
-            .map_err(|e| crate::Error::InvalidConfig {
+            .map_err(|e| crate::error::Error::InvalidConfig {
                 setting: "OTEL_EXPORTER_OTLP_ENDPOINT",
                 reason: e.to_string(),
             })?;
@@ -86,7 +86,7 @@ pub fn init(format: LogFormat, service: &str) -> Result<TelemetryGuard, crate::E
     } else {
         registry.with(fmt.compact()).try_init()
     };
-    result.map_err(|e| crate::Error::Internal(format!("logging is already set up: {e}")))?;
+    result.map_err(|e| crate::error::Error::Internal(format!("logging is already set up: {e}")))?;
     Ok(TelemetryGuard { provider })
 }
 
