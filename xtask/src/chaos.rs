@@ -1,6 +1,6 @@
 //! `xtask chaos`: the fault suite. Each scenario runs a sagashop system on a broker of its own,
 //! offers orders continuously, injects one kind of fault, waits for every saga to finish and then
-//! checks the promises of DESIGN.md against what Kafka holds:
+//! checks the promises of docs/reliability.md against what Kafka holds:
 //! - every `202` order was written and finished exactly once (lost = 0, finished twice = 0);
 //! - a `503` wrote nothing (Kafka holds no order the clients were not given);
 //! - stock and balances equal their opening values minus exactly the completed orders.
