@@ -173,15 +173,15 @@ impl Inventory {
                         let refused = Hold::Refused {
                             reason: reason.clone(),
                         };
-                        outputs.push(self.holds.put(&key, refused).map_err(internal)?);
+                        outputs.push(self.holds.put(&key, refused)?);
                         slip.refuse(reason)
                     } else {
                         let left = stock - line.quantity;
-                        outputs.push(self.stock.put(product, left).map_err(internal)?);
+                        outputs.push(self.stock.put(product, left)?);
                         let taken = Hold::Reserved {
                             quantity: line.quantity,
                         };
-                        outputs.push(self.holds.put(&key, taken).map_err(internal)?);
+                        outputs.push(self.holds.put(&key, taken)?);
                         slip.advance()
                     }
                 }
@@ -190,11 +190,11 @@ impl Inventory {
                 match self.holds.get(&key) {
                     Some(Hold::Reserved { quantity }) => {
                         let back = self.stock.get(product).unwrap_or(0) + quantity;
-                        outputs.push(self.stock.put(product, back).map_err(internal)?);
-                        outputs.push(self.holds.put(&key, Hold::Released).map_err(internal)?);
+                        outputs.push(self.stock.put(product, back)?);
+                        outputs.push(self.holds.put(&key, Hold::Released)?);
                     }
                     // Nothing was taken; remember, so that a late reservation is refused.
-                    None => outputs.push(self.holds.put(&key, Hold::Released).map_err(internal)?),
+                    None => outputs.push(self.holds.put(&key, Hold::Released)?),
                     Some(Hold::Released | Hold::Refused { .. }) => {}
                 }
                 slip.advance()
@@ -229,11 +229,7 @@ impl Inventory {
             return Ok(Vec::new());
         }
         tracing::info!(product = %seed.product_id, quantity = seed.quantity, "stock seeded");
-        Ok(vec![
-            self.stock
-                .put(&seed.product_id, seed.quantity)
-                .map_err(internal)?,
-        ])
+        Ok(vec![self.stock.put(&seed.product_id, seed.quantity)?])
     }
 }
 
@@ -251,10 +247,6 @@ fn keyed_by(record: &Record, product: &str) -> Result<(), HandlerError> {
         "a record for product `{product}` must be keyed by it, not {:?}",
         record.key.as_deref().map(String::from_utf8_lossy)
     )))
-}
-
-fn internal(e: Error) -> HandlerError {
-    HandlerError::Transient(e.to_string())
 }
 
 /// A running inventory service.

@@ -25,6 +25,14 @@ pub enum HandlerError {
     Decode(#[from] DecodeError),
 }
 
+/// A runtime error inside a handler (a store that could not encode a value, say) is transient:
+/// the record is retried with backoff, then dead-lettered, so `?` works on kit calls.
+impl From<crate::error::Error> for HandlerError {
+    fn from(error: crate::error::Error) -> Self {
+        Self::Transient(error.to_string())
+    }
+}
+
 impl HandlerError {
     /// Whether the runtime may try the record again.
     pub fn is_transient(&self) -> bool {

@@ -19,8 +19,6 @@ pub mod limit;
 pub mod request;
 pub mod view;
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,8 +38,8 @@ use sagashop_contracts::events::{
     OrderCancelled, OrderCompleted, OrderDelivered, OrderPlaced, OrderShipped, SagaStepChanged,
 };
 use sagashop_kit::{
-    CommitError, Committer, CommitterConfig, Error, Expiry, KafkaConfig, Monitor, Outgoing,
-    Processor, ProcessorConfig, Publisher, Router, Stats, Store,
+    CommitError, Committer, CommitterConfig, Error, Expiry, KafkaConfig, KeyLocks, Monitor,
+    Outgoing, Processor, ProcessorConfig, Publisher, Router, Stats, Store,
 };
 
 use crate::limit::RateLimit;
@@ -92,7 +90,7 @@ struct Edge {
     view: Arc<View>,
     config: OrderConfig,
     accepted: AtomicU64,
-    locks: Vec<tokio::sync::Mutex<()>>,
+    locks: KeyLocks,
 }
 
 /// A running order service.
@@ -229,7 +227,7 @@ pub async fn start(
         view: Arc::clone(&view),
         config,
         accepted: AtomicU64::new(0),
-        locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+        locks: KeyLocks::default(),
     });
     let accepted = {
         let edge = Arc::clone(&edge);
@@ -324,7 +322,7 @@ async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Response {
     let key = key.map(|key| format!("{}/{key}", order.customer_id));
     // One request per key at a time, so a retry racing its original still gets one order.
     let _held = match &key {
-        Some(key) => Some(edge.lock(key).lock().await),
+        Some(key) => Some(edge.locks.lock(key).await),
         None => None,
     };
     if let Some(order_id) = key.as_deref().and_then(|k| edge.idempotency.get(k)) {
@@ -421,15 +419,6 @@ fn records(
         records.push(remembered);
     }
     Ok(records)
-}
-
-impl Edge {
-    fn lock(&self, key: &str) -> &tokio::sync::Mutex<()> {
-        let mut hasher = DefaultHasher::new();
-        key.hash(&mut hasher);
-        let slot = usize::try_from(hasher.finish() % self.locks.len() as u64).unwrap_or(0);
-        &self.locks[slot]
-    }
 }
 
 #[allow(

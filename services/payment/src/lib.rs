@@ -122,7 +122,7 @@ impl Payments {
                 reason: reason.clone(),
             };
             return Ok(vec![
-                self.payments.put(saga, payment).map_err(internal)?,
+                self.payments.put(saga, payment)?,
                 command.failed(&c.context, reason, false)?,
             ]);
         }
@@ -131,10 +131,8 @@ impl Payments {
             amount_minor: c.total_minor,
         };
         Ok(vec![
-            self.balances
-                .put(&c.customer_id, balance - c.total_minor)
-                .map_err(internal)?,
-            self.payments.put(saga, payment).map_err(internal)?,
+            self.balances.put(&c.customer_id, balance - c.total_minor)?,
+            self.payments.put(saga, payment)?,
             command.succeeded(&c.context, None)?,
         ])
     }
@@ -151,18 +149,10 @@ impl Payments {
                 amount_minor,
             }) => {
                 let back = self.balance(&customer_id) + amount_minor;
-                outputs.push(self.balances.put(&customer_id, back).map_err(internal)?);
-                outputs.push(
-                    self.payments
-                        .put(saga, Payment::Refunded)
-                        .map_err(internal)?,
-                );
+                outputs.push(self.balances.put(&customer_id, back)?);
+                outputs.push(self.payments.put(saga, Payment::Refunded)?);
             }
-            None => outputs.push(
-                self.payments
-                    .put(saga, Payment::Refunded)
-                    .map_err(internal)?,
-            ),
+            None => outputs.push(self.payments.put(saga, Payment::Refunded)?),
             Some(Payment::Refunded | Payment::Declined { .. }) => {}
         }
         outputs.push(command.succeeded(&c.context, None)?);
@@ -180,10 +170,6 @@ fn keyed_by_customer(key: &str, customer_id: &str) -> Result<(), HandlerError> {
         "payment commands must be keyed by the customer id (`{customer_id}`), not `{key}`: set \
          `key: customerId` on the saga's payment step"
     )))
-}
-
-fn internal(e: Error) -> HandlerError {
-    HandlerError::Transient(e.to_string())
 }
 
 /// A running payment service.

@@ -10,7 +10,6 @@
 //! even when they arrive on different topics.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -21,8 +20,8 @@ use sagashop_contracts::events::SagaStepChanged;
 use sagashop_contracts::{Contract, Envelope, Metadata};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::{
-    Error, Expiry, FailurePolicy, HandlerError, KafkaConfig, Monitor, Outgoing, Processor,
-    ProcessorConfig, Publisher, Record, Router, Stats, Store,
+    Error, Expiry, FailurePolicy, HandlerError, KafkaConfig, KeyLocks, Monitor, Outgoing,
+    Processor, ProcessorConfig, Publisher, Record, Router, Stats, Store,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -67,18 +66,11 @@ impl OrchestratorConfig {
 struct Orchestrator {
     definition: Definition,
     instances: Store<Instance>,
-    locks: Vec<tokio::sync::Mutex<()>>,
+    locks: KeyLocks,
     metrics: SagaMetrics,
 }
 
 impl Orchestrator {
-    fn lock(&self, saga_id: &str) -> &tokio::sync::Mutex<()> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        saga_id.hash(&mut hasher);
-        let slot = usize::try_from(hasher.finish() % self.locks.len() as u64).unwrap_or(0);
-        &self.locks[slot]
-    }
-
     async fn on_trigger(&self, record: Record, metadata: Metadata) -> HandlerResult {
         let saga_id = record
             .key
@@ -93,7 +85,7 @@ impl Orchestrator {
             serde_json::from_slice(record.payload.as_deref().unwrap_or_default()).map_err(|e| {
                 HandlerError::Permanent(format!("the trigger's payload is not a JSON object: {e}"))
             })?;
-        let _held = self.lock(&saga_id).lock().await;
+        let _held = self.locks.lock(&saga_id).await;
         if self.instances.get(&saga_id).is_some() {
             tracing::debug!(%saga_id, "trigger seen before; ignored");
             return Ok(Vec::new());
@@ -120,7 +112,7 @@ impl Orchestrator {
         if context.saga_name != self.definition.name {
             return Ok(Vec::new());
         }
-        let _held = self.lock(&context.saga_id).lock().await;
+        let _held = self.locks.lock(&context.saga_id).await;
         let Some(mut instance) = self.instances.get(&context.saga_id) else {
             if matches!(reply, Reply::TimedOut) {
                 return Ok(Vec::new());
@@ -199,7 +191,7 @@ impl Orchestrator {
         if saga_name != self.definition.name {
             return Ok(Vec::new());
         }
-        let _held = self.lock(saga_id).lock().await;
+        let _held = self.locks.lock(saga_id).await;
         let Some(mut instance) = self.instances.get(saga_id) else {
             tracing::warn!(
                 saga_id,
@@ -456,7 +448,7 @@ pub async fn start(
     let orchestrator = Arc::new(Orchestrator {
         definition: d.clone(),
         instances: instances.clone(),
-        locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+        locks: KeyLocks::default(),
         metrics: SagaMetrics::new(&d.name, monitor),
     });
     // Replies are retried in place while a saga's state is not visible, then dead-lettered.

@@ -15,8 +15,8 @@ use sagashop_contracts::events::{OrderDelivered, OrderShipped};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::store::Reload;
 use sagashop_kit::{
-    Error, Expiry, HandlerError, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig,
-    Publisher, Router, Stats, Store,
+    Error, Expiry, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig, Publisher, Router,
+    Stats, Store,
 };
 use sagashop_saga::participant::{Command, Faults, on_command};
 use serde::{Deserialize, Serialize};
@@ -119,7 +119,7 @@ impl Shipping {
             at: chrono::Utc::now().timestamp_millis(),
         };
         Ok(vec![
-            self.shipments.put(saga, shipment).map_err(internal)?,
+            self.shipments.put(saga, shipment)?,
             command.succeeded(&c.context, Some(shipment_id))?,
         ])
     }
@@ -138,7 +138,7 @@ impl Shipping {
         };
         let mut outputs = Vec::new();
         if let Some(change) = change {
-            outputs.push(self.shipments.put(saga, change).map_err(internal)?);
+            outputs.push(self.shipments.put(saga, change)?);
         }
         outputs.push(command.succeeded(&c.context, detail)?);
         Ok(outputs)
@@ -216,10 +216,6 @@ impl Shipping {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
-}
-
-fn internal(e: Error) -> HandlerError {
-    HandlerError::Transient(e.to_string())
 }
 
 /// A running shipping service.
