@@ -16,6 +16,7 @@
 //! are `application/problem+json` naming the offending field.
 
 pub mod limit;
+pub mod refusal;
 pub mod request;
 pub mod view;
 
@@ -25,10 +26,9 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use sagashop_kit::http::problem;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -43,7 +43,7 @@ use sagashop_kit::{
 };
 
 use crate::limit::RateLimit;
-use crate::request::Refusal;
+use crate::refusal::ApiError;
 use crate::view::{OrderStatus, View};
 
 /// How the order service runs.
@@ -246,78 +246,34 @@ pub async fn start(
     })
 }
 
-/// `response` with one more header.
-fn with_header(mut response: Response, name: header::HeaderName, value: HeaderValue) -> Response {
-    response.headers_mut().insert(name, value);
-    response
+/// Takes a token from the rate limit, if there is one.
+fn admit(edge: &Edge) -> Result<(), ApiError> {
+    match edge.limit.as_ref().map(RateLimit::try_take) {
+        Some(Err(wait)) => Err(ApiError::RateLimited {
+            retry_after_secs: u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX),
+        }),
+        _ => Ok(()),
+    }
 }
 
-async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Response {
-    if let Some(Err(wait)) = edge.limit.as_ref().map(RateLimit::try_take) {
-        let secs = u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX);
-        return with_header(
-            problem(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many orders",
-                "the order rate limit is reached; nothing was written, try again later",
-                None,
-            ),
-            header::RETRY_AFTER,
-            HeaderValue::from(secs),
-        );
-    }
-    let key = match idempotency_key(request.headers()) {
-        Ok(key) => key,
-        Err(response) => return *response,
-    };
-    let limit = edge.config.body_limit;
-    let read = tokio::time::timeout(
-        edge.config.body_timeout,
-        axum::body::to_bytes(request.into_body(), limit),
-    );
-    let body = match read.await {
+/// The whole body, within the size limit and the body timeout.
+async fn read_body(config: &OrderConfig, request: Request) -> Result<axum::body::Bytes, ApiError> {
+    let limit = config.body_limit;
+    let read = axum::body::to_bytes(request.into_body(), limit);
+    match tokio::time::timeout(config.body_timeout, read).await {
         Ok(Ok(body)) => Ok(body),
-        Ok(Err(_)) => Err(problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Body too large",
-            &format!("the body exceeds {limit} bytes"),
-            None,
-        )),
-        Err(_) => Err(problem(
-            StatusCode::REQUEST_TIMEOUT,
-            "Body too slow",
-            &format!(
-                "the body did not arrive within {:?}",
-                edge.config.body_timeout
-            ),
-            None,
-        )),
-    };
-    let body = match body {
-        Ok(body) => body,
-        // The rest of the body is not read: the connection cannot carry another request.
-        Err(response) => {
-            return with_header(
-                response,
-                header::CONNECTION,
-                HeaderValue::from_static("close"),
-            );
-        }
-    };
-    let order = match request::parse(&body, edge.config.max_items) {
-        Ok(order) => order,
-        Err(Refusal::Malformed(detail)) => {
-            return problem(StatusCode::BAD_REQUEST, "Malformed body", &detail, None);
-        }
-        Err(Refusal::Invalid { field, detail }) => {
-            return problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Invalid order",
-                &format!("{field}: {detail}"),
-                Some(&field),
-            );
-        }
-    };
+        Ok(Err(_)) => Err(ApiError::BodyTooLarge { limit }),
+        Err(_) => Err(ApiError::BodyTooSlow {
+            timeout: config.body_timeout,
+        }),
+    }
+}
+
+async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Result<Response, ApiError> {
+    admit(&edge)?;
+    let key = idempotency_key(request.headers())?;
+    let body = read_body(&edge.config, request).await?;
+    let order = request::parse(&body, edge.config.max_items)?;
     // A key is the customer's own: another customer's identical key is another order.
     let key = key.map(|key| format!("{}/{key}", order.customer_id));
     // One request per key at a time, so a retry racing its original still gets one order.
@@ -326,7 +282,7 @@ async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Response {
         None => None,
     };
     if let Some(order_id) = key.as_deref().and_then(|k| edge.idempotency.get(k)) {
-        return accepted_response(&order_id);
+        return Ok(accepted_response(&order_id));
     }
     let order_id = key.as_deref().map_or_else(Uuid::now_v7, keyed_order_id);
     let event = OrderPlaced {
@@ -338,60 +294,40 @@ async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Response {
         placed_at: chrono::Utc::now(),
     };
     let envelope = Envelope::new(order_id.to_string(), order_id.to_string(), event);
-    let records = match records(&edge, &envelope, key.as_deref()) {
-        Ok(records) => records,
-        Err(e) => {
-            tracing::error!(error = %e, "order not encoded");
-            return problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Order not accepted",
-                &e,
-                None,
-            );
-        }
-    };
-    match edge.committer.commit(records).await {
-        Ok(()) => {}
-        Err(e @ CommitError::Unavailable(_)) => {
-            tracing::warn!(error = %e, "order not accepted: Kafka unavailable");
-            return with_header(
-                problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Kafka unavailable",
-                    "the order was not accepted and nothing was written; try again later",
-                    None,
-                ),
-                header::RETRY_AFTER,
-                HeaderValue::from(edge.config.retry_after_secs),
-            );
-        }
-        Err(e @ CommitError::Rejected(_)) => {
-            tracing::error!(error = %e, "order not accepted");
-            return problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Order not accepted",
-                &e.to_string(),
-                None,
-            );
-        }
-        Err(e @ CommitError::Unknown(_)) => {
-            tracing::error!(error = %e, %order_id, "order outcome unknown");
-            return problem(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Order outcome unknown",
-                &format!(
-                    "Kafka did not confirm order {order_id} in time; GET /api/orders/{order_id} shows it if it was placed"
-                ),
-                None,
-            );
-        }
-    }
+    let records = records(&edge, &envelope, key.as_deref()).map_err(|e| {
+        tracing::error!(error = %e, "order not encoded");
+        ApiError::NotEncoded(e)
+    })?;
+    edge.committer
+        .commit(records)
+        .await
+        .map_err(|e| not_committed(&edge, e, order_id))?;
     edge.view.placed(&envelope.payload);
     edge.accepted.fetch_add(1, Ordering::Relaxed);
     if let Some(key) = key {
         edge.idempotency.committed(&key, order_id.to_string());
     }
-    accepted_response(&order_id.to_string())
+    Ok(accepted_response(&order_id.to_string()))
+}
+
+/// The answer to an order Kafka did not commit, logged.
+fn not_committed(edge: &Edge, error: CommitError, order_id: Uuid) -> ApiError {
+    match error {
+        CommitError::Unavailable(_) => {
+            tracing::warn!(%error, "order not accepted: Kafka unavailable");
+            ApiError::Unavailable {
+                retry_after_secs: edge.config.retry_after_secs,
+            }
+        }
+        CommitError::Rejected(_) => {
+            tracing::error!(%error, "order not accepted");
+            ApiError::Rejected(error.to_string())
+        }
+        CommitError::Unknown(_) => {
+            tracing::error!(%error, %order_id, "order outcome unknown");
+            ApiError::OutcomeUnknown { order_id }
+        }
+    }
 }
 
 /// The order id of a request with an idempotency key: the same on every replica, so a key
@@ -425,18 +361,13 @@ fn records(
     clippy::result_large_err,
     reason = "the error is the HTTP answer itself, built once per request"
 )]
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
     match value.to_str() {
         Ok(key) if !key.is_empty() && key.len() <= 128 => Ok(Some(key.to_owned())),
-        _ => Err(Box::new(problem(
-            StatusCode::BAD_REQUEST,
-            "Invalid Idempotency-Key",
-            "Idempotency-Key must be 1 to 128 visible ASCII characters",
-            Some("Idempotency-Key"),
-        ))),
+        _ => Err(ApiError::BadIdempotencyKey),
     }
 }
 
@@ -450,17 +381,10 @@ fn accepted_response(order_id: &str) -> Response {
         .into_response()
 }
 
-async fn show(State(edge): State<Arc<Edge>>, Path(id): Path<String>) -> Response {
+async fn show(State(edge): State<Arc<Edge>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let order = id.parse::<Uuid>().ok().and_then(|id| edge.view.get(&id));
-    match order {
-        Some(order) => Json(order).into_response(),
-        None => problem(
-            StatusCode::NOT_FOUND,
-            "Unknown order",
-            &format!("no order `{id}`"),
-            None,
-        ),
-    }
+    let order = order.ok_or(ApiError::UnknownOrder(id))?;
+    Ok(Json(order).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -469,32 +393,19 @@ struct ListQuery {
     limit: Option<String>,
 }
 
-async fn list(State(edge): State<Arc<Edge>>, Query(query): Query<ListQuery>) -> Response {
+async fn list(
+    State(edge): State<Arc<Edge>>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
     let status = match query.status.as_deref() {
         None => None,
-        Some(text) => match OrderStatus::parse(text) {
-            Some(status) => Some(status),
-            None => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "Invalid status",
-                    "status must be PENDING, COMPLETED or CANCELLED",
-                    Some("status"),
-                );
-            }
-        },
+        Some(text) => Some(OrderStatus::parse(text).ok_or(ApiError::InvalidStatus)?),
     };
     let limit = match query.limit.as_deref().map(str::parse::<usize>) {
         None => 20,
         Some(Ok(limit)) if (1..=1000).contains(&limit) => limit,
-        Some(_) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "Invalid limit",
-                "limit must be a number from 1 to 1000",
-                Some("limit"),
-            );
-        }
+        Some(_) => return Err(ApiError::InvalidLimit),
     };
-    Json(serde_json::json!({ "orders": edge.view.recent(status, limit) })).into_response()
+    let orders = edge.view.recent(status, limit);
+    Ok(Json(serde_json::json!({ "orders": orders })).into_response())
 }
