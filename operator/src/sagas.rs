@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::{Controller, watcher};
@@ -33,7 +34,7 @@ use sagashop_saga::definition::{Definition, ORCHESTRATOR, SagaStatus, dead_lette
 use serde_json::{Value, json};
 
 use crate::context::{Error, MANAGER, Shared, condition, drain, key};
-use crate::{DeletionPolicy, KafkaTopic, KafkaTopicSpec, Saga};
+use crate::{Condition, DeletionPolicy, KafkaTopic, KafkaTopicSpec, Saga};
 
 const KIND: &str = "Saga";
 /// The label on everything a saga owns, naming the saga.
@@ -249,68 +250,122 @@ async fn write_status(shared: &Shared, saga: &Saga, status: SagaStatus) -> Resul
     Ok(())
 }
 
-async fn reconcile(saga: Arc<Saga>, shared: Arc<Shared>) -> Result<Action, Error> {
-    let namespace = saga.namespace().unwrap_or_default();
-    let generation = saga.meta().generation;
-    let previous = saga
-        .status
+/// The conditions the saga had, to keep their transition times.
+fn previous(saga: &Saga) -> &[Condition] {
+    saga.status
         .as_ref()
         .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Makes the cluster hold what the saga needs, step by step: scope, validation, topics,
+/// ConfigMap, rollout, events, status.
+async fn reconcile(saga: Arc<Saga>, shared: Arc<Shared>) -> Result<Action, Error> {
+    let namespace = saga.namespace().unwrap_or_default();
     if !shared.scope.manages(&namespace) {
-        // Only claim "not watched" where no operator has reported anything else.
-        if previous.iter().all(|c| c.reason == "NotWatched") {
-            let status = SagaStatus {
-                observed_generation: generation,
-                conditions: vec![condition(
-                    previous,
-                    "Ready",
-                    false,
-                    "NotWatched",
-                    shared.scope.refusal(&namespace),
-                    generation,
-                )],
-                ..SagaStatus::default()
-            };
-            write_status(&shared, &saga, status).await?;
-        }
-        return Ok(Action::await_change());
+        return not_watched(&shared, &saga, &namespace).await;
     }
-    let steps = i32::try_from(saga.spec.steps.len()).ok();
     let definition = match saga.spec.validate(&saga.name_any()) {
         Ok(definition) => definition,
-        Err(invalid) => {
-            let status = SagaStatus {
-                observed_generation: generation,
-                steps,
-                phase: Some("Invalid".to_owned()),
-                conditions: vec![condition(
-                    previous,
-                    "Ready",
-                    false,
-                    "InvalidSpec",
-                    invalid.problems.join("; "),
-                    generation,
-                )],
-                ..SagaStatus::default()
-            };
-            write_status(&shared, &saga, status).await?;
-            return Ok(Action::await_change());
-        }
+        Err(invalid) => return refuse_invalid(&shared, &saga, &invalid.problems).await,
     };
     let want = desired(&saga, &definition);
-    let owner = saga
-        .controller_owner_ref(&())
-        .map(|o| vec![o])
-        .unwrap_or_default();
-    let labels = BTreeMap::from([
-        (SAGA_LABEL.to_owned(), saga.name_any()),
-        (
-            "app.kubernetes.io/managed-by".to_owned(),
-            MANAGER.to_owned(),
-        ),
-    ]);
-    let topics_api: Api<KafkaTopic> = Api::namespaced(shared.client.clone(), &namespace);
+    let owned = Owned::by(&saga);
+    let topics = apply_topics(&shared, &saga, &namespace, &want, &owned).await?;
+    apply_config_map(&shared, &namespace, &want, &owned).await?;
+    let rollout = roll_out(&shared, &saga, &namespace, &want).await?;
+    announce_config(&shared, &saga, &want, &rollout).await;
+    let config_ready = rollout.missing.is_empty();
+    write_status(&shared, &saga, status(&saga, &want, &topics, &rollout)).await?;
+    // Children's status changes wake the saga; a missing Deployment is looked for again.
+    Ok(if config_ready {
+        Action::requeue(shared.resync)
+    } else {
+        Action::requeue(Duration::from_secs(30))
+    })
+}
+
+/// Outside the operator's namespaces: says so, unless another operator reported on the saga.
+async fn not_watched(shared: &Shared, saga: &Saga, namespace: &str) -> Result<Action, Error> {
+    let previous = previous(saga);
+    if previous.iter().all(|c| c.reason == "NotWatched") {
+        let generation = saga.meta().generation;
+        let status = SagaStatus {
+            observed_generation: generation,
+            conditions: vec![condition(
+                previous,
+                "Ready",
+                false,
+                "NotWatched",
+                shared.scope.refusal(namespace),
+                generation,
+            )],
+            ..SagaStatus::default()
+        };
+        write_status(shared, saga, status).await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// An invalid spec: `phase: Invalid` naming every problem; nothing else is touched.
+async fn refuse_invalid(
+    shared: &Shared,
+    saga: &Saga,
+    problems: &[String],
+) -> Result<Action, Error> {
+    let generation = saga.meta().generation;
+    let status = SagaStatus {
+        observed_generation: generation,
+        steps: i32::try_from(saga.spec.steps.len()).ok(),
+        phase: Some("Invalid".to_owned()),
+        conditions: vec![condition(
+            previous(saga),
+            "Ready",
+            false,
+            "InvalidSpec",
+            problems.join("; "),
+            generation,
+        )],
+        ..SagaStatus::default()
+    };
+    write_status(shared, saga, status).await?;
+    Ok(Action::await_change())
+}
+
+/// The owner reference and labels on everything the saga owns.
+struct Owned {
+    owner: Vec<OwnerReference>,
+    labels: BTreeMap<String, String>,
+}
+
+impl Owned {
+    fn by(saga: &Saga) -> Self {
+        Self {
+            owner: saga
+                .controller_owner_ref(&())
+                .map(|o| vec![o])
+                .unwrap_or_default(),
+            labels: BTreeMap::from([
+                (SAGA_LABEL.to_owned(), saga.name_any()),
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    MANAGER.to_owned(),
+                ),
+            ]),
+        }
+    }
+}
+
+/// Applies the saga's KafkaTopics, leaving alone one of the same name it does not own; returns
+/// every KafkaTopic of the namespace as it is now, by resource name.
+async fn apply_topics(
+    shared: &Shared,
+    saga: &Saga,
+    namespace: &str,
+    want: &Desired,
+    owned: &Owned,
+) -> Result<BTreeMap<String, KafkaTopic>, Error> {
+    let topics_api: Api<KafkaTopic> = Api::namespaced(shared.client.clone(), namespace);
     let mut existing: BTreeMap<String, KafkaTopic> = topics_api
         .list(&ListParams::default())
         .await?
@@ -319,13 +374,13 @@ async fn reconcile(saga: Arc<Saga>, shared: Arc<Shared>) -> Result<Action, Error
         .collect();
     let apply = PatchParams::apply(MANAGER).force();
     for (name, spec) in &want.topics {
-        if existing.get(name).is_some_and(|t| !owned_by(t, &saga)) {
+        if existing.get(name).is_some_and(|t| !owned_by(t, saga)) {
             continue; // declared by someone else: theirs to manage
         }
         let patch = json!({
             "apiVersion": "sagashop.dev/v1alpha1",
             "kind": "KafkaTopic",
-            "metadata": {"name": name, "labels": labels, "ownerReferences": owner},
+            "metadata": {"name": name, "labels": owned.labels, "ownerReferences": owned.owner},
             "spec": spec,
         });
         let applied = topics_api
@@ -333,25 +388,58 @@ async fn reconcile(saga: Arc<Saga>, shared: Arc<Shared>) -> Result<Action, Error
             .await?;
         existing.insert(name.clone(), applied);
     }
-    let config_maps: Api<ConfigMap> = Api::namespaced(shared.client.clone(), &namespace);
+    Ok(existing)
+}
+
+/// Writes the ConfigMap the services mount: the saga and each service's consumer configuration.
+async fn apply_config_map(
+    shared: &Shared,
+    namespace: &str,
+    want: &Desired,
+    owned: &Owned,
+) -> Result<(), Error> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(shared.client.clone(), namespace);
     let config_map = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": want.config_map, "labels": labels, "ownerReferences": owner,
+        "metadata": {"name": want.config_map, "labels": owned.labels, "ownerReferences": owned.owner,
                      "annotations": {CONFIG_HASH: want.hash}},
         "data": want.config,
     });
     config_maps
-        .patch(&want.config_map, &apply, &Patch::Apply(&config_map))
+        .patch(
+            &want.config_map,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&config_map),
+        )
         .await?;
-    let hash_changed =
-        saga.status.as_ref().and_then(|s| s.config_hash.as_deref()) != Some(want.hash.as_str());
-    let deployments: Api<Deployment> = Api::namespaced(shared.client.clone(), &namespace);
-    let mut missing = Vec::new();
-    let mut rolled = Vec::new();
+    Ok(())
+}
+
+/// What stamping the configuration hash on the saga's Deployments did.
+struct Rollout {
+    /// Deployments the saga names that do not exist.
+    missing: Vec<String>,
+    /// Deployments whose pods roll because their hash changed.
+    rolled: Vec<String>,
+}
+
+/// Stamps the configuration hash on the pod template of every Deployment the saga names whose
+/// hash differs, so they roll onto the new configuration.
+async fn roll_out(
+    shared: &Shared,
+    saga: &Saga,
+    namespace: &str,
+    want: &Desired,
+) -> Result<Rollout, Error> {
+    let deployments: Api<Deployment> = Api::namespaced(shared.client.clone(), namespace);
+    let mut rollout = Rollout {
+        missing: Vec::new(),
+        rolled: Vec::new(),
+    };
     for name in &saga.spec.deployments {
         let Some(deployment) = deployments.get_opt(name).await? else {
-            missing.push(name.clone());
+            rollout.missing.push(name.clone());
             continue;
         };
         let current = deployment
@@ -365,107 +453,94 @@ async fn reconcile(saga: Arc<Saga>, shared: Arc<Shared>) -> Result<Action, Error
             deployments
                 .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
-            rolled.push(name.clone());
+            rollout.rolled.push(name.clone());
         }
     }
-    if hash_changed || !rolled.is_empty() {
-        let note = if rolled.is_empty() {
-            format!(
-                "configuration {} written to ConfigMap {}",
-                want.hash, want.config_map
-            )
-        } else {
-            format!(
-                "configuration {} written; rolled Deployments {}",
-                want.hash,
-                rolled.join(", ")
-            )
-        };
-        shared.event(&*saga, false, "ConfigChanged", note).await;
+    Ok(rollout)
+}
+
+/// A `ConfigChanged` event when the configuration changed or Deployments rolled.
+async fn announce_config(shared: &Shared, saga: &Saga, want: &Desired, rollout: &Rollout) {
+    let hash_changed =
+        saga.status.as_ref().and_then(|s| s.config_hash.as_deref()) != Some(want.hash.as_str());
+    if !hash_changed && rollout.rolled.is_empty() {
+        return;
     }
-    let (ready_topics, waiting) = topics_readiness(&want.topics, &existing);
+    let note = if rollout.rolled.is_empty() {
+        format!(
+            "configuration {} written to ConfigMap {}",
+            want.hash, want.config_map
+        )
+    } else {
+        format!(
+            "configuration {} written; rolled Deployments {}",
+            want.hash,
+            rollout.rolled.join(", ")
+        )
+    };
+    shared.event(saga, false, "ConfigChanged", note).await;
+}
+
+/// The saga's status once its topics, ConfigMap and rollout are applied.
+fn status(
+    saga: &Saga,
+    want: &Desired,
+    topics: &BTreeMap<String, KafkaTopic>,
+    rollout: &Rollout,
+) -> SagaStatus {
+    let generation = saga.meta().generation;
+    let previous = previous(saga);
+    let (ready_topics, waiting) = topics_readiness(&want.topics, topics);
     let topics_ready = waiting.is_empty();
-    let topics_condition = if topics_ready {
-        condition(
-            previous,
-            "TopicsReady",
-            true,
+    let config_ready = rollout.missing.is_empty();
+    let ready = topics_ready && config_ready;
+    let (reason, message) = match (ready, topics_ready) {
+        (true, _) => ("Ready", "topics and configuration are in place"),
+        (false, true) => (
+            "DeploymentMissing",
+            "see the TopicsReady and ConfigReady conditions",
+        ),
+        (false, false) => (
+            "TopicsPending",
+            "see the TopicsReady and ConfigReady conditions",
+        ),
+    };
+    let (topics_reason, topics_message) = if topics_ready {
+        (
             "TopicsReady",
             format!("all {} topics are ready", ready_topics.len()),
-            generation,
         )
     } else {
-        condition(
-            previous,
-            "TopicsReady",
-            false,
+        let (have, of, waiting) = (ready_topics.len(), want.topics.len(), waiting.join(", "));
+        (
             "TopicsPending",
-            format!(
-                "{} of {} topics ready; waiting for {}",
-                ready_topics.len(),
-                want.topics.len(),
-                waiting.join(", ")
-            ),
-            generation,
+            format!("{have} of {of} topics ready; waiting for {waiting}"),
         )
     };
-    let config_ready = missing.is_empty();
-    let config_condition = if config_ready {
-        condition(
-            previous,
-            "ConfigReady",
-            true,
-            "ConfigWritten",
-            format!(
-                "ConfigMap {} holds configuration {}",
-                want.config_map, want.hash
-            ),
-            generation,
-        )
+    let (config_reason, config_message) = if config_ready {
+        let message = format!(
+            "ConfigMap {} holds configuration {}",
+            want.config_map, want.hash
+        );
+        ("ConfigWritten", message)
     } else {
-        condition(
-            previous,
-            "ConfigReady",
-            false,
-            "DeploymentMissing",
-            format!(
-                "ConfigMap {} written, but Deployments {} do not exist to roll",
-                want.config_map,
-                missing.join(", ")
-            ),
-            generation,
-        )
+        let (map, missing) = (&want.config_map, rollout.missing.join(", "));
+        let message =
+            format!("ConfigMap {map} written, but Deployments {missing} do not exist to roll");
+        ("DeploymentMissing", message)
     };
-    let ready = topics_ready && config_ready;
-    let ready_condition = if ready {
-        condition(
-            previous,
-            "Ready",
-            true,
-            "Ready",
-            "topics and configuration are in place".to_owned(),
-            generation,
-        )
-    } else {
-        let why = if topics_ready {
-            "DeploymentMissing"
-        } else {
-            "TopicsPending"
-        };
-        condition(
-            previous,
-            "Ready",
-            false,
-            why,
-            "see the TopicsReady and ConfigReady conditions".to_owned(),
-            generation,
-        )
+    let said = |type_: &str, ok: bool, reason: &str, message: String| {
+        condition(previous, type_, ok, reason, message, generation)
     };
-    let status = SagaStatus {
+    SagaStatus {
         observed_generation: generation,
-        steps,
+        steps: i32::try_from(saga.spec.steps.len()).ok(),
         phase: Some(if ready { "Ready" } else { "Pending" }.to_owned()),
-        conditions: vec![topics_condition, config_condition, ready_condition],
+        conditions: vec![
+            said("TopicsReady", topics_ready, topics_reason, topics_message),
+            said("ConfigReady", config_ready, config_reason, config_message),
+            said("Ready", ready, reason, message.to_owned()),
+        ],
         topics: want
             .topics
             .iter()
@@ -473,14 +548,7 @@ async fn reconcile(saga: Arc<Saga>, shared: Arc<Shared>) -> Result<Action, Error
             .collect(),
         config_map: Some(want.config_map.clone()),
         config_hash: Some(want.hash.clone()),
-    };
-    write_status(&shared, &saga, status).await?;
-    // Children's status changes wake the saga; a missing Deployment is looked for again.
-    Ok(if config_ready {
-        Action::requeue(shared.resync)
-    } else {
-        Action::requeue(Duration::from_secs(30))
-    })
+    }
 }
 
 /// Runs the reconciler over `Saga`s in the shared scope until `shutdown`.
