@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::dlq::dead_letter;
+use crate::kafka::IsolationLevel;
 use crate::monitor::{HandlerLabels, Monitor, seconds};
 use crate::publisher::Publisher;
 use crate::record::Outgoing;
@@ -66,6 +67,9 @@ pub struct ProcessorConfig {
     /// At-least-once mode: where records go when in-place retries run out, to be re-consumed
     /// when due instead of being dead-lettered at once.
     pub retry_topic: Option<RetryTopic>,
+    /// How the consumer reads: read committed unless an at-least-once service chooses
+    /// otherwise (exactly-once mode refuses anything else).
+    pub isolation_level: IsolationLevel,
 }
 
 impl ProcessorConfig {
@@ -99,6 +103,7 @@ impl ProcessorConfig {
             dedupe_key: DedupeKey::MessageId,
             retry_topic: None,
             lag_interval: Duration::from_secs(5),
+            isolation_level: IsolationLevel::ReadCommitted,
         }
     }
 }

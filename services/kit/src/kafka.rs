@@ -14,6 +14,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::util::Timeout;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::Error;
 use crate::security::KafkaSecurity;
 
@@ -342,6 +344,28 @@ pub fn usage_exit(error: &clap::Error) -> std::process::ExitCode {
         | ErrorKind::DisplayVersion
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => std::process::ExitCode::SUCCESS,
         _ => std::process::ExitCode::from(EX_USAGE),
+    }
+}
+
+/// How a consumer reads the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationLevel {
+    /// Only records of committed transactions (what every promise of sagashop assumes).
+    #[default]
+    ReadCommitted,
+    /// Also records of open and aborted transactions: allowed only for at-least-once services,
+    /// which then may act on writes that never happened.
+    ReadUncommitted,
+}
+
+impl IsolationLevel {
+    /// librdkafka's `isolation.level` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadCommitted => "read_committed",
+            Self::ReadUncommitted => "read_uncommitted",
+        }
     }
 }
 

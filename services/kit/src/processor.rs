@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
+use crate::kafka::IsolationLevel;
 use crate::kafka::KafkaConfig;
 use crate::monitor::Monitor;
 use crate::partitions::{Partition, Partitions};
@@ -72,6 +73,16 @@ impl Processor {
                 reason: "concurrency and max in-flight must be at least 1".to_owned(),
             });
         }
+        if config.transactional_id.is_some()
+            && config.isolation_level != IsolationLevel::ReadCommitted
+        {
+            return Err(Error::InvalidConfig {
+                setting: "isolation level",
+                reason:
+                    "exactly-once mode reads committed data only (isolation.level=read_committed)"
+                        .to_owned(),
+            });
+        }
         if config.transactional_id.is_some() && config.retry_topic.is_some() {
             // A batch transaction cannot wait minutes for a parked record to come due.
             return Err(Error::InvalidConfig {
@@ -97,6 +108,7 @@ impl Processor {
             shutdown: shutdown.clone(),
         };
         let mut consumer_config = kafka.consumer(&config.group_id, &config.group_id);
+        consumer_config.set("isolation.level", config.isolation_level.as_str());
         if config.transactional_id.is_some() || config.dedupe.is_some() {
             // Stateful: the range assignor gives a member the same partition numbers of every
             // input topic (co-partitioning), so partition p's state has one owner. Rebalances

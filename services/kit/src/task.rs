@@ -6,18 +6,18 @@ use crate::error::Error;
 /// token is cancelled.
 #[derive(Debug)]
 pub struct Task {
-    name: &'static str,
+    name: String,
     handle: tokio::task::JoinHandle<Result<(), Error>>,
 }
 
 impl Task {
     /// Runs `work` on the executor as `name`'s task.
     pub fn spawn(
-        name: &'static str,
+        name: impl Into<String>,
         work: impl std::future::Future<Output = Result<(), Error>> + Send + 'static,
     ) -> Self {
         Self {
-            name,
+            name: name.into(),
             handle: tokio::spawn(work),
         }
     }
