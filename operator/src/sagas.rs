@@ -9,8 +9,9 @@
 //!    reconciler turns into real topics. A `KafkaTopic` of that name that the saga does not own
 //!    is left alone and counted as the saga's if it is Ready;
 //! 3. writes the ConfigMap `saga-<name>`: `saga.yaml` (the definition the services load with
-//!    `SAGASHOP_SAGA`) and one `<service>.json` per service with its consumer configuration
-//!    (group id, topics, retry policy, isolation level);
+//!    `SAGASHOP_SAGA`) and one `<service>.json` per service with its wiring ([`Wiring`](sagashop_kit::Wiring):
+//!    group id, topics by role, inputs, dead letters, isolation level, processing, retry,
+//!    transactional ids), which the services read with `SAGASHOP_WIRING`;
 //! 4. stamps the hash of that configuration on the pod template of every Deployment the saga
 //!    names (`spec.deployments`), so a changed saga rolls its services;
 //! 5. reports `TopicsReady`, `ConfigReady` and `Ready`, the phase, the topics and the hash.
@@ -29,9 +30,9 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
-use sagashop_kit::RetryPolicy;
-use sagashop_saga::definition::{Definition, ORCHESTRATOR, SagaStatus, dead_letter_topic};
-use serde_json::{Value, json};
+use sagashop_saga::definition::{Definition, SagaStatus};
+use sagashop_topology::Topology;
+use serde_json::json;
 
 use crate::context::{Error, MANAGER, Shared, condition, drain, key};
 use crate::{Condition, DeletionPolicy, KafkaTopic, KafkaTopicSpec, Saga};
@@ -83,14 +84,6 @@ fn fnv1a(data: &BTreeMap<String, String>) -> String {
     format!("{hash:016x}")
 }
 
-fn retry_json(policy: &RetryPolicy) -> Value {
-    json!({
-        "maxAttempts": policy.max_attempts,
-        "initialBackoff": humantime::format_duration(policy.initial_backoff).to_string(),
-        "maxBackoff": humantime::format_duration(policy.max_backoff).to_string(),
-    })
-}
-
 /// Computes what `saga` (valid, compiled into `definition`) should have.
 pub fn desired(saga: &Saga, definition: &Definition) -> Desired {
     let topics = definition
@@ -119,53 +112,12 @@ pub fn desired(saga: &Saga, definition: &Definition) -> Desired {
         "saga.yaml".to_owned(),
         serde_json::to_string_pretty(&manifest).unwrap_or_default(),
     );
-    let steps: Vec<Value> = definition
-        .steps
-        .iter()
-        .map(|s| json!({"step": s.name, "timeout": humantime::format_duration(s.timeout).to_string(), "retry": retry_json(&s.retry)}))
-        .collect();
-    let mut outputs: Vec<&str> = definition
-        .steps
-        .iter()
-        .map(|s| s.command_topic.as_str())
-        .collect();
-    outputs.dedup();
-    let orchestrator = json!({
-        "service": ORCHESTRATOR,
-        "groupId": definition.orchestrator_group(),
-        "topics": [definition.trigger.topic, definition.reply_topic],
-        "outputs": outputs,
-        "stateTopic": definition.state_topic,
-        "outcomeTopic": definition.outcome.topic,
-        "deadLetterTopic": dead_letter_topic(ORCHESTRATOR),
-        "isolationLevel": "read_committed",
-        "processing": "exactly-once",
-        "steps": steps,
-    });
-    config.insert(
-        format!("{ORCHESTRATOR}.json"),
-        serde_json::to_string_pretty(&orchestrator).unwrap_or_default(),
-    );
-    for participant in definition.participants() {
-        let command_topic = definition
-            .steps
-            .iter()
-            .find(|s| s.participant == participant)
-            .map(|s| s.command_topic.clone())
-            .unwrap_or_default();
-        let value = json!({
-            "service": participant,
-            "groupId": participant,
-            "topics": [command_topic],
-            "replyTopic": definition.reply_topic,
-            "deadLetterTopic": dead_letter_topic(participant),
-            "isolationLevel": "read_committed",
-            "processing": "exactly-once",
-            "retry": retry_json(&RetryPolicy::default()),
-        });
+    // Each service's wiring, which it reads from the mounted ConfigMap: the same value
+    // `sagashop dev` builds from the same saga.
+    for (service, wiring) in Topology::new(definition.clone(), "").wirings() {
         config.insert(
-            format!("{participant}.json"),
-            serde_json::to_string_pretty(&value).unwrap_or_default(),
+            format!("{service}.json"),
+            serde_json::to_string_pretty(&wiring).unwrap_or_default(),
         );
     }
     let hash = fnv1a(&config);
@@ -600,6 +552,7 @@ mod tests {
     use super::*;
     use crate::context::Scope;
     use crate::fixtures::{api_server, event_answer, shared};
+    use serde_json::Value;
 
     #[tokio::test]
     async fn an_invalid_saga_gets_a_status_naming_the_fields_and_nothing_else() {
@@ -688,12 +641,19 @@ mod tests {
         assert_eq!(want.config_map, "saga-order-fulfilment");
         let payment: Value = serde_json::from_str(&want.config["payment.json"]).unwrap();
         assert_eq!(payment["groupId"], "payment");
-        assert_eq!(payment["topics"], json!(["payment.commands.v1"]));
+        assert_eq!(payment["topics"]["commands"], "payment.commands.v1");
+        assert_eq!(payment["inputs"], json!(["commands"]));
         assert_eq!(payment["isolationLevel"], "read_committed");
         assert_eq!(payment["deadLetterTopic"], "payment.dlq.v1");
         assert!(payment["retry"]["maxAttempts"].as_u64().unwrap() >= 1);
         let orchestrator: Value = serde_json::from_str(&want.config["orchestrator.json"]).unwrap();
         assert_eq!(orchestrator["groupId"], "saga-order-fulfilment");
+        // Every service gets its wiring, and each is one the service accepts.
+        for service in sagashop_topology::Service::ALL {
+            let text = &want.config[&format!("{}.json", service.name())];
+            let wiring: sagashop_kit::Wiring = serde_json::from_str(text).unwrap();
+            wiring.validate().unwrap();
+        }
         // The manifest in the ConfigMap is one `sagashop dev --saga` accepts.
         let loaded = Saga::load(&want.config["saga.yaml"], "configmap").unwrap();
         assert_eq!(loaded, definition);

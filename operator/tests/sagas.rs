@@ -158,9 +158,10 @@ async fn an_applied_saga_gets_its_topics_config_and_rollout_and_reports_ready() 
     let inventory: serde_json::Value = serde_json::from_str(&data["inventory.json"]).unwrap();
     assert_eq!(inventory["groupId"], "inventory");
     assert_eq!(
-        inventory["topics"],
-        json!([format!("{run}.inventory.commands.v1")])
+        inventory["topics"]["commands"],
+        json!(format!("{run}.inventory.commands.v1"))
     );
+    assert_eq!(inventory["inputs"], json!(["commands", "slips"]));
     assert_eq!(inventory["isolationLevel"], "read_committed");
     let hash = status.config_hash.clone().unwrap();
     let rolled = deployments.get("orchestrator").await.unwrap();

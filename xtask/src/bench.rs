@@ -13,6 +13,9 @@ use sagashop_testkit::ceiling;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use sagashop_topology::Service;
+
+use crate::names::topic;
 use crate::report::{Edge, EndToEnd, Figure, Report, RunFigures};
 
 /// What `xtask bench` measures and where it writes.
@@ -466,7 +469,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let prefix = format!("{}.", sagashop_testkit::unique_name("bench"));
     step("starting sagashop dev (release build)");
     let (mut dev, address) = start_dev(&args, &prefix, "a").await?;
-    let outcome_topic = format!("{prefix}orders.outcome.v1");
+    let outcome_topic = topic(&prefix, Service::Order, "outcome");
     let before = offsets(&args.tools.kafka, &prefix).await?;
     step("warm-up: 20 orders/s for 3 s");
     let warm = k6_load(&args, &address, 20, "warmup", Duration::from_secs(3));

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use sagashop_kit::reader::read_to_end;
 use sagashop_kit::{Outgoing, Publisher};
+use sagashop_topology::Service;
+
+use crate::names::{participants, topic};
 
 use crate::fleet::{
     Answer, Attempt, Broker, Ledger, Proc, client, done, latest, offer, order_body, post,
@@ -287,13 +290,6 @@ pub(crate) async fn conclude(
     row.books = ledger.books(&kafka, prefix).await?;
     Ok((row, ledger))
 }
-
-/// Each participant's consumer group and command topic (unprefixed).
-const PARTICIPANTS: [(&str, &str); 3] = [
-    ("inventory", "inventory.commands.v1"),
-    ("payment", "payment.commands.v1"),
-    ("shipping", "shipping.commands.v1"),
-];
 
 /// `sagashop dev` for one scenario.
 async fn dev(
@@ -570,16 +566,11 @@ async fn duplicates(
     let books_before = snapshot(&kafka, prefix).await?;
 
     // Duplicate every command and reply: same key, payload and headers (so the same message id).
-    let topics = [
-        "inventory.commands.v1",
-        "payment.commands.v1",
-        "shipping.commands.v1",
-        "saga.order-fulfilment.replies.v1",
-    ];
+    let mut topics: Vec<String> = participants(prefix).into_iter().map(|(_, t)| t).collect();
+    topics.push(topic(prefix, Service::Orchestrator, "replies"));
     let publisher = Publisher::new(&kafka, "chaos")?;
     let mut copies = 0;
     for topic in topics {
-        let topic = format!("{prefix}{topic}");
         let records = read_to_end(&kafka, "chaos", &topic, Duration::from_secs(60)).await?;
         let outgoing: Vec<Outgoing> = records
             .into_iter()
@@ -605,45 +596,25 @@ async fn duplicates(
     ));
     // Let them be handled, then reset the participants to the beginning of their topics.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    for (group, _) in PARTICIPANTS {
-        wait_settled(
-            &dev,
-            &format!("{prefix}{group}"),
-            0,
-            Duration::from_secs(60),
-        )
-        .await;
+    for (group, _) in participants(prefix) {
+        wait_settled(&dev, &group, 0, Duration::from_secs(60)).await;
     }
     dev.terminate()?;
     let mut rewound = 0;
-    for (group, topic) in PARTICIPANTS {
-        rewind(
-            &kafka,
-            &format!("{prefix}{group}"),
-            &format!("{prefix}{topic}"),
-        )?;
-        rewound += read_to_end(
-            &kafka,
-            "chaos",
-            &format!("{prefix}{topic}"),
-            Duration::from_secs(60),
-        )
-        .await?
-        .len();
+    for (group, topic) in participants(prefix) {
+        rewind(&kafka, &group, &topic)?;
+        rewound += read_to_end(&kafka, "chaos", &topic, Duration::from_secs(60))
+            .await?
+            .len();
     }
     step(&format!(
         "duplicates: participants rewound to offset 0 ({rewound} commands to read again)"
     ));
     let mut dev = crate::chaos::dev(args, broker, dir, prefix).await?;
-    for (group, topic) in PARTICIPANTS {
-        let total = read_to_end(
-            &kafka,
-            "chaos",
-            &format!("{prefix}{topic}"),
-            Duration::from_secs(60),
-        )
-        .await?
-        .len() as u64;
+    for (group, topic) in participants(prefix) {
+        let total = read_to_end(&kafka, "chaos", &topic, Duration::from_secs(60))
+            .await?
+            .len() as u64;
         if !wait_settled(
             &dev,
             &format!("{prefix}{group}"),
@@ -707,8 +678,8 @@ async fn snapshot(
         v
     };
     Ok((
-        sorted(latest(kafka, &format!("{prefix}inventory.stock.v1")).await?),
-        sorted(latest(kafka, &format!("{prefix}payment.balances.v1")).await?),
+        sorted(latest(kafka, &topic(prefix, Service::Inventory, "stock")).await?),
+        sorted(latest(kafka, &topic(prefix, Service::Payment, "balances")).await?),
     ))
 }
 

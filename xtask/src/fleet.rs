@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use sagashop_kit::KafkaConfig;
 use sagashop_kit::reader::read_settled;
+use sagashop_topology::Service;
 use serde_json::{Value, json};
+
+use crate::names::topic;
 
 /// Stock the inventory starts with: `sku-1` runs out during a run, `sku-2` never does, and
 /// `ghost` is never stocked; customers start with 200,000 and some run out of money. Every
@@ -458,7 +461,14 @@ impl Ledger {
     pub(crate) async fn read(kafka: &KafkaConfig, prefix: &str) -> anyhow::Result<Self> {
         let timeout = Duration::from_secs(60);
         let mut ledger = Self::default();
-        for record in read_settled(kafka, "chaos", &format!("{prefix}orders.v1"), timeout).await? {
+        for record in read_settled(
+            kafka,
+            "chaos",
+            &topic(prefix, Service::Order, "orders"),
+            timeout,
+        )
+        .await?
+        {
             let Some(payload) = record.payload else {
                 continue;
             };
@@ -486,7 +496,7 @@ impl Ledger {
                 },
             );
         }
-        let outcome_topic = format!("{prefix}orders.outcome.v1");
+        let outcome_topic = topic(prefix, Service::Order, "outcome");
         for record in read_settled(kafka, "chaos", &outcome_topic, timeout).await? {
             let kind = record
                 .headers
@@ -571,7 +581,7 @@ impl Ledger {
             }
         }
         let mut wrong = Vec::new();
-        let stock = latest(kafka, &format!("{prefix}inventory.stock.v1")).await?;
+        let stock = latest(kafka, &topic(prefix, Service::Inventory, "stock")).await?;
         for (product, seeded) in STOCK {
             let expected = seeded - used.get(product).copied().unwrap_or(0);
             let now = stock.get(product).and_then(Value::as_i64).unwrap_or(seeded);
@@ -579,7 +589,7 @@ impl Ledger {
                 wrong.push(format!("stock of {product}: {now}, expected {expected}"));
             }
         }
-        let balances = latest(kafka, &format!("{prefix}payment.balances.v1")).await?;
+        let balances = latest(kafka, &topic(prefix, Service::Payment, "balances")).await?;
         let mut customers: Vec<&str> = self.placed.values().map(|o| o.customer.as_str()).collect();
         customers.sort_unstable();
         customers.dedup();

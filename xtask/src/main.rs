@@ -22,6 +22,7 @@ mod bench;
 mod chaos;
 mod charts;
 mod fleet;
+mod names;
 mod pods;
 mod report;
 mod scale;

@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use sagashop_topology::Service as Named;
+
 use crate::chaos::{ChaosArgs, Row, SERVICES, conclude, step};
 use crate::fleet::{
     Answer, Attempt, Broker, Proc, client, latest, offer, order_body, post, system_args,
 };
+use crate::names::topic;
 
 /// The replicas of one service, by index.
 struct Service {
@@ -274,7 +277,7 @@ pub(crate) async fn run(
             ));
         }
     }
-    let stock = latest(&kafka, &format!("{prefix}inventory.stock.v1")).await?;
+    let stock = latest(&kafka, &topic(prefix, Named::Inventory, "stock")).await?;
     let oversold: Vec<String> = stock
         .iter()
         .filter(|(_, v)| v.as_i64().is_some_and(|n| n < 0))

@@ -18,32 +18,16 @@ use sagashop_contracts::events::{AnalyticsSnapshot, ProductCount};
 use sagashop_contracts::{Envelope, Metadata};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::{
-    Error, Expiry, FailurePolicy, HandlerError, KafkaConfig, Monitor, Outgoing, Processor,
-    ProcessorConfig, Publisher, Record, Router, Stats, Store,
+    Context, Error, Expiry, FailurePolicy, HandlerError, Outgoing, Record, Router, Running, Store,
+    Wiring,
 };
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
-/// How the analytics service runs.
+/// Analytics' own settings (its topics and group come from its [`Wiring`]).
 #[derive(Debug, Clone)]
-pub struct AnalyticsConfig {
-    /// Outcomes.
-    pub outcome_topic: String,
-    /// The outcome event types: (completed, cancelled).
+pub struct AnalyticsSettings {
+    /// The outcome event types of the saga: (completed, cancelled).
     pub outcome_events: (String, String),
-    /// Windows per minute (compacted).
-    pub windows_topic: String,
-    /// Where snapshots go (`analytics.snapshots.v1`).
-    pub snapshots_topic: String,
-    /// Where unreadable events go.
-    pub dead_letter_topic: String,
-    /// Its consumer group.
-    pub group_id: String,
-    /// This member's transactional id.
-    pub transactional_id: String,
-    /// How long a minute's window is kept after its last outcome: at least the hour the
-    /// summary shows (a shorter setting is raised to that).
-    pub retention: std::time::Duration,
 }
 
 /// The summary covers the latest hour: windows are kept at least that long.
@@ -118,7 +102,8 @@ struct Item {
 
 struct Analytics {
     windows: Store<Window>,
-    config: AnalyticsConfig,
+    /// Where snapshots go.
+    snapshots_topic: String,
     guard: std::sync::Mutex<()>,
 }
 
@@ -162,7 +147,7 @@ impl Analytics {
             self.windows
                 .put(&key, window)
                 .map_err(|e| HandlerError::Transient(e.to_string()))?,
-            Outgoing::event(&self.config.snapshots_topic, &envelope)
+            Outgoing::event(&self.snapshots_topic, &envelope)
                 .map_err(|e| HandlerError::Permanent(e.to_string()))?,
         ])
     }
@@ -218,38 +203,18 @@ pub fn summarise(windows: &Store<Window>) -> Summary {
     }
 }
 
-/// A running analytics service.
-pub struct Running {
-    /// The processor's counters.
-    pub stats: Arc<Stats>,
-    /// The minute windows.
-    pub windows: Store<Window>,
-    /// `GET /api/analytics/summary`.
-    pub api: axum::Router,
-    /// Its work; `task.stopped()` waits for it to end after shutdown.
-    pub task: sagashop_kit::Task,
-}
-
-/// Restores the windows, then counts outcomes until `shutdown`.
+/// Restores the windows, then counts outcomes until shutdown. A minute's window is kept for
+/// the context's retention after its last outcome, and at least the hour the summary shows.
 pub async fn start(
-    kafka: &KafkaConfig,
-    config: AnalyticsConfig,
-    monitor: &Monitor,
-    shutdown: CancellationToken,
+    context: &Context,
+    wiring: Wiring,
+    settings: AnalyticsSettings,
 ) -> Result<Running, Error> {
-    sagashop_kit::fence(
-        kafka,
-        &config.group_id,
-        &config.transactional_id,
-        std::time::Duration::from_secs(30),
-    )
-    .await?;
     // Restored per assigned partition: a minute's window per partition of the outcomes.
-    let windows: Store<Window> =
-        Store::owned(kafka, "analytics-windows", &config.windows_topic, monitor);
+    let windows: Store<Window> = context.store(&wiring, "windows")?;
     let analytics = Arc::new(Analytics {
         windows: windows.clone(),
-        config: config.clone(),
+        snapshots_topic: wiring.topic("snapshots")?.to_owned(),
         guard: std::sync::Mutex::new(()),
     });
     let on = |completed: bool| {
@@ -260,35 +225,23 @@ pub async fn start(
         }
     };
     let policy = FailurePolicy::default();
-    let (completed, cancelled) = &config.outcome_events;
+    let (completed, cancelled) = &settings.outcome_events;
+    let outcome = wiring.topic("outcome")?;
     let router = Router::new()
-        .on_raw(&config.outcome_topic, completed, policy, on(true))
-        .on_raw(&config.outcome_topic, cancelled, policy, on(false));
-    let processor = Processor::new(
-        kafka,
-        ProcessorConfig::exactly_once(
-            &config.group_id,
-            &config.dead_letter_topic,
-            &config.transactional_id,
-        ),
-        router,
-        Publisher::new(kafka, "analytics")?.observed(monitor),
-        monitor,
-    )?
-    .reloads(windows.clone())
-    .expires(Expiry::new().of(&windows, config.retention.max(SUMMARY_SPAN), |_| true));
-    let stats = processor.stats();
-    let task = sagashop_kit::Task::spawn("analytics", processor.run(shutdown));
+        .on_raw(outcome, completed, policy, on(true))
+        .on_raw(outcome, cancelled, policy, on(false));
+    let publisher = context.publisher(&wiring)?;
+    let retention = context.retention.max(SUMMARY_SPAN);
+    let processor = context
+        .processor(&wiring, router, publisher)
+        .await?
+        .reloads(windows.clone())
+        .expires(Expiry::new().of(&windows, retention, |_| true));
     let api = axum::Router::new()
         .route(
             "/api/analytics/summary",
             get(|State(windows): State<Store<Window>>| async move { Json(summarise(&windows)) }),
         )
-        .with_state(windows.clone());
-    Ok(Running {
-        stats,
-        windows,
-        api,
-        task,
-    })
+        .with_state(windows);
+    Ok(Running::spawn(context, wiring, processor).with_routes(api))
 }

@@ -18,48 +18,30 @@ use sagashop_contracts::commands::{ReleaseInventory, ReserveInventory};
 use sagashop_contracts::{Contract, Metadata};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::{
-    Error, Expiry, FailurePolicy, HandlerError, KafkaConfig, Monitor, Outgoing, Processor,
-    ProcessorConfig, Publisher, Record, Router, Stats, Store,
+    Context, Error, Expiry, FailurePolicy, HandlerError, Outgoing, Record, Router, Running, Store,
+    Wiring,
 };
 use sagashop_saga::participant::{self, Command, Faults, on_command};
-use tokio_util::sync::CancellationToken;
 
 use crate::slip::{After, Hold, Mode, SEED, SLIP, Seed, Slip, hold_key};
 
-/// How the inventory service runs.
-#[derive(Debug, Clone)]
-pub struct InventoryConfig {
-    /// Where its commands arrive.
-    pub command_topic: String,
-    /// Where slips and stock seeds travel, keyed by product (as many partitions as the command
-    /// topic).
-    pub slip_topic: String,
-    /// Stock per product (compacted).
-    pub stock_topic: String,
-    /// Holds per saga and product (compacted).
-    pub holds_topic: String,
-    /// Where unreadable commands go.
-    pub dead_letter_topic: String,
-    /// Its consumer group.
-    pub group_id: String,
-    /// This member's transactional id.
-    pub transactional_id: String,
+/// Inventory's own settings (its topics and group come from its [`Wiring`]).
+#[derive(Debug, Clone, Default)]
+pub struct InventorySettings {
     /// Stock given to products that have none yet, on start.
     pub seed: Vec<(String, i64)>,
     /// A product that is always out of stock (fault injection).
     pub out_of_stock: Option<String>,
     /// Injected transient failures.
     pub faults: Faults,
-    /// How long a saga's hold on a product is kept after its last change before it is forgotten
-    /// (memory and changelog). A compensation that arrives later finds nothing to undo, so
-    /// keep it longer than any saga runs.
-    pub retention: std::time::Duration,
 }
 
 struct Inventory {
     stock: Store<i64>,
     holds: Store<Hold>,
-    config: InventoryConfig,
+    /// Where slips and stock seeds travel, keyed by product.
+    slip_topic: String,
+    config: InventorySettings,
 }
 
 impl Inventory {
@@ -131,7 +113,7 @@ impl Inventory {
         let bytes = serde_json::to_vec(slip).map_err(|e| HandlerError::Permanent(e.to_string()))?;
         let metadata = slip::metadata(SLIP, Some(parent), &slip.context.saga_id);
         Ok(Outgoing::raw(
-            &self.config.slip_topic,
+            &self.slip_topic,
             &line.product_id,
             &metadata,
             bytes,
@@ -249,39 +231,21 @@ fn keyed_by(record: &Record, product: &str) -> Result<(), HandlerError> {
     )))
 }
 
-/// A running inventory service.
-pub struct Running {
-    /// The processor's counters.
-    pub stats: Arc<Stats>,
-    /// Stock per product (the partitions this replica owns).
-    pub stock: Store<i64>,
-    /// Holds per saga and product (the partitions this replica owns).
-    pub holds: Store<Hold>,
-    /// Its work; `task.stopped()` waits for it to end after shutdown.
-    pub task: sagashop_kit::Task,
-}
-
-/// Seeds unknown products, then serves commands and slips until `shutdown` (stock and holds
-/// are restored per assigned partition).
+/// Seeds the stock, restores stock and holds, then serves commands and slips until shutdown.
+/// A saga's hold on a product is kept for the context's retention after its last change, then
+/// forgotten: a compensation that arrives later finds nothing to undo.
 pub async fn start(
-    kafka: &KafkaConfig,
-    config: InventoryConfig,
-    monitor: &Monitor,
-    shutdown: CancellationToken,
+    context: &Context,
+    wiring: Wiring,
+    settings: InventorySettings,
 ) -> Result<Running, Error> {
-    sagashop_kit::fence(
-        kafka,
-        &config.group_id,
-        &config.transactional_id,
-        std::time::Duration::from_secs(30),
-    )
-    .await?;
-    let stock: Store<i64> = Store::owned(kafka, "inventory-stock", &config.stock_topic, monitor);
-    let holds: Store<Hold> = Store::owned(kafka, "inventory-holds", &config.holds_topic, monitor);
-    let publisher = Publisher::new(kafka, "inventory")?.observed(monitor);
+    let stock: Store<i64> = context.store(&wiring, "stock")?;
+    let holds: Store<Hold> = context.store(&wiring, "holds")?;
+    let slip_topic = wiring.topic("slips")?.to_owned();
+    let publisher = context.publisher(&wiring)?;
     // Seeds go to each product's owner, which sets the stock only where there is none: every
     // replica may send them, at every start.
-    let seeds: Vec<Outgoing> = config
+    let seeds: Vec<Outgoing> = settings
         .seed
         .iter()
         .map(|(product, quantity)| {
@@ -292,7 +256,7 @@ pub async fn start(
             let bytes = serde_json::to_vec(&seed)
                 .map_err(|e| Error::Internal(format!("encoding a seed: {e}")))?;
             let metadata = slip::metadata(SEED, None, product);
-            Ok(Outgoing::raw(&config.slip_topic, product, &metadata, bytes))
+            Ok(Outgoing::raw(&slip_topic, product, &metadata, bytes))
         })
         .collect::<Result<_, Error>>()?;
     if !seeds.is_empty() {
@@ -304,66 +268,53 @@ pub async fn start(
     let inventory = Arc::new(Inventory {
         stock: stock.clone(),
         holds: holds.clone(),
-        config: config.clone(),
+        slip_topic: slip_topic.clone(),
+        config: settings,
     });
-    let (reserve, release) = (Arc::clone(&inventory), Arc::clone(&inventory));
+    let router = routes(&inventory, wiring.topic("commands")?, &slip_topic);
+    let processor = context
+        .processor(&wiring, router, publisher)
+        .await?
+        .reloads(stock)
+        .reloads(holds.clone())
+        .expires(Expiry::new().of(&holds, context.retention, |_| true));
+    Ok(Running::spawn(context, wiring, processor))
+}
+
+/// Commands in, slips and seeds along.
+fn routes(inventory: &Arc<Inventory>, commands: &str, slips: &str) -> Router {
+    let (reserve, release) = (Arc::clone(inventory), Arc::clone(inventory));
     let router = on_command(
         Router::new(),
-        &config.command_topic,
+        commands,
         move |c: Command<ReserveInventory>| {
             let inventory = Arc::clone(&reserve);
             async move { inventory.reserve(&c) }
         },
     );
-    let router = on_command(
-        router,
-        &config.command_topic,
-        move |c: Command<ReleaseInventory>| {
-            let inventory = Arc::clone(&release);
-            async move { inventory.release(&c) }
-        },
-    );
-    let (slips, seeded) = (Arc::clone(&inventory), Arc::clone(&inventory));
+    let router = on_command(router, commands, move |c: Command<ReleaseInventory>| {
+        let inventory = Arc::clone(&release);
+        async move { inventory.release(&c) }
+    });
+    let (slipped, seeded) = (Arc::clone(inventory), Arc::clone(inventory));
     let policy = FailurePolicy::default();
-    let router = router
+    router
         .on_raw(
-            &config.slip_topic,
+            slips,
             SLIP,
             policy,
             move |record: Record, metadata: Metadata| {
-                let result = slips.on_slip(&record, &metadata);
+                let result = slipped.on_slip(&record, &metadata);
                 async move { result }
             },
         )
         .on_raw(
-            &config.slip_topic,
+            slips,
             SEED,
             policy,
             move |record: Record, _metadata: Metadata| {
                 let result = seeded.on_seed(&record);
                 async move { result }
             },
-        );
-    let processor = Processor::new(
-        kafka,
-        ProcessorConfig::exactly_once(
-            &config.group_id,
-            &config.dead_letter_topic,
-            &config.transactional_id,
-        ),
-        router,
-        publisher,
-        monitor,
-    )?
-    .reloads(stock.clone())
-    .reloads(holds.clone())
-    .expires(Expiry::new().of(&holds, config.retention, |_| true));
-    let stats = processor.stats();
-    let task = sagashop_kit::Task::spawn("inventory", processor.run(shutdown));
-    Ok(Running {
-        stats,
-        stock,
-        holds,
-        task,
-    })
+        )
 }

@@ -13,11 +13,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use sagashop_contracts::Metadata;
 use sagashop_kit::{
-    Error, FailurePolicy, HandlerError, KafkaConfig, Monitor, Processor, ProcessorConfig,
-    Publisher, Record, Router, Stats, Store,
+    Context, Error, FailurePolicy, HandlerError, ProcessorConfig, Record, Router, Running, Store,
+    Wiring,
 };
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 /// One message to a customer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -50,36 +49,26 @@ impl Sink for LogSink {
     }
 }
 
-/// How the notification service runs.
-#[derive(Debug, Clone)]
-pub struct NotificationConfig {
-    /// Outcomes.
-    pub outcome_topic: String,
-    /// Shipping events.
-    pub shipping_topic: String,
-    /// The outcome event types: (completed, cancelled).
+/// Notification's own settings (its topics and group come from its [`Wiring`]).
+#[derive(Clone)]
+pub struct NotificationSettings {
+    /// The outcome event types of the saga: (completed, cancelled).
     pub outcome_events: (String, String),
-    /// Message ids already notified (compacted, with a retention).
-    pub sent_topic: String,
-    /// Where unreadable events go.
-    pub dead_letter_topic: String,
-    /// Its consumer group.
-    pub group_id: String,
-    /// How long a notified message id is remembered: a copy delivered later is sent again.
-    pub retention: std::time::Duration,
+    /// Where notifications go.
+    pub sink: Arc<dyn Sink>,
+}
+
+impl std::fmt::Debug for NotificationSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotificationSettings")
+            .field("outcome_events", &self.outcome_events)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
-}
-
-/// A running notification service.
-pub struct Running {
-    /// The processor's counters.
-    pub stats: Arc<Stats>,
-    /// Its work; `task.stopped()` waits for it to end after shutdown.
-    pub task: sagashop_kit::Task,
 }
 
 fn text_of(kind: &'static str, payload: &serde_json::Value) -> String {
@@ -98,23 +87,24 @@ fn text_of(kind: &'static str, payload: &serde_json::Value) -> String {
     }
 }
 
-/// Restores the ids already notified, then notifies until `shutdown`.
+/// Notifies customers of outcomes and shipments until shutdown, at least once and deduped on
+/// the message id: a notified id is remembered for the context's retention, so a copy
+/// delivered later than that is notified again.
 pub async fn start(
-    kafka: &KafkaConfig,
-    config: NotificationConfig,
-    sink: Arc<dyn Sink>,
-    monitor: &Monitor,
-    shutdown: CancellationToken,
+    context: &Context,
+    wiring: Wiring,
+    settings: NotificationSettings,
 ) -> Result<Running, Error> {
     // Restored per assigned partition: a message delivered again comes on the partition it
     // came on before, whose owner remembers it.
-    let sent: Store<i64> = Store::owned(kafka, "notification-sent", &config.sent_topic, monitor);
+    let sent: Store<i64> = context.store(&wiring, "sent")?;
     let counter: Family<KindLabels, Counter> = Family::default();
-    monitor.register(
+    context.monitor.register(
         "notifications_sent",
         "Notifications sent to customers, by kind",
         counter.clone(),
     );
+    let sink = settings.sink;
     let handler = |kind: &'static str| {
         let (sink, counter) = (Arc::clone(&sink), counter.clone());
         move |record: Record, _metadata: Metadata| {
@@ -143,44 +133,21 @@ pub async fn start(
         }
     };
     let policy = FailurePolicy::default();
-    let (completed, cancelled) = &config.outcome_events;
+    let (completed, cancelled) = &settings.outcome_events;
+    let (outcome, shipping) = (wiring.topic("outcome")?, wiring.topic("shipping")?);
     let router = Router::new()
-        .on_raw(
-            &config.outcome_topic,
-            completed,
-            policy,
-            handler("completed"),
-        )
-        .on_raw(
-            &config.outcome_topic,
-            cancelled,
-            policy,
-            handler("cancelled"),
-        )
-        .on_raw(
-            &config.shipping_topic,
-            "OrderShipped",
-            policy,
-            handler("shipped"),
-        )
-        .on_raw(
-            &config.shipping_topic,
-            "OrderDelivered",
-            policy,
-            handler("delivered"),
-        );
-    let processor = Processor::new(
-        kafka,
-        ProcessorConfig {
-            dedupe: Some(sent),
-            dedupe_retention: config.retention,
-            ..ProcessorConfig::new(&config.group_id, &config.dead_letter_topic)
-        },
-        router,
-        Publisher::new(kafka, "notification")?.observed(monitor),
-        monitor,
-    )?;
-    let stats = processor.stats();
-    let task = sagashop_kit::Task::spawn("notification", processor.run(shutdown));
-    Ok(Running { stats, task })
+        .on_raw(outcome, completed, policy, handler("completed"))
+        .on_raw(outcome, cancelled, policy, handler("cancelled"))
+        .on_raw(shipping, "OrderShipped", policy, handler("shipped"))
+        .on_raw(shipping, "OrderDelivered", policy, handler("delivered"));
+    let config = ProcessorConfig {
+        dedupe: Some(sent),
+        dedupe_retention: context.retention,
+        ..wiring.processor_config(&context.instance)?
+    };
+    let publisher = context.publisher(&wiring)?;
+    let processor = context
+        .processor_with(&wiring, config, router, publisher)
+        .await?;
+    Ok(Running::spawn(context, wiring, processor))
 }

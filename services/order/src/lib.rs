@@ -30,7 +30,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use sagashop_contracts::Envelope;
@@ -38,37 +37,23 @@ use sagashop_contracts::events::{
     OrderCancelled, OrderCompleted, OrderDelivered, OrderPlaced, OrderShipped, SagaStepChanged,
 };
 use sagashop_kit::{
-    CommitError, Committer, CommitterConfig, Error, Expiry, KafkaConfig, KeyLocks, Monitor,
-    Outgoing, Processor, ProcessorConfig, Publisher, Router, Stats, Store,
+    CommitError, Committer, CommitterConfig, Context, Error, Expiry, Figure, KeyLocks, Outgoing,
+    ProcessorConfig, Router, Running, Store, Task, Wiring,
 };
 
 use crate::limit::RateLimit;
 use crate::refusal::ApiError;
 use crate::view::{OrderStatus, View};
 
-/// How the order service runs.
+/// The order service's own settings (its topics and group come from its [`Wiring`]).
 #[derive(Debug, Clone)]
-pub struct OrderConfig {
-    /// Where `OrderPlaced` goes (the saga's trigger topic).
-    pub orders_topic: String,
-    /// Where outcomes and progress arrive.
-    pub outcome_topic: String,
-    /// Where `OrderShipped` / `OrderDelivered` arrive.
-    pub shipping_topic: String,
-    /// Idempotency keys → order ids (compacted).
-    pub idempotency_topic: String,
-    /// Where unreadable events go.
-    pub dead_letter_topic: String,
-    /// The read model's consumer group prefix (a fresh group per start rebuilds it).
-    pub view_group: String,
+pub struct OrderSettings {
     /// The largest body accepted, in bytes.
     pub body_limit: usize,
     /// The most items in one order.
     pub max_items: usize,
     /// What `Retry-After` says when Kafka is unavailable, in seconds.
     pub retry_after_secs: u32,
-    /// The edge's transactional id (stable per instance, unique among replicas).
-    pub transactional_id: String,
     /// New orders per second this process takes; more get `429` (`None`: no limit).
     pub rate_limit: Option<f64>,
     /// How many orders may arrive at once above the rate.
@@ -77,10 +62,6 @@ pub struct OrderConfig {
     pub body_timeout: Duration,
     /// How long an order may wait for a Kafka transaction before `503`.
     pub queue_timeout: Duration,
-    /// How long an idempotency key is honoured, and how long the read model keeps an order
-    /// after its latest event. No longer than the orchestrator keeps finished sagas, so a
-    /// keyed duplicate inside the window never starts a second saga.
-    pub retention: Duration,
 }
 
 struct Edge {
@@ -88,92 +69,39 @@ struct Edge {
     limit: Option<RateLimit>,
     idempotency: Store<String>,
     view: Arc<View>,
-    config: OrderConfig,
+    /// Where `OrderPlaced` goes (the saga's trigger topic).
+    orders_topic: String,
+    config: OrderSettings,
     accepted: AtomicU64,
     locks: KeyLocks,
 }
 
-/// A running order service.
-pub struct Running {
-    /// The HTTP API (mount it next to the ops router).
-    pub api: axum::Router,
-    /// The read model.
-    pub view: Arc<View>,
-    /// Orders accepted by this process.
-    pub accepted: Arc<dyn Fn() -> u64 + Send + Sync>,
-    /// The read model's counters.
-    pub stats: Arc<Stats>,
-    /// Its work; `task.stopped()` waits for it to end after shutdown.
-    pub task: sagashop_kit::Task,
-}
-
-/// Restores the idempotency keys, starts rebuilding the read model, and returns the API.
+/// Restores the idempotency keys, starts rebuilding the read model, and serves the API. An
+/// idempotency key is honoured, and the read model keeps an order after its latest event, for
+/// the context's retention: no longer than the orchestrator keeps finished sagas, so a keyed
+/// duplicate inside the window never starts a second saga.
 pub async fn start(
-    kafka: &KafkaConfig,
-    config: OrderConfig,
-    monitor: &Monitor,
-    shutdown: CancellationToken,
+    context: &Context,
+    wiring: Wiring,
+    settings: OrderSettings,
 ) -> Result<Running, Error> {
+    let (kafka, monitor, retention) = (&context.kafka, &context.monitor, context.retention);
     let idempotency: Store<String> = Store::open(
         kafka,
         "order-idempotency",
-        &config.idempotency_topic,
+        wiring.topic("idempotency")?,
         monitor,
     )
     .await?;
-    let view = Arc::new(View::with_retention(config.retention));
-    let router = {
-        let (v1, v2, v3, v4, v5, v6) = (
-            Arc::clone(&view),
-            Arc::clone(&view),
-            Arc::clone(&view),
-            Arc::clone(&view),
-            Arc::clone(&view),
-            Arc::clone(&view),
-        );
-        Router::new()
-            .on(&config.orders_topic, move |e: Envelope<OrderPlaced>| {
-                v1.placed(&e.payload);
-                async { Ok(vec![]) }
-            })
-            .on(&config.outcome_topic, move |e: Envelope<OrderCompleted>| {
-                v2.completed(&e.payload);
-                async { Ok(vec![]) }
-            })
-            .on(&config.outcome_topic, move |e: Envelope<OrderCancelled>| {
-                v3.cancelled(&e.payload);
-                async { Ok(vec![]) }
-            })
-            .on(
-                &config.outcome_topic,
-                move |e: Envelope<SagaStepChanged>| {
-                    v4.step(&e.payload);
-                    async { Ok(vec![]) }
-                },
-            )
-            .on(&config.shipping_topic, move |e: Envelope<OrderShipped>| {
-                v5.shipped(&e.payload);
-                async { Ok(vec![]) }
-            })
-            .on(
-                &config.shipping_topic,
-                move |e: Envelope<OrderDelivered>| {
-                    v6.delivered(&e.payload);
-                    async { Ok(vec![]) }
-                },
-            )
-    };
+    let view = Arc::new(View::with_retention(retention));
+    let router = read_model(&view, &wiring)?;
     // A fresh group each start: the view is rebuilt from every topic, starting at the events
     // of the retention (older ones it would forget at once).
-    let group = format!("{}-{}", config.view_group, Uuid::now_v7().simple());
+    let group = format!("{}-{}", wiring.group_id, Uuid::now_v7().simple());
     let since = chrono::Utc::now()
         .timestamp_millis()
-        .saturating_sub(i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX));
-    let view_topics = [
-        config.orders_topic.clone(),
-        config.outcome_topic.clone(),
-        config.shipping_topic.clone(),
-    ];
+        .saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    let view_topics: Vec<String> = router.topics();
     sagashop_kit::reader::start_group_at(
         kafka,
         &group,
@@ -182,19 +110,28 @@ pub async fn start(
         Duration::from_secs(30),
     )
     .await?;
-    let publisher = Publisher::new(kafka, "order")?.observed(monitor);
-    let processor = Processor::new(
-        kafka,
-        ProcessorConfig::new(group, &config.dead_letter_topic),
-        router,
-        publisher.clone(),
-        monitor,
-    )?;
-    let stats = processor.stats();
-    let committer_config = CommitterConfig {
-        queue_timeout: config.queue_timeout,
-        ..CommitterConfig::new(&config.transactional_id)
+    let publisher = context.publisher(&wiring)?;
+    let config = ProcessorConfig {
+        group_id: group,
+        ..wiring.processor_config(&context.instance)?
     };
+    let processor = context
+        .processor_with(&wiring, config, router, publisher.clone())
+        .await?;
+    let stats = processor.stats();
+    let transactional_id =
+        wiring
+            .transactional_id(&context.instance)
+            .ok_or_else(|| Error::InvalidConfig {
+                setting: "wiring",
+                reason: "the order edge writes in transactions: its wiring needs a transactionalId"
+                    .to_owned(),
+            })?;
+    let committer_config = CommitterConfig {
+        queue_timeout: settings.queue_timeout,
+        ..CommitterConfig::new(&transactional_id)
+    };
+    let shutdown = context.shutdown.clone();
     let (committer, writer) = Committer::start(
         kafka,
         "order-edge",
@@ -205,45 +142,85 @@ pub async fn start(
     .await?;
     // Keys and orders past the retention are forgotten (the keys by tombstones, so every
     // edge's next restore forgets them too).
-    let expiry = Expiry::new()
-        .of(&idempotency, config.retention, |_| true)
-        .also("read-model orders", config.retention, {
-            let view = Arc::clone(&view);
-            move || view.expire()
-        });
-    tokio::spawn(expiry.run(publisher.clone(), shutdown.clone()));
-    let task = sagashop_kit::Task::spawn("the order service", async move {
+    let expiry =
+        Expiry::new()
+            .of(&idempotency, retention, |_| true)
+            .also("read-model orders", retention, {
+                let view = Arc::clone(&view);
+                move || view.expire()
+            });
+    tokio::spawn(expiry.run(publisher, shutdown.clone()));
+    let task = Task::spawn("the order service", async move {
         let read_model = processor.run(shutdown).await;
         let written = writer.stopped().await;
         read_model.and(written)
     });
-    let limit = config
-        .rate_limit
-        .map(|rate| RateLimit::new(rate, config.rate_burst));
     let edge = Arc::new(Edge {
         committer,
-        limit,
+        limit: settings
+            .rate_limit
+            .map(|rate| RateLimit::new(rate, settings.rate_burst)),
         idempotency,
         view: Arc::clone(&view),
-        config,
+        orders_topic: wiring.topic("orders")?.to_owned(),
+        config: settings,
         accepted: AtomicU64::new(0),
         locks: KeyLocks::default(),
     });
-    let accepted = {
-        let edge = Arc::clone(&edge);
-        Arc::new(move || edge.accepted.load(Ordering::Relaxed))
-    };
     let api = axum::Router::new()
         .route("/api/orders", get(list).post(place))
         .route("/api/orders/{id}", get(show))
-        .with_state(edge);
-    Ok(Running {
-        api,
-        view,
-        accepted,
-        stats,
-        task,
-    })
+        .with_state(Arc::clone(&edge));
+    let counts = |pick: fn((usize, usize, usize)) -> usize| -> Figure {
+        let view = Arc::clone(&view);
+        Arc::new(move || pick(view.counts()) as u64)
+    };
+    Ok(Running::new(wiring, stats, task)
+        .with_routes(api)
+        .with_figure(
+            "accepted",
+            Arc::new(move || edge.accepted.load(Ordering::Relaxed)),
+        )
+        .with_figure("completed", counts(|(_, completed, _)| completed))
+        .with_figure("cancelled", counts(|(_, _, cancelled)| cancelled))
+        .with_figure("in flight", counts(|(pending, _, _)| pending)))
+}
+
+/// The read model's handlers: every order's latest state from the trigger, outcome and
+/// shipping topics.
+fn read_model(view: &Arc<View>, wiring: &Wiring) -> Result<Router, Error> {
+    let (orders, outcome, shipping) = (
+        wiring.topic("orders")?,
+        wiring.topic("outcome")?,
+        wiring.topic("shipping")?,
+    );
+    let on = || Arc::clone(view);
+    let (v1, v2, v3, v4, v5, v6) = (on(), on(), on(), on(), on(), on());
+    Ok(Router::new()
+        .on(orders, move |e: Envelope<OrderPlaced>| {
+            v1.placed(&e.payload);
+            async { Ok(vec![]) }
+        })
+        .on(outcome, move |e: Envelope<OrderCompleted>| {
+            v2.completed(&e.payload);
+            async { Ok(vec![]) }
+        })
+        .on(outcome, move |e: Envelope<OrderCancelled>| {
+            v3.cancelled(&e.payload);
+            async { Ok(vec![]) }
+        })
+        .on(outcome, move |e: Envelope<SagaStepChanged>| {
+            v4.step(&e.payload);
+            async { Ok(vec![]) }
+        })
+        .on(shipping, move |e: Envelope<OrderShipped>| {
+            v5.shipped(&e.payload);
+            async { Ok(vec![]) }
+        })
+        .on(shipping, move |e: Envelope<OrderDelivered>| {
+            v6.delivered(&e.payload);
+            async { Ok(vec![]) }
+        }))
 }
 
 /// Takes a token from the rate limit, if there is one.
@@ -257,7 +234,10 @@ fn admit(edge: &Edge) -> Result<(), ApiError> {
 }
 
 /// The whole body, within the size limit and the body timeout.
-async fn read_body(config: &OrderConfig, request: Request) -> Result<axum::body::Bytes, ApiError> {
+async fn read_body(
+    config: &OrderSettings,
+    request: Request,
+) -> Result<axum::body::Bytes, ApiError> {
     let limit = config.body_limit;
     let read = axum::body::to_bytes(request.into_body(), limit);
     match tokio::time::timeout(config.body_timeout, read).await {
@@ -345,7 +325,7 @@ fn records(
     envelope: &Envelope<OrderPlaced>,
     key: Option<&str>,
 ) -> Result<Vec<Outgoing>, String> {
-    let placed = Outgoing::event(&edge.config.orders_topic, envelope).map_err(|e| e.to_string())?;
+    let placed = Outgoing::event(&edge.orders_topic, envelope).map_err(|e| e.to_string())?;
     let mut records = vec![placed];
     if let Some(key) = key {
         let remembered = edge

@@ -11,39 +11,19 @@ use std::sync::Arc;
 
 use sagashop_contracts::commands::{AuthorizePayment, RefundPayment};
 use sagashop_kit::router::HandlerResult;
-use sagashop_kit::{
-    Error, Expiry, HandlerError, KafkaConfig, Monitor, Processor, ProcessorConfig, Publisher,
-    Router, Stats, Store,
-};
+use sagashop_kit::{Context, Error, Expiry, HandlerError, Router, Running, Store, Wiring};
 use sagashop_saga::participant::{Command, Faults, on_command};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
-/// How the payment service runs.
+/// Payment's own settings (its topics and group come from its [`Wiring`]).
 #[derive(Debug, Clone)]
-pub struct PaymentConfig {
-    /// Where its commands arrive.
-    pub command_topic: String,
-    /// Balance per customer (compacted).
-    pub balances_topic: String,
-    /// Payments per saga (compacted).
-    pub payments_topic: String,
-    /// Where unreadable commands go.
-    pub dead_letter_topic: String,
-    /// Its consumer group.
-    pub group_id: String,
-    /// This member's transactional id.
-    pub transactional_id: String,
+pub struct PaymentSettings {
     /// The balance, in minor units, of a customer seen for the first time.
     pub opening_balance: i64,
     /// Fraction (0–1) of authorisations declined regardless of balance (fault injection).
     pub decline_rate: f64,
     /// Injected transient failures.
     pub faults: Faults,
-    /// How long a saga's payment is kept after its last change before it is forgotten
-    /// (memory and changelog). A compensation that arrives later finds nothing to undo, so
-    /// keep it longer than any saga runs.
-    pub retention: std::time::Duration,
 }
 
 /// A payment's state.
@@ -71,7 +51,7 @@ pub enum Payment {
 struct Payments {
     balances: Store<i64>,
     payments: Store<Payment>,
-    config: PaymentConfig,
+    config: PaymentSettings,
 }
 
 impl Payments {
@@ -172,80 +152,44 @@ fn keyed_by_customer(key: &str, customer_id: &str) -> Result<(), HandlerError> {
     )))
 }
 
-/// A running payment service.
-pub struct Running {
-    /// The processor's counters.
-    pub stats: Arc<Stats>,
-    /// Balance per customer (customers never charged are absent: opening balance).
-    pub balances: Store<i64>,
-    /// Payments per saga.
-    pub payments: Store<Payment>,
-    /// Its work; `task.stopped()` waits for it to end after shutdown.
-    pub task: sagashop_kit::Task,
-}
-
-/// Restores balances and payments, then serves commands until `shutdown`.
+/// Restores balances and payments, then serves commands until shutdown. A saga's payment is
+/// kept for the context's retention after its last change, then forgotten (memory and
+/// changelog): a compensation that arrives later finds nothing to undo, so keep it longer than
+/// any saga runs.
 pub async fn start(
-    kafka: &KafkaConfig,
-    config: PaymentConfig,
-    monitor: &Monitor,
-    shutdown: CancellationToken,
+    context: &Context,
+    wiring: Wiring,
+    settings: PaymentSettings,
 ) -> Result<Running, Error> {
-    sagashop_kit::fence(
-        kafka,
-        &config.group_id,
-        &config.transactional_id,
-        std::time::Duration::from_secs(30),
-    )
-    .await?;
     // Both restored per assigned partition: commands are keyed by customer, so a customer's
     // balance and payments live in the partition its commands arrive on.
-    let balances: Store<i64> =
-        Store::owned(kafka, "payment-balances", &config.balances_topic, monitor);
-    let payments: Store<Payment> =
-        Store::owned(kafka, "payment-payments", &config.payments_topic, monitor);
+    let balances: Store<i64> = context.store(&wiring, "balances")?;
+    let payments: Store<Payment> = context.store(&wiring, "payments")?;
     let service = Arc::new(Payments {
         balances: balances.clone(),
         payments: payments.clone(),
-        config: config.clone(),
+        config: settings,
     });
+    let commands = wiring.topic("commands")?;
     let (authorize, refund) = (Arc::clone(&service), Arc::clone(&service));
     let router = on_command(
         Router::new(),
-        &config.command_topic,
+        commands,
         move |c: Command<AuthorizePayment>| {
             let service = Arc::clone(&authorize);
             async move { service.authorize(&c) }
         },
     );
-    let router = on_command(
-        router,
-        &config.command_topic,
-        move |c: Command<RefundPayment>| {
-            let service = Arc::clone(&refund);
-            async move { service.refund(&c) }
-        },
-    );
-    let processor = Processor::new(
-        kafka,
-        ProcessorConfig::exactly_once(
-            &config.group_id,
-            &config.dead_letter_topic,
-            &config.transactional_id,
-        ),
-        router,
-        Publisher::new(kafka, "payment")?.observed(monitor),
-        monitor,
-    )?
-    .reloads(balances.clone())
-    .reloads(payments.clone())
-    .expires(Expiry::new().of(&payments, config.retention, |_| true));
-    let stats = processor.stats();
-    let task = sagashop_kit::Task::spawn("payment", processor.run(shutdown));
-    Ok(Running {
-        stats,
-        balances,
-        payments,
-        task,
-    })
+    let router = on_command(router, commands, move |c: Command<RefundPayment>| {
+        let service = Arc::clone(&refund);
+        async move { service.refund(&c) }
+    });
+    let publisher = context.publisher(&wiring)?;
+    let processor = context
+        .processor(&wiring, router, publisher)
+        .await?
+        .reloads(balances)
+        .reloads(payments.clone())
+        .expires(Expiry::new().of(&payments, context.retention, |_| true));
+    Ok(Running::spawn(context, wiring, processor))
 }

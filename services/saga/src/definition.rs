@@ -7,7 +7,7 @@
 // KubeSchema re-emits `SagaSpec` in a private module to build its schema.
 #![allow(unreachable_pub, reason = "a derive's private copy of a public type")]
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use kube::{CustomResource, KubeSchema};
@@ -129,6 +129,11 @@ pub struct Participant {
     pub name: String,
     /// The topic its commands go to.
     pub command_topic: String,
+    /// How its handlers retry a transient failure in place before the command is
+    /// dead-lettered (default: 5 attempts, backoff from 100ms up to 10s). It reaches the
+    /// participant through its wiring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<StepRetry>,
 }
 
 /// One step of the saga.
@@ -250,6 +255,8 @@ pub struct Definition {
     pub outcome: Outcome,
     /// Topic sizing.
     pub topic_defaults: TopicDefaults,
+    /// The participants' in-place retry, where the saga sets one.
+    pub participant_retry: BTreeMap<String, RetryPolicy>,
 }
 
 /// A validated step.
@@ -350,6 +357,27 @@ pub fn dead_letter_topic(service: &str) -> String {
     format!("{service}.dlq.v1")
 }
 
+/// A retry setting as a policy, each problem naming its field under `field`.
+fn policy(problems: &mut Vec<String>, field: &str, retry: &StepRetry) -> RetryPolicy {
+    if retry.max_attempts == 0 {
+        problems.push(format!("{field}.maxAttempts: must be at least 1"));
+    }
+    let initial = duration(
+        problems,
+        &format!("{field}.initialBackoff"),
+        &retry.initial_backoff,
+    );
+    let max = duration(problems, &format!("{field}.maxBackoff"), &retry.max_backoff);
+    if max < initial {
+        problems.push(format!("{field}.maxBackoff: shorter than initialBackoff"));
+    }
+    RetryPolicy {
+        max_attempts: retry.max_attempts,
+        initial_backoff: initial,
+        max_backoff: max,
+    }
+}
+
 fn duration(problems: &mut Vec<String>, field: &str, text: &str) -> Duration {
     match humantime::parse_duration(text) {
         Ok(d) if d.is_zero() => {
@@ -390,6 +418,7 @@ impl SagaSpec {
             problems.push("spec.participants: a saga needs at least one participant".to_owned());
         }
         let mut participant_names = HashSet::new();
+        let mut participant_retry = BTreeMap::new();
         for (i, p) in self.participants.iter().enumerate() {
             if !participant_names.insert(p.name.as_str()) {
                 problems.push(format!(
@@ -402,6 +431,10 @@ impl SagaSpec {
                 &format!("spec.participants[{i}].commandTopic"),
                 &p.command_topic,
             );
+            if let Some(retry) = &p.retry {
+                let field = format!("spec.participants[{i}].retry");
+                participant_retry.insert(p.name.clone(), policy(&mut problems, &field, retry));
+            }
         }
         if self.steps.is_empty() {
             problems.push("spec.steps: a saga needs at least one step".to_owned());
@@ -450,24 +483,7 @@ impl SagaSpec {
                 ));
             }
             let timeout = duration(&mut problems, &format!("{field}.timeout"), &step.timeout);
-            if step.retry.max_attempts == 0 {
-                problems.push(format!("{field}.retry.maxAttempts: must be at least 1"));
-            }
-            let initial = duration(
-                &mut problems,
-                &format!("{field}.retry.initialBackoff"),
-                &step.retry.initial_backoff,
-            );
-            let max = duration(
-                &mut problems,
-                &format!("{field}.retry.maxBackoff"),
-                &step.retry.max_backoff,
-            );
-            if max < initial {
-                problems.push(format!(
-                    "{field}.retry.maxBackoff: shorter than initialBackoff"
-                ));
-            }
+            let retry = policy(&mut problems, &format!("{field}.retry"), &step.retry);
             steps.push(StepDefinition {
                 name: step.name.clone(),
                 participant: step.participant.clone(),
@@ -477,11 +493,7 @@ impl SagaSpec {
                 command: step.command.clone(),
                 compensation: step.compensation.clone(),
                 timeout,
-                retry: RetryPolicy {
-                    max_attempts: step.retry.max_attempts,
-                    initial_backoff: initial,
-                    max_backoff: max,
-                },
+                retry,
                 key: step.key.clone(),
             });
         }
@@ -519,6 +531,7 @@ impl SagaSpec {
             state_topic: format!("saga.{name}.state"),
             outcome: self.outcome.clone(),
             topic_defaults: self.topic_defaults.clone(),
+            participant_retry,
         })
     }
 }

@@ -20,8 +20,8 @@ use sagashop_contracts::events::SagaStepChanged;
 use sagashop_contracts::{Contract, Envelope, Metadata};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::{
-    Error, Expiry, FailurePolicy, HandlerError, KafkaConfig, KeyLocks, Monitor, Outgoing,
-    Processor, ProcessorConfig, Publisher, Record, Router, Stats, Store,
+    Context, Error, Expiry, FailurePolicy, HandlerError, KeyLocks, Outgoing, Publisher, Record,
+    Router, Running, Store, Task, Wiring,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -33,34 +33,14 @@ use crate::view::SagaView;
 /// The header on every command naming the topic its reply goes to.
 pub const REPLY_TO: &str = "reply-to";
 
-/// How an orchestrator runs.
+/// The orchestrator's own settings (its group, dead letters and transactional ids come from
+/// its [`Wiring`]).
 #[derive(Debug, Clone)]
-pub struct OrchestratorConfig {
-    /// The saga.
+pub struct OrchestratorSettings {
+    /// The saga, with the topic names it runs on.
     pub definition: Definition,
-    /// This member's transactional id: stable across its restarts, unique in the group.
-    pub transactional_id: String,
-    /// Where unreadable inputs go.
-    pub dead_letter_topic: String,
     /// How often deadlines are checked.
     pub tick: Duration,
-    /// Prepended to the consumer group id (to share one cluster between systems).
-    pub group_prefix: String,
-    /// How long a finished (completed or cancelled) instance is kept after its last change
-    /// before it is forgotten, in memory and in the state topic. Keep it at least as long as
-    /// the order edge keeps idempotency keys, so a late keyed duplicate still finds its saga.
-    pub retention: Duration,
-}
-
-impl OrchestratorConfig {
-    /// The consumer group of the saga's orchestrators.
-    pub fn group_id(&self) -> String {
-        format!(
-            "{}{}",
-            self.group_prefix,
-            self.definition.orchestrator_group()
-        )
-    }
 }
 
 struct Orchestrator {
@@ -412,39 +392,26 @@ fn timestamp() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// A running orchestrator.
-pub struct Running {
-    /// The processor's counters.
-    pub stats: Arc<Stats>,
-    /// The saga instances this member owns (read-only use: reports and tests).
-    pub instances: Store<Instance>,
-    /// Every instance of the saga, whichever member owns it, followed from the state topic.
-    pub view: Arc<SagaView>,
-    /// `GET /api/sagas` and `GET /api/sagas/{id}` over the view.
-    pub api: axum::Router,
-    /// Its work; `task.stopped()` waits for it to end after shutdown.
-    pub task: sagashop_kit::Task,
-}
-
-/// Restores the saga state, then runs the orchestrator until `shutdown`.
+/// Restores the saga state, then runs the orchestrator until shutdown; serves `GET
+/// /api/sagas[/{id}]` and the retry and cancel requests over a view of every instance. A
+/// finished (completed or cancelled) instance is kept for the context's retention after its
+/// last change: keep that at least as long as the edge keeps idempotency keys, so a late keyed
+/// duplicate still finds its saga.
 pub async fn start(
-    kafka: &KafkaConfig,
-    config: OrchestratorConfig,
-    monitor: &Monitor,
-    shutdown: CancellationToken,
+    context: &Context,
+    wiring: Wiring,
+    settings: OrchestratorSettings,
 ) -> Result<Running, Error> {
-    let d = config.definition.clone();
-    sagashop_kit::fence(
-        kafka,
-        &config.group_id(),
-        &config.transactional_id,
-        std::time::Duration::from_secs(30),
-    )
-    .await?;
+    let (kafka, monitor, shutdown) = (&context.kafka, &context.monitor, &context.shutdown);
+    let d = settings.definition;
     // Restored per assigned partition by the processor: the trigger, reply and state topics
     // are co-partitioned by saga id.
-    let instances: Store<Instance> =
-        Store::owned(kafka, &format!("saga:{}", d.name), &d.state_topic, monitor);
+    let instances: Store<Instance> = Store::owned(
+        kafka,
+        &format!("saga:{}", d.name),
+        wiring.topic("state")?,
+        monitor,
+    );
     let orchestrator = Arc::new(Orchestrator {
         definition: d.clone(),
         instances: instances.clone(),
@@ -503,21 +470,18 @@ pub async fn start(
                 async move { o.on_retry(&env.payload, &env.metadata).await }
             })
     };
-    let processor_config = ProcessorConfig::exactly_once(
-        config.group_id(),
-        &config.dead_letter_topic,
-        &config.transactional_id,
-    );
-    let publisher = Publisher::new(kafka, "orchestrator")?.observed(monitor);
-    let processor = Processor::new(kafka, processor_config, router, publisher.clone(), monitor)?
+    let publisher = context.publisher(&wiring)?;
+    let processor = context
+        .processor(&wiring, router, publisher.clone())
+        .await?
         .reloads(instances.clone())
-        .expires(Expiry::new().of(&instances, config.retention, |i| i.status.is_final()));
+        .expires(Expiry::new().of(&instances, context.retention, |i| i.status.is_final()));
     let stats = processor.stats();
     let api_publisher = publisher.clone();
     let ticker = tokio::spawn(tick(
         Arc::clone(&orchestrator),
         publisher,
-        config.tick,
+        settings.tick,
         shutdown.clone(),
     ));
     let view = Arc::new(SagaView::new(&d));
@@ -554,7 +518,8 @@ pub async fn start(
         }
         followed
     });
-    let task = sagashop_kit::Task::spawn("the orchestrator", async move {
+    let shutdown = shutdown.clone();
+    let task = Task::spawn("the orchestrator", async move {
         let result = processor.run(shutdown).await;
         ticker.abort();
         let followed = following
@@ -563,13 +528,8 @@ pub async fn start(
             .and_then(|r| r);
         result.and(followed)
     });
-    Ok(Running {
-        stats,
-        instances,
-        api: crate::api::routes(Arc::clone(&view), api_publisher, d.reply_topic.clone()),
-        view,
-        task,
-    })
+    let api = crate::api::routes(view, api_publisher, d.reply_topic.clone());
+    Ok(Running::new(wiring, stats, task).with_routes(api))
 }
 
 /// Publishes a [`StepTimedOut`] for every instance whose deadline passed, once per deadline

@@ -7,20 +7,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use clap::Args;
-use sagashop_kit::admin::{TopicSpec, create_topics};
-use sagashop_kit::{KafkaConfig, Monitor, Stats};
-use sagashop_saga::Definition;
-use sagashop_saga::definition::Saga;
+use sagashop_kit::admin::TopicSpec;
+use sagashop_kit::{Context, Figure, KafkaConfig, Monitor, Running, Stats, Wiring};
+use sagashop_saga::orchestrator;
 use sagashop_saga::participant::Faults;
+pub(crate) use sagashop_topology::Service;
+use sagashop_topology::Topology;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE};
 use crate::commands::{Failure, fail};
-
-/// The order saga shipped with sagashop, used when `--saga` is not given.
-const SHIPPED_SAGA: &str = include_str!("../../../k8s/sagas/order-fulfilment.yaml");
 
 /// Settings every service shares; each uses the ones it needs.
 #[derive(Debug, Clone, Args)]
@@ -32,6 +30,11 @@ pub(crate) struct SystemArgs {
     /// unset).
     #[arg(long, env = "SAGASHOP_SAGA")]
     pub(crate) saga: Option<PathBuf>,
+    /// A folder of `<service>.json` wirings (group, topics, isolation, processing, retry,
+    /// transactional ids) to run on, as the operator writes them into the saga's ConfigMap.
+    /// Unset: built from the saga (what the operator would write), with the topic prefix.
+    #[arg(long, env = "SAGASHOP_WIRING")]
+    pub(crate) wiring: Option<PathBuf>,
     /// Prepended to every topic, consumer group and transactional id, so that several systems
     /// (or test runs) can share one Kafka cluster.
     #[arg(long, env = "SAGASHOP_TOPIC_PREFIX", default_value = "")]
@@ -149,149 +152,31 @@ fn parse_rate(text: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("`{text}` is not a fraction from 0 to 1"))
 }
 
-/// The services of sagashop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Service {
-    /// The HTTP edge and order read model.
-    Order,
-    /// The saga orchestrator.
-    Orchestrator,
-    /// Stock.
-    Inventory,
-    /// Money.
-    Payment,
-    /// Shipments.
-    Shipping,
-    /// Customer notifications.
-    Notification,
-    /// Per-minute figures.
-    Analytics,
-}
-
-impl Service {
-    pub(crate) const ALL: [Self; 7] = [
-        Self::Orchestrator,
-        Self::Inventory,
-        Self::Payment,
-        Self::Shipping,
-        Self::Notification,
-        Self::Analytics,
-        Self::Order,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Order => "order",
-            Self::Orchestrator => "orchestrator",
-            Self::Inventory => "inventory",
-            Self::Payment => "payment",
-            Self::Shipping => "shipping",
-            Self::Notification => "notification",
-            Self::Analytics => "analytics",
-        }
-    }
-}
-
-/// Every topic name, prefixed.
-struct Topics {
-    prefix: String,
-    definition: Definition,
-    /// The saga's own topics (what the operator declares for it), prefixed.
-    saga_topics: Vec<TopicSpec>,
-}
-
-impl Topics {
-    fn new(saga: Option<&std::path::Path>, prefix: &str) -> anyhow::Result<Self> {
-        let (yaml, path) = match saga {
-            Some(path) => (
+impl SystemArgs {
+    /// The topology of the saga this process runs (the shipped one without `--saga`).
+    fn topology(&self) -> anyhow::Result<Topology> {
+        let yaml = match &self.saga {
+            Some(path) => Some((
                 std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?,
                 path.display().to_string(),
+            )),
+            None => None,
+        };
+        let yaml = yaml.as_ref().map(|(y, p)| (y.as_str(), p.as_str()));
+        Ok(Topology::load(yaml, &self.topic_prefix)?)
+    }
+
+    /// `service`'s wiring: from `--wiring` when given (the operator's), else from the saga.
+    fn wiring(&self, service: Service, topology: &Topology) -> anyhow::Result<Wiring> {
+        match &self.wiring {
+            Some(_) if !self.topic_prefix.is_empty() => anyhow::bail!(
+                "SAGASHOP_TOPIC_PREFIX cannot be combined with SAGASHOP_WIRING: the wiring files \
+                 name every topic and group in full"
             ),
-            None => (SHIPPED_SAGA.to_owned(), "the shipped order saga".to_owned()),
-        };
-        let mut definition = Saga::load(&yaml, &path)?;
-        let p = prefix;
-        let mut saga_topics = definition.topic_specs();
-        for spec in &mut saga_topics {
-            spec.name = format!("{p}{}", spec.name);
+            Some(dir) => Ok(Wiring::read(dir, service.name())?),
+            None => Ok(topology.wiring(service)?),
         }
-        if !p.is_empty() {
-            let prefixed = |t: &mut String| *t = format!("{p}{t}");
-            prefixed(&mut definition.trigger.topic);
-            prefixed(&mut definition.reply_topic);
-            prefixed(&mut definition.state_topic);
-            prefixed(&mut definition.outcome.topic);
-            for step in &mut definition.steps {
-                prefixed(&mut step.command_topic);
-            }
-        }
-        Ok(Self {
-            prefix: p.to_owned(),
-            definition,
-            saga_topics,
-        })
-    }
-
-    fn named(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
-    fn command_topic(&self, participant: &str) -> anyhow::Result<String> {
-        self.definition
-            .steps
-            .iter()
-            .find(|s| s.participant == participant)
-            .map(|s| s.command_topic.clone())
-            .with_context(|| format!("the saga has no step for the `{participant}` participant"))
-    }
-
-    fn dlq(&self, service: Service) -> String {
-        self.named(&sagashop_saga::definition::dead_letter_topic(
-            service.name(),
-        ))
-    }
-
-    /// Every topic the services need, with how it is kept: the saga's own (as the operator
-    /// declares them) and the services' stores and streams.
-    fn specs(&self) -> Vec<TopicSpec> {
-        let d = &self.definition;
-        let partitions = d.topic_defaults.partitions;
-        let replicas = d.topic_defaults.replicas;
-        let plain = |name: String| TopicSpec {
-            replicas,
-            ..TopicSpec::new(name, partitions)
-        };
-        let compacted = |name: String| plain(name).changelog();
-        let mut specs = self.saga_topics.clone();
-        for name in [
-            "inventory.stock.v1",
-            "inventory.holds.v1",
-            "payment.balances.v1",
-            "payment.payments.v1",
-            "shipping.shipments.v1",
-            "orders.idempotency.v1",
-            "analytics.windows.v1",
-        ] {
-            specs.push(compacted(self.named(name)));
-        }
-        specs.push(plain(self.named("inventory.slips.v1")));
-        specs.push(plain(self.named("shipping.v1")));
-        specs.push(plain(self.named("analytics.snapshots.v1")));
-        // Message ids are forgotten by the service after its retention (tombstones); a week's
-        // time retention is the backstop for ids nobody forgot.
-        specs.push(
-            plain(self.named("notification.sent.v1"))
-                .changelog()
-                .with_config("cleanup.policy", "compact,delete")
-                .with_config("retention.ms", "604800000"),
-        );
-        for service in Service::ALL {
-            specs.push(plain(self.dlq(service)));
-        }
-        specs.sort_by(|a, b| a.name.cmp(&b.name));
-        specs.dedup_by(|a, b| a.name == b.name);
-        specs
     }
 }
 
@@ -301,55 +186,91 @@ pub(crate) fn topic_list(
     saga: Option<&std::path::Path>,
     prefix: &str,
 ) -> anyhow::Result<Vec<(TopicSpec, &'static str)>> {
-    let topics = Topics::new(saga, prefix)?;
-    Ok(topics
-        .specs()
+    let args_saga = saga.map(std::fs::read_to_string).transpose()?;
+    let path = saga.map(|p| p.display().to_string()).unwrap_or_default();
+    let yaml = args_saga.as_deref().map(|y| (y, path.as_str()));
+    let topology = Topology::load(yaml, prefix)?;
+    Ok(topology
+        .topics()
         .into_iter()
-        .map(|spec| {
-            let by = if topics.saga_topics.iter().any(|t| t.name == spec.name) {
-                "saga"
-            } else {
-                "services"
-            };
-            (spec, by)
-        })
+        .map(|(spec, by)| (spec, by.as_str()))
         .collect())
 }
 
-/// What a running service reports to the summary and waits on at shutdown.
-enum Handle {
-    Orchestrator(sagashop_saga::orchestrator::Running),
-    Inventory(sagashop_inventory::Running),
-    Payment(sagashop_payment::Running),
-    Shipping(sagashop_shipping::Running),
-    Order(sagashop_order::Running),
-    Notification(sagashop_notification::Running),
-    Analytics(sagashop_analytics::Running),
-}
-
-impl Handle {
-    fn stats(&self) -> &Arc<Stats> {
-        match self {
-            Self::Orchestrator(r) => &r.stats,
-            Self::Inventory(r) => &r.stats,
-            Self::Payment(r) => &r.stats,
-            Self::Shipping(r) => &r.stats,
-            Self::Order(r) => &r.stats,
-            Self::Notification(r) => &r.stats,
-            Self::Analytics(r) => &r.stats,
-        }
-    }
-
-    async fn stopped(self) -> Result<(), sagashop_kit::Error> {
-        match self {
-            Self::Orchestrator(r) => r.task.stopped().await,
-            Self::Inventory(r) => r.task.stopped().await,
-            Self::Payment(r) => r.task.stopped().await,
-            Self::Shipping(r) => r.task.stopped().await,
-            Self::Order(r) => r.task.stopped().await,
-            Self::Notification(r) => r.task.stopped().await,
-            Self::Analytics(r) => r.task.stopped().await,
-        }
+/// Starts `service`: the one place that knows every service's crate. Adding a service is its
+/// crate, its entry in the topology (`services/topology`), and one arm here.
+fn start<'a>(
+    service: Service,
+    context: &'a Context,
+    wiring: Wiring,
+    topology: &'a Topology,
+    args: &'a SystemArgs,
+) -> futures::future::BoxFuture<'a, Result<Running, sagashop_kit::Error>> {
+    let d = topology.definition();
+    let outcome_events = (d.outcome.completed.clone(), d.outcome.cancelled.clone());
+    let faults = |transient_rate| Faults { transient_rate };
+    match service {
+        Service::Orchestrator => Box::pin(orchestrator::start(
+            context,
+            wiring,
+            orchestrator::OrchestratorSettings {
+                definition: d.clone(),
+                tick: Duration::from_millis(200),
+            },
+        )),
+        Service::Inventory => Box::pin(sagashop_inventory::start(
+            context,
+            wiring,
+            sagashop_inventory::InventorySettings {
+                seed: args.stock.clone(),
+                out_of_stock: args.out_of_stock.clone(),
+                faults: faults(args.inventory_transient_rate),
+            },
+        )),
+        Service::Payment => Box::pin(sagashop_payment::start(
+            context,
+            wiring,
+            sagashop_payment::PaymentSettings {
+                opening_balance: args.opening_balance,
+                decline_rate: args.decline_rate,
+                faults: faults(args.payment_transient_rate),
+            },
+        )),
+        Service::Shipping => Box::pin(sagashop_shipping::start(
+            context,
+            wiring,
+            sagashop_shipping::ShippingSettings {
+                ship_after: args.ship_after,
+                deliver_after: args.deliver_after,
+                faults: faults(args.shipping_transient_rate),
+            },
+        )),
+        Service::Notification => Box::pin(sagashop_notification::start(
+            context,
+            wiring,
+            sagashop_notification::NotificationSettings {
+                outcome_events,
+                sink: Arc::new(sagashop_notification::LogSink),
+            },
+        )),
+        Service::Analytics => Box::pin(sagashop_analytics::start(
+            context,
+            wiring,
+            sagashop_analytics::AnalyticsSettings { outcome_events },
+        )),
+        Service::Order => Box::pin(sagashop_order::start(
+            context,
+            wiring,
+            sagashop_order::OrderSettings {
+                body_limit: args.body_limit,
+                max_items: 1000,
+                retry_after_secs: 5,
+                rate_limit: (args.rate_limit > 0.0).then_some(args.rate_limit),
+                rate_burst: args.rate_burst,
+                body_timeout: args.body_timeout,
+                queue_timeout: args.queue_timeout,
+            },
+        )),
     }
 }
 
@@ -367,213 +288,59 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
     args.kafka
         .validate()
         .map_err(|e| fail(EX_USAGE)(e.into()))?;
-    let topics = Topics::new(args.saga.as_deref(), &args.topic_prefix).map_err(fail(EX_USAGE))?;
-    let kafka = &args.kafka;
-    kafka
+    let topology = args.topology().map_err(fail(EX_USAGE))?;
+    let wirings = services
+        .iter()
+        .map(|&service| args.wiring(service, &topology))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map_err(fail(EX_USAGE))?;
+    args.kafka
         .probe(Duration::from_secs(15))
         .await
         .map_err(unavailable)?;
     if args.create_topics {
-        let admin = kafka.admin_client("sagashop").map_err(unavailable)?;
-        let specs = topics.specs();
-        let created = create_topics(&admin, &specs, Duration::from_secs(30))
+        create_topics(&args.kafka, &topology)
             .await
             .map_err(unavailable)?;
-        let names = specs.iter().map(|t| t.name.clone()).collect();
-        sagashop_kit::admin::wait_for_leaders(kafka, names, Duration::from_secs(30))
-            .await
-            .map_err(unavailable)?;
-        let new = created
-            .iter()
-            .filter(|(_, c)| *c == sagashop_kit::admin::Created::New)
-            .count();
-        tracing::info!(topics = specs.len(), created = new, "topics ready");
     }
-    let monitor = Monitor::new();
-    let shutdown = CancellationToken::new();
+    let context = Context {
+        kafka: args.kafka.clone(),
+        monitor: Monitor::new(),
+        shutdown: CancellationToken::new(),
+        instance: format!("{}{}", topology.prefix(), args.instance),
+        retention: args.retention,
+    };
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("listening on {}", args.http))
         .map_err(fail(EX_UNAVAILABLE))?;
-    let mut app = sagashop_kit::ops_router(monitor.clone());
-    let mut handles = Vec::new();
-    let instance = format!("{}{}", topics.prefix, args.instance);
-    let group = |name: &str| topics.named(name);
-    for service in services {
-        let handle = match service {
-            Service::Orchestrator => {
-                let config = sagashop_saga::orchestrator::OrchestratorConfig {
-                    definition: topics.definition.clone(),
-                    transactional_id: format!("{instance}-orchestrator"),
-                    dead_letter_topic: topics.dlq(Service::Orchestrator),
-                    tick: Duration::from_millis(200),
-                    group_prefix: topics.prefix.clone(),
-                    retention: args.retention,
-                };
-                let running =
-                    sagashop_saga::orchestrator::start(kafka, config, &monitor, shutdown.clone())
-                        .await
-                        .map_err(unavailable)?;
-                app = app.merge(running.api.clone());
-                Handle::Orchestrator(running)
-            }
-            Service::Inventory => {
-                let config = sagashop_inventory::InventoryConfig {
-                    command_topic: topics.command_topic("inventory").map_err(fail(EX_USAGE))?,
-                    slip_topic: topics.named("inventory.slips.v1"),
-                    stock_topic: topics.named("inventory.stock.v1"),
-                    holds_topic: topics.named("inventory.holds.v1"),
-                    dead_letter_topic: topics.dlq(Service::Inventory),
-                    group_id: group("inventory"),
-                    transactional_id: format!("{instance}-inventory"),
-                    seed: args.stock.clone(),
-                    out_of_stock: args.out_of_stock.clone(),
-                    faults: Faults {
-                        transient_rate: args.inventory_transient_rate,
-                    },
-                    retention: args.retention,
-                };
-                Handle::Inventory(
-                    sagashop_inventory::start(kafka, config, &monitor, shutdown.clone())
-                        .await
-                        .map_err(unavailable)?,
-                )
-            }
-            Service::Payment => {
-                let config = sagashop_payment::PaymentConfig {
-                    command_topic: topics.command_topic("payment").map_err(fail(EX_USAGE))?,
-                    balances_topic: topics.named("payment.balances.v1"),
-                    payments_topic: topics.named("payment.payments.v1"),
-                    dead_letter_topic: topics.dlq(Service::Payment),
-                    group_id: group("payment"),
-                    transactional_id: format!("{instance}-payment"),
-                    opening_balance: args.opening_balance,
-                    decline_rate: args.decline_rate,
-                    faults: Faults {
-                        transient_rate: args.payment_transient_rate,
-                    },
-                    retention: args.retention,
-                };
-                Handle::Payment(
-                    sagashop_payment::start(kafka, config, &monitor, shutdown.clone())
-                        .await
-                        .map_err(unavailable)?,
-                )
-            }
-            Service::Shipping => {
-                let config = sagashop_shipping::ShippingConfig {
-                    command_topic: topics.command_topic("shipping").map_err(fail(EX_USAGE))?,
-                    events_topic: topics.named("shipping.v1"),
-                    shipments_topic: topics.named("shipping.shipments.v1"),
-                    dead_letter_topic: topics.dlq(Service::Shipping),
-                    group_id: group("shipping"),
-                    transactional_id: format!("{instance}-shipping"),
-                    ship_after: args.ship_after,
-                    deliver_after: args.deliver_after,
-                    faults: Faults {
-                        transient_rate: args.shipping_transient_rate,
-                    },
-                    retention: args.retention,
-                };
-                Handle::Shipping(
-                    sagashop_shipping::start(kafka, config, &monitor, shutdown.clone())
-                        .await
-                        .map_err(unavailable)?,
-                )
-            }
-            Service::Notification => {
-                let d = &topics.definition;
-                let config = sagashop_notification::NotificationConfig {
-                    outcome_topic: d.outcome.topic.clone(),
-                    shipping_topic: topics.named("shipping.v1"),
-                    outcome_events: (d.outcome.completed.clone(), d.outcome.cancelled.clone()),
-                    sent_topic: topics.named("notification.sent.v1"),
-                    dead_letter_topic: topics.dlq(Service::Notification),
-                    group_id: group("notification"),
-                    retention: args.retention,
-                };
-                let sink = Arc::new(sagashop_notification::LogSink);
-                Handle::Notification(
-                    sagashop_notification::start(kafka, config, sink, &monitor, shutdown.clone())
-                        .await
-                        .map_err(unavailable)?,
-                )
-            }
-            Service::Analytics => {
-                let d = &topics.definition;
-                let config = sagashop_analytics::AnalyticsConfig {
-                    outcome_topic: d.outcome.topic.clone(),
-                    outcome_events: (d.outcome.completed.clone(), d.outcome.cancelled.clone()),
-                    windows_topic: topics.named("analytics.windows.v1"),
-                    snapshots_topic: topics.named("analytics.snapshots.v1"),
-                    dead_letter_topic: topics.dlq(Service::Analytics),
-                    group_id: group("analytics"),
-                    transactional_id: format!("{instance}-analytics"),
-                    retention: args.retention,
-                };
-                let running = sagashop_analytics::start(kafka, config, &monitor, shutdown.clone())
-                    .await
-                    .map_err(unavailable)?;
-                app = app.merge(running.api.clone());
-                Handle::Analytics(running)
-            }
-            Service::Order => {
-                let config = sagashop_order::OrderConfig {
-                    orders_topic: topics.definition.trigger.topic.clone(),
-                    outcome_topic: topics.definition.outcome.topic.clone(),
-                    shipping_topic: topics.named("shipping.v1"),
-                    idempotency_topic: topics.named("orders.idempotency.v1"),
-                    dead_letter_topic: topics.dlq(Service::Order),
-                    view_group: group("order-view"),
-                    body_limit: args.body_limit,
-                    max_items: 1000,
-                    retry_after_secs: 5,
-                    transactional_id: format!("{instance}-order"),
-                    rate_limit: (args.rate_limit > 0.0).then_some(args.rate_limit),
-                    rate_burst: args.rate_burst,
-                    body_timeout: args.body_timeout,
-                    queue_timeout: args.queue_timeout,
-                    retention: args.retention,
-                };
-                let running = sagashop_order::start(kafka, config, &monitor, shutdown.clone())
-                    .await
-                    .map_err(unavailable)?;
-                app = app.merge(running.api.clone());
-                Handle::Order(running)
-            }
-        };
+    let mut running = Vec::new();
+    for (&service, wiring) in services.iter().zip(wirings) {
+        let started = start(service, &context, wiring, &topology, &args)
+            .await
+            .map_err(unavailable)?;
         tracing::info!(service = service.name(), "started");
-        handles.push(handle);
+        running.push(started);
     }
-    let limits = sagashop_kit::http::ServeLimits {
-        header_timeout: args.header_timeout,
-        max_connections: args.max_connections,
-        ..sagashop_kit::http::ServeLimits::default()
-    };
-    let server = tokio::spawn(sagashop_kit::http::serve(
-        listener,
-        sagashop_kit::http::observed(app, &monitor),
-        limits,
-        shutdown.clone(),
-    ));
-    tracing::info!(address = %args.http, "serving HTTP: /api/orders, /api/sagas, /healthz, /readyz, /metrics");
+    let server = tokio::spawn(serve(listener, &context, &running, &args));
+    tracing::info!(address = %args.http, "serving HTTP: /api/orders, /api/sagas, /healthz, /readyz, /metrics, /wiring");
     let summary = (!args.summary_every.is_zero()).then(|| {
         tokio::spawn(summarise(
-            summary_sources(&handles),
+            Summary::of(&running),
             args.summary_every,
-            shutdown.clone(),
+            context.shutdown.clone(),
         ))
     });
     wait_for_signal().await;
     tracing::info!("shutting down");
-    shutdown.cancel();
+    context.shutdown.cancel();
     if let Some(summary) = summary {
         summary.abort();
     }
     let mut result = Ok(());
-    for handle in handles {
-        if let Err(e) = handle.stopped().await {
-            tracing::error!(error = %e, "a service stopped with an error");
+    for service in running {
+        if let Err(e) = service.task.stopped().await {
+            tracing::error!(service = %service.wiring.service, error = %e, "a service stopped with an error");
             result = Err(fail(EX_SOFTWARE)(e.into()));
         }
     }
@@ -583,44 +350,94 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
     result
 }
 
-struct Sources {
-    view: Option<Arc<sagashop_order::view::View>>,
-    accepted: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+/// Creates every topic of the topology that is missing and waits for their leaders (what the
+/// operator does in a cluster).
+async fn create_topics(
+    kafka: &KafkaConfig,
+    topology: &Topology,
+) -> Result<(), sagashop_kit::Error> {
+    let admin = kafka.admin_client("sagashop")?;
+    let specs: Vec<TopicSpec> = topology.topics().into_iter().map(|(s, _)| s).collect();
+    let created =
+        sagashop_kit::admin::create_topics(&admin, &specs, Duration::from_secs(30)).await?;
+    let names = specs.iter().map(|t| t.name.clone()).collect();
+    sagashop_kit::admin::wait_for_leaders(kafka, names, Duration::from_secs(30)).await?;
+    let new = created
+        .iter()
+        .filter(|(_, c)| *c == sagashop_kit::admin::Created::New)
+        .count();
+    tracing::info!(topics = specs.len(), created = new, "topics ready");
+    Ok(())
+}
+
+/// The HTTP server: every service's routes, `/healthz` `/readyz` `/metrics`, and `/wiring`
+/// (what each service of this process runs on).
+fn serve(
+    listener: tokio::net::TcpListener,
+    context: &Context,
+    running: &[Running],
+    args: &SystemArgs,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let wirings: Vec<Wiring> = running.iter().map(|r| r.wiring.clone()).collect();
+    let mut app = sagashop_kit::ops_router(context.monitor.clone()).route(
+        "/wiring",
+        axum::routing::get(move || {
+            let wirings = wirings.clone();
+            async move { axum::Json(wirings) }
+        }),
+    );
+    for routes in running.iter().filter_map(|r| r.routes.clone()) {
+        app = app.merge(routes);
+    }
+    let limits = sagashop_kit::http::ServeLimits {
+        header_timeout: args.header_timeout,
+        max_connections: args.max_connections,
+        ..sagashop_kit::http::ServeLimits::default()
+    };
+    sagashop_kit::http::serve(
+        listener,
+        sagashop_kit::http::observed(app, &context.monitor),
+        limits,
+        context.shutdown.clone(),
+    )
+}
+
+/// What the summary line shows: every service's figures, then the dead letters of all.
+struct Summary {
+    figures: Vec<(&'static str, Figure)>,
     stats: Vec<Arc<Stats>>,
 }
 
-fn summary_sources(handles: &[Handle]) -> Sources {
-    let order = handles.iter().find_map(|h| match h {
-        Handle::Order(r) => Some(r),
-        _ => None,
-    });
-    Sources {
-        view: order.map(|o| Arc::clone(&o.view)),
-        accepted: order.map(|o| Arc::clone(&o.accepted)),
-        stats: handles.iter().map(|h| Arc::clone(h.stats())).collect(),
+impl Summary {
+    fn of(running: &[Running]) -> Self {
+        Self {
+            figures: running.iter().flat_map(|r| r.figures.clone()).collect(),
+            stats: running.iter().map(|r| Arc::clone(&r.stats)).collect(),
+        }
+    }
+
+    fn line(&self) -> String {
+        let dead: u64 = self.stats.iter().map(|s| s.snapshot().dead_lettered).sum();
+        let mut parts: Vec<String> = self
+            .figures
+            .iter()
+            .map(|(name, figure)| format!("{name} {}", figure()))
+            .collect();
+        parts.push(format!("dead letters {dead}"));
+        parts.join("  ")
     }
 }
 
 /// Prints `accepted … completed … cancelled … in flight … dead letters …` every `every`: on
 /// one line that updates in place on a terminal, one line per report otherwise.
-async fn summarise(sources: Sources, every: Duration, shutdown: CancellationToken) {
+async fn summarise(summary: Summary, every: Duration, shutdown: CancellationToken) {
     let terminal = std::io::stderr().is_terminal();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let accepted = sources.accepted.as_ref().map_or(0, |a| a());
-        let (pending, completed, cancelled) =
-            sources.view.as_ref().map_or((0, 0, 0), |v| v.counts());
-        let dead: u64 = sources
-            .stats
-            .iter()
-            .map(|s| s.snapshot().dead_lettered)
-            .sum();
-        let line = format!(
-            "accepted {accepted}  completed {completed}  cancelled {cancelled}  in flight {pending}  dead letters {dead}"
-        );
+        let line = summary.line();
         let mut err = std::io::stderr().lock();
         let written = if terminal {
             write!(err, "\r\x1b[2K{line}")

@@ -15,38 +15,22 @@ use sagashop_contracts::events::{OrderDelivered, OrderShipped};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::store::Reload;
 use sagashop_kit::{
-    Error, Expiry, KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig, Publisher, Router,
-    Stats, Store,
+    Context, Error, Expiry, Outgoing, Publisher, Router, Running, Store, Task, Wiring,
 };
 use sagashop_saga::participant::{Command, Faults, on_command};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// How the shipping service runs.
+/// Shipping's own settings (its topics and group come from its [`Wiring`]).
 #[derive(Debug, Clone)]
-pub struct ShippingConfig {
-    /// Where its commands arrive.
-    pub command_topic: String,
-    /// Where `OrderShipped` and `OrderDelivered` go.
-    pub events_topic: String,
-    /// Shipments per saga (compacted).
-    pub shipments_topic: String,
-    /// Where unreadable commands go.
-    pub dead_letter_topic: String,
-    /// Its consumer group.
-    pub group_id: String,
-    /// This member's transactional id.
-    pub transactional_id: String,
+pub struct ShippingSettings {
     /// From creation to `OrderShipped`.
     pub ship_after: Duration,
     /// From shipping to `OrderDelivered`.
     pub deliver_after: Duration,
     /// Injected transient failures.
     pub faults: Faults,
-    /// How long a delivered or cancelled shipment is kept after its last change before it is
-    /// forgotten (memory and changelog); shipments on their way are kept until they arrive.
-    pub retention: Duration,
 }
 
 /// A shipment's state.
@@ -87,7 +71,9 @@ pub enum Shipment {
 struct Shipping {
     shipments: Store<Shipment>,
     guard: Mutex<()>,
-    config: ShippingConfig,
+    /// Where `OrderShipped` and `OrderDelivered` go.
+    events_topic: String,
+    config: ShippingSettings,
 }
 
 impl Shipping {
@@ -175,7 +161,7 @@ impl Shipping {
                     };
                     let envelope = Envelope::new(&saga, &correlation_id, event);
                     outputs.push(
-                        Outgoing::event(&self.config.events_topic, &envelope)
+                        Outgoing::event(&self.events_topic, &envelope)
                             .map_err(|e| Error::Internal(e.to_string()))?,
                     );
                     let shipped = Shipment::Shipped {
@@ -199,7 +185,7 @@ impl Shipping {
                     };
                     let envelope = Envelope::new(&saga, &correlation_id, event);
                     outputs.push(
-                        Outgoing::event(&self.config.events_topic, &envelope)
+                        Outgoing::event(&self.events_topic, &envelope)
                             .map_err(|e| Error::Internal(e.to_string()))?,
                     );
                     outputs.push(
@@ -218,110 +204,75 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
-/// A running shipping service.
-pub struct Running {
-    /// The processor's counters.
-    pub stats: Arc<Stats>,
-    /// Shipments per saga.
-    pub shipments: Store<Shipment>,
-    /// Its work; `task.stopped()` waits for it to end after shutdown.
-    pub task: sagashop_kit::Task,
-}
-
-/// Restores shipments, then serves commands and moves shipments on until `shutdown`.
+/// Restores shipments, then serves commands and moves shipments on until shutdown. A
+/// delivered or cancelled shipment is kept for the context's retention after its last change,
+/// then forgotten; shipments on their way are kept until they arrive.
 pub async fn start(
-    kafka: &KafkaConfig,
-    config: ShippingConfig,
-    monitor: &Monitor,
-    shutdown: CancellationToken,
+    context: &Context,
+    wiring: Wiring,
+    settings: ShippingSettings,
 ) -> Result<Running, Error> {
-    sagashop_kit::fence(
-        kafka,
-        &config.group_id,
-        &config.transactional_id,
-        std::time::Duration::from_secs(30),
-    )
-    .await?;
     // Restored per assigned partition: commands and shipments are keyed by saga id.
-    let shipments: Store<Shipment> = Store::owned(
-        kafka,
-        "shipping-shipments",
-        &config.shipments_topic,
-        monitor,
-    );
+    let shipments: Store<Shipment> = context.store(&wiring, "shipments")?;
     let service = Arc::new(Shipping {
         shipments: shipments.clone(),
         guard: Mutex::new(()),
-        config: config.clone(),
+        events_topic: wiring.topic("events")?.to_owned(),
+        config: settings,
     });
+    let commands = wiring.topic("commands")?;
     let (create, cancel) = (Arc::clone(&service), Arc::clone(&service));
     let router = on_command(
         Router::new(),
-        &config.command_topic,
+        commands,
         move |c: Command<CreateShipment>| {
             let service = Arc::clone(&create);
             async move { service.create(&c) }
         },
     );
-    let router = on_command(
-        router,
-        &config.command_topic,
-        move |c: Command<CancelShipment>| {
-            let service = Arc::clone(&cancel);
-            async move { service.cancel(&c) }
-        },
-    );
-    let publisher = Publisher::new(kafka, "shipping")?.observed(monitor);
-    let processor = Processor::new(
-        kafka,
-        ProcessorConfig::exactly_once(
-            &config.group_id,
-            &config.dead_letter_topic,
-            &config.transactional_id,
-        ),
-        router,
-        publisher.clone(),
-        monitor,
-    )?
-    .reloads(shipments.clone())
-    .expires(Expiry::new().of(&shipments, config.retention, |s| {
-        matches!(s, Shipment::Delivered { .. } | Shipment::Cancelled)
-    }));
+    let router = on_command(router, commands, move |c: Command<CancelShipment>| {
+        let service = Arc::clone(&cancel);
+        async move { service.cancel(&c) }
+    });
+    let publisher = context.publisher(&wiring)?;
+    let processor = context
+        .processor(&wiring, router, publisher.clone())
+        .await?
+        .reloads(shipments.clone())
+        .expires(Expiry::new().of(&shipments, context.retention, |s| {
+            matches!(s, Shipment::Delivered { .. } | Shipment::Cancelled)
+        }));
     let stats = processor.stats();
-    // Shipping and delivering happen later, outside any command: at least once, which is
-    // what a customer notification can dedupe.
-    let mover = {
-        let (service, shutdown) = (Arc::clone(&service), shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
-                }
-                match service.due(chrono::Utc::now().timestamp_millis()) {
-                    Ok(outputs) if outputs.is_empty() => {}
-                    Ok(outputs) => {
-                        let stores: [Arc<dyn Reload>; 1] = [Arc::new(service.shipments.clone())];
-                        if let Err(e) = publisher.send_all_sequenced(&outputs, &stores).await {
-                            tracing::warn!(error = %e, "could not publish shipment progress; restarting from the store");
-                            if let Err(e) = service.shipments.reload().await {
-                                tracing::warn!(error = %e, "reloading shipments");
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "moving shipments on"),
-                }
-            }
-        })
-    };
-    let task = sagashop_kit::Task::spawn("shipping", async move {
+    let mover = tokio::spawn(move_on(service, publisher, context.shutdown.clone()));
+    let shutdown = context.shutdown.clone();
+    let task = Task::spawn("shipping", async move {
         let result = processor.run(shutdown).await;
         mover.abort();
         result
     });
-    Ok(Running {
-        stats,
-        shipments,
-        task,
-    })
+    Ok(Running::new(wiring, stats, task))
+}
+
+/// Ships and delivers what is due, every 250 ms until `shutdown`. This happens outside any
+/// command: at least once, which is what a customer notification can dedupe.
+async fn move_on(service: Arc<Shipping>, publisher: Publisher, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        match service.due(chrono::Utc::now().timestamp_millis()) {
+            Ok(outputs) if outputs.is_empty() => {}
+            Ok(outputs) => {
+                let stores: [Arc<dyn Reload>; 1] = [Arc::new(service.shipments.clone())];
+                if let Err(e) = publisher.send_all_sequenced(&outputs, &stores).await {
+                    tracing::warn!(error = %e, "could not publish shipment progress; restarting from the store");
+                    if let Err(e) = service.shipments.reload().await {
+                        tracing::warn!(error = %e, "reloading shipments");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "moving shipments on"),
+        }
+    }
 }

@@ -40,16 +40,18 @@ impl Dev {
         prefix: &str,
         extra: &[&str],
     ) -> Self {
-        Self::run("dev", bootstrap, env, prefix, extra).await
+        Self::run_with("dev", bootstrap, env, prefix, extra).await
     }
 
     /// `sagashop <command>` (one service, say) with its own port, waited for like
     /// [`Dev::start`].
     pub async fn service(kafka: &TestKafka, command: &str, prefix: &str, extra: &[&str]) -> Self {
-        Self::run(command, &kafka.config.bootstrap_servers, &[], prefix, extra).await
+        Self::run_with(command, &kafka.config.bootstrap_servers, &[], prefix, extra).await
     }
 
-    async fn run(
+    /// `sagashop <command>` against `bootstrap` with more environment (`env`); an empty
+    /// `prefix` runs on the names the environment gives (a wiring folder, say).
+    pub async fn run_with(
         command: &str,
         bootstrap: &str,
         env: &[(String, String)],

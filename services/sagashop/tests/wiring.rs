@@ -1,0 +1,173 @@
+//! A service runs on its wiring: the `<service>.json` the operator derives from the Saga (the
+//! same `Topology` code) and mounts for it. Changing the Saga changes what the running
+//! consumer does: here a participant's in-place retry, seen in the attempts its dead letters
+//! record, and its wiring on `GET /wiring`.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Dev, WAIT};
+use sagashop_contracts::Envelope;
+use sagashop_contracts::commands::{AuthorizePayment, StepContext};
+use sagashop_kit::reader::read_to_end;
+use sagashop_kit::{Outgoing, Publisher, Wiring};
+use sagashop_testkit::{TestKafka, eventually, unique_name};
+use sagashop_topology::{SHIPPED_SAGA, Service, Topology};
+
+/// The shipped saga with payment's in-place retry set to `attempts` (short backoffs).
+fn saga_with_payment_retry(attempts: u32) -> String {
+    let retry = format!(
+        "      commandTopic: payment.commands.v1\n      retry: {{ maxAttempts: {attempts}, initialBackoff: 10ms, maxBackoff: 40ms }}\n"
+    );
+    let saga = SHIPPED_SAGA.replace("      commandTopic: payment.commands.v1\n", &retry);
+    assert_ne!(
+        saga, SHIPPED_SAGA,
+        "the shipped saga's payment participant moved"
+    );
+    saga
+}
+
+/// Writes what the operator writes into the saga's ConfigMap: the saga and every wiring. The
+/// names are prefixed so that the run has topics and groups of its own.
+fn write_config(dir: &Path, saga: &str, prefix: &str) -> Topology {
+    let topology = Topology::load(Some((saga, "test saga")), prefix).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("saga.yaml"), saga).unwrap();
+    for (service, wiring) in topology.wirings() {
+        let json = serde_json::to_string_pretty(&wiring).unwrap();
+        std::fs::write(dir.join(format!("{service}.json")), json).unwrap();
+    }
+    topology
+}
+
+/// Sends one authorisation for `customer` to payment's command topic.
+async fn authorize(kafka: &TestKafka, topology: &Topology, customer: &str) {
+    let wiring = topology.wiring(Service::Payment).unwrap();
+    let order = uuid::Uuid::now_v7();
+    let command = AuthorizePayment {
+        context: StepContext {
+            saga_id: order.to_string(),
+            saga_name: topology.definition().name.clone(),
+            step: "authorize-payment".into(),
+            attempt: 1,
+        },
+        order_id: order,
+        customer_id: customer.to_owned(),
+        total_minor: 100,
+        currency: "EUR".into(),
+    };
+    let envelope = Envelope::new(customer, order.to_string(), command);
+    let record = Outgoing::event(wiring.topic("commands").unwrap(), &envelope)
+        .unwrap()
+        .with_header("reply-to", wiring.topic("replies").unwrap());
+    let publisher = Publisher::new(&kafka.config, "test").unwrap();
+    publisher.send(&record).await.unwrap();
+}
+
+/// The `dlq-attempts` of `customer`'s dead letter on payment's dead-letter topic.
+async fn dead_letter_attempts(kafka: &TestKafka, topology: &Topology, customer: &str) -> String {
+    let topic = topology.wiring(Service::Payment).unwrap().dead_letter_topic;
+    eventually("payment's dead letter", WAIT, || async {
+        let records = read_to_end(&kafka.config, "test", &topic, Duration::from_secs(30))
+            .await
+            .unwrap();
+        records
+            .into_iter()
+            .find(|r| r.key.as_deref() == Some(customer.as_bytes()))
+            .and_then(|r| {
+                r.headers
+                    .into_iter()
+                    .find(|(name, _)| name == "dlq-attempts")
+                    .and_then(|(_, v)| String::from_utf8(v?).ok())
+            })
+    })
+    .await
+}
+
+/// `sagashop payment` on the wiring in `dir`, failing every command transiently.
+async fn payment(kafka: &TestKafka, dir: &Path) -> Dev {
+    let env = [
+        ("SAGASHOP_WIRING".to_owned(), dir.display().to_string()),
+        (
+            "SAGASHOP_SAGA".to_owned(),
+            dir.join("saga.yaml").display().to_string(),
+        ),
+        ("PAYMENT_TRANSIENT_RATE".to_owned(), "1".to_owned()),
+    ];
+    Dev::run_with("payment", &kafka.config.bootstrap_servers, &env, "", &[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_the_saga_reaches_the_running_services_consumer() {
+    let kafka = TestKafka::connect().await;
+    let prefix = format!("{}.", unique_name("wiring"));
+    let dir = std::env::temp_dir().join(unique_name("wiring"));
+
+    let topology = write_config(&dir, &saga_with_payment_retry(2), &prefix);
+    for (spec, _) in topology.topics() {
+        kafka.create(spec).await;
+    }
+    let dev = payment(&kafka, &dir).await;
+    // It says what it runs on, and that is the file.
+    let served: Vec<Wiring> = reqwest::get(format!("{}/wiring", dev.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served, [topology.wiring(Service::Payment).unwrap()]);
+    assert_eq!(served[0].retry.max_attempts, 2);
+    authorize(&kafka, &topology, "customer-a").await;
+    assert_eq!(
+        dead_letter_attempts(&kafka, &topology, "customer-a").await,
+        "2",
+        "{}",
+        dev.logs()
+    );
+    dev.terminate();
+
+    // The Saga changes; the operator rewrites the wiring and rolls the pods (here: restarts).
+    let topology = write_config(&dir, &saga_with_payment_retry(4), &prefix);
+    let dev = payment(&kafka, &dir).await;
+    authorize(&kafka, &topology, "customer-b").await;
+    assert_eq!(
+        dead_letter_attempts(&kafka, &topology, "customer-b").await,
+        "4",
+        "{}",
+        dev.logs()
+    );
+    dev.terminate();
+
+    // A wiring that names another service, or a prefix on top of a wiring, is refused at start.
+    std::fs::copy(dir.join("inventory.json"), dir.join("payment.json")).unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
+        .arg("payment")
+        .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.config.bootstrap_servers)
+        .env("SAGASHOP_WIRING", &dir)
+        .env("SAGASHOP_SAGA", dir.join("saga.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(64));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("wiring of `inventory`, not `payment`"),
+        "{said}"
+    );
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
+        .arg("payment")
+        .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.config.bootstrap_servers)
+        .env("SAGASHOP_WIRING", &dir)
+        .env("SAGASHOP_TOPIC_PREFIX", "x.")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(64));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
