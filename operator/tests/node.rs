@@ -207,8 +207,45 @@ fn chart_with_changed_saga(ns: &str) -> std::path::PathBuf {
         text.contains("timeout: 5s"),
         "the shipped saga has no 5s step timeout"
     );
-    std::fs::write(&saga, text.replacen("timeout: 5s", "timeout: 7s", 1)).unwrap();
+    let retry = "      commandTopic: payment.commands.v1\n      retry: { maxAttempts: 6, initialBackoff: 100ms, maxBackoff: 10s }\n";
+    let changed = text.replacen("timeout: 5s", "timeout: 7s", 1).replacen(
+        "      commandTopic: payment.commands.v1\n",
+        retry,
+        1,
+    );
+    assert!(
+        changed.contains("maxAttempts: 6"),
+        "the shipped saga's payment participant moved"
+    );
+    std::fs::write(&saga, changed).unwrap();
     dir.join("sagashop")
+}
+
+/// Each running service pod's component and `GET /wiring` (pods are reachable from the node).
+async fn served_wirings(kube: &TestKube, ns: &str) -> Vec<(String, Value)> {
+    let pods: Api<Pod> = Api::namespaced(kube.client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=sagashop"))
+        .await
+        .unwrap();
+    let mut served = Vec::new();
+    for pod in list.items {
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let component = labels
+            .get("app.kubernetes.io/component")
+            .cloned()
+            .unwrap_or_default();
+        let ip = pod.status.and_then(|s| s.pod_ip);
+        if matches!(component.as_str(), "loadtest" | "operator" | "kafka" | "")
+            || pod.metadata.deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        let url = format!("http://{}:8080/wiring", ip.unwrap());
+        let wiring: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        served.push((component, wiring));
+    }
+    served
 }
 
 /// Uninstalls the release and deletes its namespace when the test fails half-way, so that no
@@ -516,6 +553,24 @@ async fn the_chart_runs_in_pods_on_a_real_node_from_install_to_uninstall() {
         configmap.contains("7s"),
         "the saga ConfigMap does not have the new timeout"
     );
+    // Every service runs on its wiring from that ConfigMap, the Saga's change included.
+    let data: Value = serde_json::from_str::<Value>(&configmap).unwrap()["data"].clone();
+    let payment: Value = serde_json::from_str(data["payment.json"].as_str().unwrap()).unwrap();
+    assert_eq!(payment["retry"]["maxAttempts"], 6, "{payment}");
+    let served = served_wirings(&kube, &ns).await;
+    let services: BTreeSet<&String> = served.iter().map(|(c, _)| c).collect();
+    assert_eq!(services.len(), 7, "{served:?}");
+    for (component, wiring) in &served {
+        let file = data[format!("{component}.json")]
+            .as_str()
+            .unwrap_or_default();
+        let file: Value = serde_json::from_str(file).unwrap_or_default();
+        assert_eq!(
+            wiring,
+            &json!([file]),
+            "{component} does not run on its wiring"
+        );
+    }
     let order = place_and_complete(&base).await;
     assert_eq!(order["status"], "COMPLETED", "{order}");
 

@@ -166,6 +166,20 @@ impl Wiring {
         Ok(config)
     }
 
+    /// The same wiring with `prefix` before its group and every topic (for several systems on
+    /// one Kafka cluster: the operator writes names without a prefix).
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        if prefix.is_empty() {
+            return self;
+        }
+        let prefixed = |name: &mut String| *name = format!("{prefix}{name}");
+        prefixed(&mut self.group_id);
+        prefixed(&mut self.dead_letter_topic);
+        self.topics.values_mut().for_each(prefixed);
+        self
+    }
+
     /// Reads `<dir>/<service>.json`, checked.
     pub fn read(dir: &Path, service: &str) -> Result<Self, Error> {
         let path = dir.join(format!("{service}.json"));
@@ -265,6 +279,16 @@ mod tests {
             "deadLetterTopic":"d","isolationLevel":"read_committed","processing":"exactly-once",
             "retry":{"maxAttempts":1,"initialBackoff":"1s","maxBackoff":"1s"},"groupID":"x"}"#;
         assert!(serde_json::from_str::<Wiring>(unknown_field).is_err());
+    }
+
+    #[test]
+    fn a_prefix_goes_before_the_group_and_every_topic() {
+        let wiring = payment().with_prefix("t1.");
+        assert_eq!(wiring.group_id, "t1.payment");
+        assert_eq!(wiring.dead_letter_topic, "t1.payment.dlq.v1");
+        assert_eq!(wiring.input_topics().unwrap(), ["t1.payment.commands.v1"]);
+        assert_eq!(wiring.topic("balances").unwrap(), "t1.payment.balances.v1");
+        assert_eq!(payment().with_prefix(""), payment());
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub(crate) struct SystemArgs {
     pub(crate) saga: Option<PathBuf>,
     /// A folder of `<service>.json` wirings (group, topics, isolation, processing, retry,
     /// transactional ids) to run on, as the operator writes them into the saga's ConfigMap.
-    /// Unset: built from the saga (what the operator would write), with the topic prefix.
+    /// Unset: built from the saga (what the operator would write). The topic prefix applies
+    /// either way.
     #[arg(long, env = "SAGASHOP_WIRING")]
     pub(crate) wiring: Option<PathBuf>,
     /// Prepended to every topic, consumer group and transactional id, so that several systems
@@ -167,14 +168,11 @@ impl SystemArgs {
         Ok(Topology::load(yaml, &self.topic_prefix)?)
     }
 
-    /// `service`'s wiring: from `--wiring` when given (the operator's), else from the saga.
+    /// `service`'s wiring: from `--wiring` when given (the operator's, with the topic prefix
+    /// put before its names), else from the saga (the same values).
     fn wiring(&self, service: Service, topology: &Topology) -> anyhow::Result<Wiring> {
         match &self.wiring {
-            Some(_) if !self.topic_prefix.is_empty() => anyhow::bail!(
-                "SAGASHOP_TOPIC_PREFIX cannot be combined with SAGASHOP_WIRING: the wiring files \
-                 name every topic and group in full"
-            ),
-            Some(dir) => Ok(Wiring::read(dir, service.name())?),
+            Some(dir) => Ok(Wiring::read(dir, service.name())?.with_prefix(&self.topic_prefix)),
             None => Ok(topology.wiring(service)?),
         }
     }

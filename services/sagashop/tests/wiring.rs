@@ -35,17 +35,17 @@ fn saga_with_payment_retry(attempts: u32) -> String {
     saga
 }
 
-/// Writes what the operator writes into the saga's ConfigMap: the saga and every wiring. The
-/// names are prefixed so that the run has topics and groups of its own.
+/// Writes what the operator writes into the saga's ConfigMap (the saga and every wiring, the
+/// names unprefixed); returns the names the run uses, with its own prefix.
 fn write_config(dir: &Path, saga: &str, prefix: &str) -> Topology {
-    let topology = Topology::load(Some((saga, "test saga")), prefix).unwrap();
+    let written = Topology::load(Some((saga, "test saga")), "").unwrap();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("saga.yaml"), saga).unwrap();
-    for (service, wiring) in topology.wirings() {
+    for (service, wiring) in written.wirings() {
         let json = serde_json::to_string_pretty(&wiring).unwrap();
         std::fs::write(dir.join(format!("{service}.json")), json).unwrap();
     }
-    topology
+    Topology::load(Some((saga, "test saga")), prefix).unwrap()
 }
 
 /// Sends one authorisation for `customer` to payment's command topic.
@@ -92,8 +92,9 @@ async fn dead_letter_attempts(kafka: &TestKafka, topology: &Topology, customer: 
     .await
 }
 
-/// `sagashop payment` on the wiring in `dir`, failing every command transiently.
-async fn payment(kafka: &TestKafka, dir: &Path) -> Dev {
+/// `sagashop payment` on the wiring in `dir` with the run's prefix, failing every command
+/// transiently.
+async fn payment(kafka: &TestKafka, dir: &Path, prefix: &str) -> Dev {
     let env = [
         ("SAGASHOP_WIRING".to_owned(), dir.display().to_string()),
         (
@@ -102,7 +103,14 @@ async fn payment(kafka: &TestKafka, dir: &Path) -> Dev {
         ),
         ("PAYMENT_TRANSIENT_RATE".to_owned(), "1".to_owned()),
     ];
-    Dev::run_with("payment", &kafka.config.bootstrap_servers, &env, "", &[]).await
+    Dev::run_with(
+        "payment",
+        &kafka.config.bootstrap_servers,
+        &env,
+        prefix,
+        &[],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,8 +123,8 @@ async fn a_change_to_the_saga_reaches_the_running_services_consumer() {
     for (spec, _) in topology.topics() {
         kafka.create(spec).await;
     }
-    let dev = payment(&kafka, &dir).await;
-    // It says what it runs on, and that is the file.
+    let dev = payment(&kafka, &dir, &prefix).await;
+    // It says what it runs on: the file, with the prefix before its names.
     let served: Vec<Wiring> = reqwest::get(format!("{}/wiring", dev.base))
         .await
         .unwrap()
@@ -136,7 +144,7 @@ async fn a_change_to_the_saga_reaches_the_running_services_consumer() {
 
     // The Saga changes; the operator rewrites the wiring and rolls the pods (here: restarts).
     let topology = write_config(&dir, &saga_with_payment_retry(4), &prefix);
-    let dev = payment(&kafka, &dir).await;
+    let dev = payment(&kafka, &dir, &prefix).await;
     authorize(&kafka, &topology, "customer-b").await;
     assert_eq!(
         dead_letter_attempts(&kafka, &topology, "customer-b").await,
@@ -146,7 +154,7 @@ async fn a_change_to_the_saga_reaches_the_running_services_consumer() {
     );
     dev.terminate();
 
-    // A wiring that names another service, or a prefix on top of a wiring, is refused at start.
+    // A wiring that names another service is refused at start.
     std::fs::copy(dir.join("inventory.json"), dir.join("payment.json")).unwrap();
     let refused = std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
         .arg("payment")
@@ -161,13 +169,5 @@ async fn a_change_to_the_saga_reaches_the_running_services_consumer() {
         said.contains("wiring of `inventory`, not `payment`"),
         "{said}"
     );
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
-        .arg("payment")
-        .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.config.bootstrap_servers)
-        .env("SAGASHOP_WIRING", &dir)
-        .env("SAGASHOP_TOPIC_PREFIX", "x.")
-        .output()
-        .unwrap();
-    assert_eq!(refused.status.code(), Some(64));
     std::fs::remove_dir_all(&dir).unwrap();
 }

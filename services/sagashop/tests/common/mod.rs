@@ -49,8 +49,8 @@ impl Dev {
         Self::run_with(command, &kafka.config.bootstrap_servers, &[], prefix, extra).await
     }
 
-    /// `sagashop <command>` against `bootstrap` with more environment (`env`); an empty
-    /// `prefix` runs on the names the environment gives (a wiring folder, say).
+    /// `sagashop <command>` against `bootstrap` with more environment (`env`), its own topic
+    /// prefix and port, waited for like [`Dev::start`].
     pub async fn run_with(
         command: &str,
         bootstrap: &str,
