@@ -94,52 +94,11 @@ pub async fn start(
     )
     .await?;
     let view = Arc::new(View::with_retention(retention));
-    let router = read_model(&view, &wiring)?;
-    // A fresh group each start: the view is rebuilt from every topic, starting at the events
-    // of the retention (older ones it would forget at once).
-    let group = format!("{}-{}", wiring.group_id, Uuid::now_v7().simple());
-    let since = chrono::Utc::now()
-        .timestamp_millis()
-        .saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-    let view_topics: Vec<String> = router.topics();
-    sagashop_kit::reader::start_group_at(
-        kafka,
-        &group,
-        &view_topics,
-        since,
-        Duration::from_secs(30),
-    )
-    .await?;
     let publisher = context.publisher(&wiring)?;
-    let config = ProcessorConfig {
-        group_id: group,
-        ..wiring.processor_config(&context.instance)?
-    };
-    let processor = context
-        .processor_with(&wiring, config, router, publisher.clone())
-        .await?;
+    let processor = view_processor(context, &wiring, &view, publisher.clone()).await?;
     let stats = processor.stats();
-    let transactional_id =
-        wiring
-            .transactional_id(&context.instance)
-            .ok_or_else(|| Error::InvalidConfig {
-                setting: "wiring",
-                reason: "the order edge writes in transactions: its wiring needs a transactionalId"
-                    .to_owned(),
-            })?;
-    let committer_config = CommitterConfig {
-        queue_timeout: settings.queue_timeout,
-        ..CommitterConfig::new(&transactional_id)
-    };
     let shutdown = context.shutdown.clone();
-    let (committer, writer) = Committer::start(
-        kafka,
-        "order-edge",
-        committer_config,
-        monitor,
-        shutdown.clone(),
-    )
-    .await?;
+    let (committer, writer) = committer(context, &wiring, settings.queue_timeout).await?;
     // Keys and orders past the retention are forgotten (the keys by tombstones, so every
     // edge's next restore forgets them too).
     let expiry =
@@ -184,6 +143,60 @@ pub async fn start(
         .with_figure("completed", counts(|(_, completed, _)| completed))
         .with_figure("cancelled", counts(|(_, _, cancelled)| cancelled))
         .with_figure("in flight", counts(|(pending, _, _)| pending)))
+}
+
+/// The edge's writer: orders and their idempotency keys, committed in Kafka transactions.
+async fn committer(
+    context: &Context,
+    wiring: &Wiring,
+    queue_timeout: Duration,
+) -> Result<(Committer, Task), Error> {
+    let transactional_id =
+        wiring
+            .transactional_id(&context.instance)
+            .ok_or_else(|| Error::InvalidConfig {
+                setting: "wiring",
+                reason: "the order edge writes in transactions: its wiring needs a transactionalId"
+                    .to_owned(),
+            })?;
+    let config = CommitterConfig {
+        queue_timeout,
+        ..CommitterConfig::new(&transactional_id)
+    };
+    let (kafka, monitor) = (&context.kafka, &context.monitor);
+    Committer::start(
+        kafka,
+        "order-edge",
+        config,
+        monitor,
+        context.shutdown.clone(),
+    )
+    .await
+}
+
+/// The read model's consumer, in a fresh group each start: the view is rebuilt from every
+/// topic, starting at the events of the retention (older ones it would forget at once).
+async fn view_processor(
+    context: &Context,
+    wiring: &Wiring,
+    view: &Arc<View>,
+    publisher: sagashop_kit::Publisher,
+) -> Result<sagashop_kit::Processor, Error> {
+    let router = read_model(view, wiring)?;
+    let group = format!("{}-{}", wiring.group_id, Uuid::now_v7().simple());
+    let since = chrono::Utc::now()
+        .timestamp_millis()
+        .saturating_sub(i64::try_from(context.retention.as_millis()).unwrap_or(i64::MAX));
+    let topics: Vec<String> = router.topics();
+    let timeout = Duration::from_secs(30);
+    sagashop_kit::reader::start_group_at(&context.kafka, &group, &topics, since, timeout).await?;
+    let config = ProcessorConfig {
+        group_id: group,
+        ..wiring.processor_config(&context.instance)?
+    };
+    context
+        .processor_with(wiring, config, router, publisher)
+        .await
 }
 
 /// The read model's handlers: every order's latest state from the trigger, outcome and

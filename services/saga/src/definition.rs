@@ -414,6 +414,48 @@ impl SagaSpec {
         if self.trigger.event.is_empty() {
             problems.push("spec.trigger.event: must not be empty".to_owned());
         }
+        let participant_retry = self.validate_participants(&mut problems);
+        let steps = self.validate_steps(&mut problems);
+        let reply_topic = self
+            .reply_topic
+            .clone()
+            .unwrap_or_else(|| format!("saga.{name}.replies.v1"));
+        topic_name(&mut problems, "spec.replyTopic", &reply_topic);
+        topic_name(&mut problems, "spec.outcome.topic", &self.outcome.topic);
+        for (field, event) in [
+            ("spec.outcome.completed", &self.outcome.completed),
+            ("spec.outcome.cancelled", &self.outcome.cancelled),
+        ] {
+            if event.is_empty() {
+                problems.push(format!("{field}: must not be empty"));
+            }
+        }
+        if self.topic_defaults.partitions < 1 {
+            problems.push("spec.topicDefaults.partitions: must be at least 1".to_owned());
+        }
+        if self.topic_defaults.replicas < 1 {
+            problems.push("spec.topicDefaults.replicas: must be at least 1".to_owned());
+        }
+        if !problems.is_empty() {
+            return Err(InvalidSaga {
+                name: name.to_owned(),
+                problems,
+            });
+        }
+        Ok(Definition {
+            name: name.to_owned(),
+            trigger: self.trigger.clone(),
+            steps,
+            reply_topic,
+            state_topic: format!("saga.{name}.state"),
+            outcome: self.outcome.clone(),
+            topic_defaults: self.topic_defaults.clone(),
+            participant_retry,
+        })
+    }
+
+    /// Checks the participants; returns the in-place retry of those that set one.
+    fn validate_participants(&self, problems: &mut Vec<String>) -> BTreeMap<String, RetryPolicy> {
         if self.participants.is_empty() {
             problems.push("spec.participants: a saga needs at least one participant".to_owned());
         }
@@ -427,15 +469,21 @@ impl SagaSpec {
                 ));
             }
             topic_name(
-                &mut problems,
+                problems,
                 &format!("spec.participants[{i}].commandTopic"),
                 &p.command_topic,
             );
             if let Some(retry) = &p.retry {
                 let field = format!("spec.participants[{i}].retry");
-                participant_retry.insert(p.name.clone(), policy(&mut problems, &field, retry));
+                participant_retry.insert(p.name.clone(), policy(problems, &field, retry));
             }
         }
+        participant_retry
+    }
+
+    /// Checks the steps; returns them compiled (a step with problems is compiled as far as it
+    /// can be, and the problems say why the saga is refused).
+    fn validate_steps(&self, problems: &mut Vec<String>) -> Vec<StepDefinition> {
         if self.steps.is_empty() {
             problems.push("spec.steps: a saga needs at least one step".to_owned());
         }
@@ -482,8 +530,8 @@ impl SagaSpec {
                     step.name
                 ));
             }
-            let timeout = duration(&mut problems, &format!("{field}.timeout"), &step.timeout);
-            let retry = policy(&mut problems, &format!("{field}.retry"), &step.retry);
+            let timeout = duration(problems, &format!("{field}.timeout"), &step.timeout);
+            let retry = policy(problems, &format!("{field}.retry"), &step.retry);
             steps.push(StepDefinition {
                 name: step.name.clone(),
                 participant: step.participant.clone(),
@@ -497,42 +545,7 @@ impl SagaSpec {
                 key: step.key.clone(),
             });
         }
-        let reply_topic = self
-            .reply_topic
-            .clone()
-            .unwrap_or_else(|| format!("saga.{name}.replies.v1"));
-        topic_name(&mut problems, "spec.replyTopic", &reply_topic);
-        topic_name(&mut problems, "spec.outcome.topic", &self.outcome.topic);
-        for (field, event) in [
-            ("spec.outcome.completed", &self.outcome.completed),
-            ("spec.outcome.cancelled", &self.outcome.cancelled),
-        ] {
-            if event.is_empty() {
-                problems.push(format!("{field}: must not be empty"));
-            }
-        }
-        if self.topic_defaults.partitions < 1 {
-            problems.push("spec.topicDefaults.partitions: must be at least 1".to_owned());
-        }
-        if self.topic_defaults.replicas < 1 {
-            problems.push("spec.topicDefaults.replicas: must be at least 1".to_owned());
-        }
-        if !problems.is_empty() {
-            return Err(InvalidSaga {
-                name: name.to_owned(),
-                problems,
-            });
-        }
-        Ok(Definition {
-            name: name.to_owned(),
-            trigger: self.trigger.clone(),
-            steps,
-            reply_topic,
-            state_topic: format!("saga.{name}.state"),
-            outcome: self.outcome.clone(),
-            topic_defaults: self.topic_defaults.clone(),
-            participant_retry,
-        })
+        steps
     }
 }
 

@@ -418,58 +418,7 @@ pub async fn start(
         locks: KeyLocks::default(),
         metrics: SagaMetrics::new(&d.name, monitor),
     });
-    // Replies are retried in place while a saga's state is not visible, then dead-lettered.
-    let policy = FailurePolicy::default();
-    let router = {
-        let o = Arc::clone(&orchestrator);
-        let trigger = move |record: Record, metadata: Metadata| {
-            let o = Arc::clone(&o);
-            async move { o.on_trigger(record, metadata).await }
-        };
-        let o1 = Arc::clone(&orchestrator);
-        let o2 = Arc::clone(&orchestrator);
-        let o3 = Arc::clone(&orchestrator);
-        let o4 = Arc::clone(&orchestrator);
-        let o5 = Arc::clone(&orchestrator);
-        Router::new()
-            .on_raw(&d.trigger.topic, &d.trigger.event, policy, trigger)
-            .on(&d.reply_topic, move |env: Envelope<StepSucceeded>| {
-                let o = Arc::clone(&o1);
-                async move {
-                    let p = env.payload;
-                    o.on_reply(&p.context, &p.command, Reply::Succeeded, &env.metadata)
-                        .await
-                }
-            })
-            .on(&d.reply_topic, move |env: Envelope<StepFailed>| {
-                let o = Arc::clone(&o2);
-                async move {
-                    let p = env.payload;
-                    let reply = Reply::Failed {
-                        reason: p.reason,
-                        retryable: p.retryable,
-                    };
-                    o.on_reply(&p.context, &p.command, reply, &env.metadata)
-                        .await
-                }
-            })
-            .on(&d.reply_topic, move |env: Envelope<StepTimedOut>| {
-                let o = Arc::clone(&o3);
-                async move {
-                    let p = env.payload;
-                    o.on_reply(&p.context, &p.command, Reply::TimedOut, &env.metadata)
-                        .await
-                }
-            })
-            .on(&d.reply_topic, move |env: Envelope<SagaCancelRequested>| {
-                let o = Arc::clone(&o4);
-                async move { o.on_cancel(&env.payload, &env.metadata).await }
-            })
-            .on(&d.reply_topic, move |env: Envelope<SagaRetryRequested>| {
-                let o = Arc::clone(&o5);
-                async move { o.on_retry(&env.payload, &env.metadata).await }
-            })
-    };
+    let router = routes(&orchestrator, &d);
     let publisher = context.publisher(&wiring)?;
     let processor = context
         .processor(&wiring, router, publisher.clone())
@@ -485,39 +434,7 @@ pub async fn start(
         shutdown.clone(),
     ));
     let view = Arc::new(SagaView::new(&d));
-    let following = {
-        let view = Arc::clone(&view);
-        let ready = monitor.component(format!("saga-view:{}", d.name));
-        let saga = d.name.clone();
-        sagashop_kit::reader::follow(
-            kafka,
-            "saga-view",
-            &d.state_topic,
-            shutdown.clone(),
-            move |record| {
-                let id = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
-                match record.payload.as_deref() {
-                    None => view.apply(&id, None),
-                    Some(bytes) => match serde_json::from_slice::<Instance>(bytes) {
-                        Ok(state) => view.apply(&id, Some(&state)),
-                        Err(e) => {
-                            tracing::warn!(%saga, offset = record.offset, error = %e, "an unreadable saga state; the view skips it");
-                        }
-                    },
-                }
-            },
-            move || ready.set(true),
-        )
-    };
-    let following = tokio::spawn(async move {
-        let followed = following.await;
-        if let Err(e) = &followed {
-            // The orchestrator goes on; the API answers from what the view has, and readiness
-            // stays false until a restart reads the topic again.
-            tracing::error!(error = %e, "the saga view stopped following its state topic");
-        }
-        followed
-    });
+    let following = follow_state(context, &d, Arc::clone(&view));
     let shutdown = shutdown.clone();
     let task = Task::spawn("the orchestrator", async move {
         let result = processor.run(shutdown).await;
@@ -530,6 +447,94 @@ pub async fn start(
     });
     let api = crate::api::routes(view, api_publisher, d.reply_topic.clone());
     Ok(Running::new(wiring, stats, task).with_routes(api))
+}
+
+/// The orchestrator's handlers: the trigger starts a saga, replies and requests by hand move it.
+fn routes(orchestrator: &Arc<Orchestrator>, d: &Definition) -> Router {
+    // Replies are retried in place while a saga's state is not visible, then dead-lettered.
+    let policy = FailurePolicy::default();
+    let o = || Arc::clone(orchestrator);
+    let (o0, o1, o2, o3, o4, o5) = (o(), o(), o(), o(), o(), o());
+    let trigger = move |record: Record, metadata: Metadata| {
+        let o = Arc::clone(&o0);
+        async move { o.on_trigger(record, metadata).await }
+    };
+    Router::new()
+        .on_raw(&d.trigger.topic, &d.trigger.event, policy, trigger)
+        .on(&d.reply_topic, move |env: Envelope<StepSucceeded>| {
+            let o = Arc::clone(&o1);
+            async move {
+                let p = env.payload;
+                o.on_reply(&p.context, &p.command, Reply::Succeeded, &env.metadata)
+                    .await
+            }
+        })
+        .on(&d.reply_topic, move |env: Envelope<StepFailed>| {
+            let o = Arc::clone(&o2);
+            async move {
+                let p = env.payload;
+                let reply = Reply::Failed {
+                    reason: p.reason,
+                    retryable: p.retryable,
+                };
+                o.on_reply(&p.context, &p.command, reply, &env.metadata)
+                    .await
+            }
+        })
+        .on(&d.reply_topic, move |env: Envelope<StepTimedOut>| {
+            let o = Arc::clone(&o3);
+            async move {
+                let p = env.payload;
+                o.on_reply(&p.context, &p.command, Reply::TimedOut, &env.metadata)
+                    .await
+            }
+        })
+        .on(&d.reply_topic, move |env: Envelope<SagaCancelRequested>| {
+            let o = Arc::clone(&o4);
+            async move { o.on_cancel(&env.payload, &env.metadata).await }
+        })
+        .on(&d.reply_topic, move |env: Envelope<SagaRetryRequested>| {
+            let o = Arc::clone(&o5);
+            async move { o.on_retry(&env.payload, &env.metadata).await }
+        })
+}
+
+/// Follows the state topic into `view` (every instance, whichever member owns it) until
+/// shutdown. If following fails the orchestrator goes on; the API answers from what the view
+/// has, and readiness stays false until a restart reads the topic again.
+fn follow_state(
+    context: &Context,
+    d: &Definition,
+    view: Arc<SagaView>,
+) -> tokio::task::JoinHandle<Result<(), Error>> {
+    let ready = context.monitor.component(format!("saga-view:{}", d.name));
+    let saga = d.name.clone();
+    let following = sagashop_kit::reader::follow(
+        &context.kafka,
+        "saga-view",
+        &d.state_topic,
+        context.shutdown.clone(),
+        move |record| {
+            let id = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
+            match record.payload.as_deref() {
+                None => view.apply(&id, None),
+                Some(bytes) => match serde_json::from_slice::<Instance>(bytes) {
+                    Ok(state) => view.apply(&id, Some(&state)),
+                    Err(e) => {
+                        tracing::warn!(%saga, offset = record.offset, error = %e, "an unreadable saga state; the view skips it");
+                    }
+                },
+            }
+        },
+        move || ready.set(true),
+    );
+    tokio::spawn(async move {
+        let followed = following.await;
+        if let Err(e) = &followed {
+            tracing::error!(error = %e, "the saga view stopped following its state topic");
+        }
+        followed
+    })
 }
 
 /// Publishes a [`StepTimedOut`] for every instance whose deadline passed, once per deadline
