@@ -153,103 +153,8 @@ impl Monitor {
                 duration: Family::new_with_constructor(LatencyBuckets),
             },
         };
-        for (name, help, family) in [
-            (
-                "messages_handled",
-                "Records a handler finished",
-                &runtime.handled,
-            ),
-            (
-                "messages_retried",
-                "In-place retries of transient handler failures",
-                &runtime.retried,
-            ),
-            (
-                "messages_dead_lettered",
-                "Records sent to the dead-letter topic",
-                &runtime.dead_lettered,
-            ),
-            (
-                "messages_unknown",
-                "Records with an event type no handler knows, acknowledged",
-                &runtime.unknown,
-            ),
-            (
-                "messages_duplicate",
-                "Records skipped because their message-id was handled before",
-                &runtime.duplicates,
-            ),
-            (
-                "messages_parked",
-                "Records parked on the retry topic (after failing, or behind a parked record of their key)",
-                &runtime.parked,
-            ),
-        ] {
-            declare(&mut registry, &mut declared, name, help, family.clone());
-        }
-        declare(
-            &mut registry,
-            &mut declared,
-            "handler_duration_seconds",
-            "Time a handler took per attempt",
-            runtime.handler_seconds.clone(),
-        );
-        declare(
-            &mut registry,
-            &mut declared,
-            "publish_duration_seconds",
-            "Time from send to the broker's acknowledgement",
-            runtime.publish_seconds.clone(),
-        );
-        declare(
-            &mut registry,
-            &mut declared,
-            "transaction_aborts",
-            "Exactly-once batches whose transaction was aborted and redone",
-            runtime.transaction_aborts.clone(),
-        );
-        declare(
-            &mut registry,
-            &mut declared,
-            "consumer_lag",
-            "Records in a partition after the group's committed offset (not yet done)",
-            runtime.consumer_lag.clone(),
-        );
-        declare(
-            &mut registry,
-            &mut declared,
-            "store_entries",
-            "Keys a state store holds in memory",
-            runtime.store_entries.clone(),
-        );
-        declare(
-            &mut registry,
-            &mut declared,
-            "store_expired",
-            "Entries a state store forgot after their retention",
-            runtime.store_expired.clone(),
-        );
-        declare(
-            &mut registry,
-            &mut declared,
-            "http_requests",
-            "HTTP requests answered, by method, route pattern and status",
-            runtime.http.requests.clone(),
-        );
-        declare(
-            &mut registry,
-            &mut declared,
-            "http_request_duration_seconds",
-            "Time from an HTTP request's arrival to its response, by method and route pattern",
-            runtime.http.duration.clone(),
-        );
-        declare(
-            &mut registry,
-            &mut declared,
-            "consumer_rebalances",
-            "Partition assignments and revocations",
-            runtime.rebalances.clone(),
-        );
+        register_messages(&mut registry, &mut declared, &runtime);
+        register_others(&mut registry, &mut declared, &runtime);
         Self {
             registry: Arc::new(Mutex::new(registry)),
             declared: Arc::new(Mutex::new(declared)),
@@ -336,6 +241,119 @@ impl ReadyFlag {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(self.name.clone(), ready);
     }
+}
+
+/// Registers the runtime's counters of records, by what became of them.
+fn register_messages(
+    registry: &mut Registry,
+    declared: &mut BTreeMap<String, (&'static str, String)>,
+    runtime: &RuntimeMetrics,
+) {
+    for (name, help, family) in [
+        (
+            "messages_handled",
+            "Records a handler finished",
+            &runtime.handled,
+        ),
+        (
+            "messages_retried",
+            "In-place retries of transient handler failures",
+            &runtime.retried,
+        ),
+        (
+            "messages_dead_lettered",
+            "Records sent to the dead-letter topic",
+            &runtime.dead_lettered,
+        ),
+        (
+            "messages_unknown",
+            "Records with an event type no handler knows, acknowledged",
+            &runtime.unknown,
+        ),
+        (
+            "messages_duplicate",
+            "Records skipped because their message-id was handled before",
+            &runtime.duplicates,
+        ),
+        (
+            "messages_parked",
+            "Records parked on the retry topic (after failing, or behind a parked record of their key)",
+            &runtime.parked,
+        ),
+    ] {
+        declare(registry, declared, name, help, family.clone());
+    }
+}
+
+/// Registers the runtime's timings, gauges and HTTP metrics.
+fn register_others(
+    registry: &mut Registry,
+    declared: &mut BTreeMap<String, (&'static str, String)>,
+    runtime: &RuntimeMetrics,
+) {
+    declare(
+        registry,
+        declared,
+        "handler_duration_seconds",
+        "Time a handler took per attempt",
+        runtime.handler_seconds.clone(),
+    );
+    declare(
+        registry,
+        declared,
+        "publish_duration_seconds",
+        "Time from send to the broker's acknowledgement",
+        runtime.publish_seconds.clone(),
+    );
+    declare(
+        registry,
+        declared,
+        "transaction_aborts",
+        "Exactly-once batches whose transaction was aborted and redone",
+        runtime.transaction_aborts.clone(),
+    );
+    declare(
+        registry,
+        declared,
+        "consumer_lag",
+        "Records in a partition after the group's committed offset (not yet done)",
+        runtime.consumer_lag.clone(),
+    );
+    declare(
+        registry,
+        declared,
+        "store_entries",
+        "Keys a state store holds in memory",
+        runtime.store_entries.clone(),
+    );
+    declare(
+        registry,
+        declared,
+        "store_expired",
+        "Entries a state store forgot after their retention",
+        runtime.store_expired.clone(),
+    );
+    declare(
+        registry,
+        declared,
+        "http_requests",
+        "HTTP requests answered, by method, route pattern and status",
+        runtime.http.requests.clone(),
+    );
+    declare(
+        registry,
+        declared,
+        "http_request_duration_seconds",
+        "Time from an HTTP request's arrival to its response, by method and route pattern",
+        runtime.http.duration.clone(),
+    );
+    declare(
+        registry,
+        declared,
+        "consumer_rebalances",
+        "Partition assignments and revocations",
+        runtime.rebalances.clone(),
+    );
 }
 
 /// Registers `metric` as `sagashop_<name>` and remembers its type and help for

@@ -67,31 +67,7 @@ impl Processor {
         publisher: Publisher,
         monitor: &Monitor,
     ) -> Result<Self, Error> {
-        if config.concurrency == 0 || config.max_in_flight == 0 {
-            return Err(Error::InvalidConfig {
-                setting: "concurrency",
-                reason: "concurrency and max in-flight must be at least 1".to_owned(),
-            });
-        }
-        if config.transactional_id.is_some()
-            && config.isolation_level != IsolationLevel::ReadCommitted
-        {
-            return Err(Error::InvalidConfig {
-                setting: "isolation level",
-                reason:
-                    "exactly-once mode reads committed data only (isolation.level=read_committed)"
-                        .to_owned(),
-            });
-        }
-        if config.transactional_id.is_some() && config.retry_topic.is_some() {
-            // A batch transaction cannot wait minutes for a parked record to come due.
-            return Err(Error::InvalidConfig {
-                setting: "retry topic",
-                reason: "a retry topic needs at-least-once mode; in exactly-once mode failures \
-                         retry in place and then go to the dead-letter topic"
-                    .to_owned(),
-            });
-        }
+        check(&config)?;
         let partitions = Arc::new(Partitions::default());
         let shutdown = CancellationToken::new();
         let assigned = Arc::new(AtomicBool::new(false));
@@ -130,17 +106,7 @@ impl Processor {
             what: "consumer",
             cause,
         })?;
-        let mut topics = router.topics();
-        if let Some(retry) = &config.retry_topic {
-            topics.push(retry.topic.clone());
-        }
-        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topic_refs)
-            .map_err(|cause| Error::Client {
-                what: "consumer",
-                cause,
-            })?;
+        subscribe(&consumer, &router, &config)?;
         let permits = Semaphore::new(config.concurrency);
         let mut stores: Vec<Arc<dyn Reload>> = Vec::new();
         let mut expiry = crate::expiry::Expiry::new();
@@ -337,6 +303,53 @@ impl Processor {
         }
         Ok(())
     }
+}
+
+/// Refuses settings no processor can run with.
+fn check(config: &ProcessorConfig) -> Result<(), Error> {
+    if config.concurrency == 0 || config.max_in_flight == 0 {
+        return Err(Error::InvalidConfig {
+            setting: "concurrency",
+            reason: "concurrency and max in-flight must be at least 1".to_owned(),
+        });
+    }
+    if config.transactional_id.is_some() && config.isolation_level != IsolationLevel::ReadCommitted
+    {
+        return Err(Error::InvalidConfig {
+            setting: "isolation level",
+            reason: "exactly-once mode reads committed data only (isolation.level=read_committed)"
+                .to_owned(),
+        });
+    }
+    if config.transactional_id.is_some() && config.retry_topic.is_some() {
+        // A batch transaction cannot wait minutes for a parked record to come due.
+        return Err(Error::InvalidConfig {
+            setting: "retry topic",
+            reason: "a retry topic needs at-least-once mode; in exactly-once mode failures \
+                         retry in place and then go to the dead-letter topic"
+                .to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Subscribes to every topic the router handles, and the retry topic.
+fn subscribe(
+    consumer: &StreamConsumer<GroupContext>,
+    router: &Router,
+    config: &ProcessorConfig,
+) -> Result<(), Error> {
+    let mut topics = router.topics();
+    if let Some(retry) = &config.retry_topic {
+        topics.push(retry.topic.clone());
+    }
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topic_refs)
+        .map_err(|cause| Error::Client {
+            what: "consumer",
+            cause,
+        })
 }
 
 /// `process` catches handler panics, so a failed join is a bug in the runtime itself; without

@@ -212,6 +212,49 @@ fn refusal(verb: Verb, status: SagaStatus) -> Option<String> {
     }
 }
 
+/// Who asked for an action by hand, and why.
+struct Asked {
+    requested_by: String,
+    reason: String,
+}
+
+/// The request record of `verb` on saga `id`, and its message id.
+fn request(
+    topic: &str,
+    id: &str,
+    saga_name: String,
+    verb: Verb,
+    asked: Asked,
+) -> Result<(Outgoing, uuid::Uuid), sagashop_contracts::EncodeError> {
+    let Asked {
+        requested_by,
+        reason,
+    } = asked;
+    let saga_id = id.to_owned();
+    match verb {
+        Verb::Cancel => record(
+            topic,
+            id,
+            SagaCancelRequested {
+                saga_id,
+                saga_name,
+                requested_by,
+                reason,
+            },
+        ),
+        Verb::Retry => record(
+            topic,
+            id,
+            SagaRetryRequested {
+                saga_id,
+                saga_name,
+                requested_by,
+                reason,
+            },
+        ),
+    }
+}
+
 /// A request as its record on `topic`, keyed (and correlated) by the saga id it names, with
 /// its message id.
 fn record<T: sagashop_contracts::Contract>(
@@ -223,11 +266,12 @@ fn record<T: sagashop_contracts::Contract>(
     Outgoing::event(topic, &envelope).map(|out| (out, envelope.metadata.message_id))
 }
 
-async fn act(api: &Api, id: String, body: Body, verb: Verb) -> Response {
+/// Who asks and why, from the request body: each 1 to 500 characters of text.
+fn who_and_why(body: Body) -> Result<Asked, Box<Response>> {
     let Json(body) = match body {
         Ok(body) => body,
         Err(e) => {
-            return problem(
+            return Err(Box::new(problem(
                 StatusCode::BAD_REQUEST,
                 "Invalid body",
                 &format!(
@@ -235,7 +279,7 @@ async fn act(api: &Api, id: String, body: Body, verb: Verb) -> Response {
                     e.body_text()
                 ),
                 Some("body"),
-            );
+            )));
         }
     };
     let text = |value: Option<String>, field: &'static str| {
@@ -249,12 +293,22 @@ async fn act(api: &Api, id: String, body: Body, verb: Verb) -> Response {
                 )
             })
     };
-    let (requested_by, reason) = match (
+    match (
         text(body.requested_by, "requestedBy"),
         text(body.reason, "reason"),
     ) {
-        (Ok(by), Ok(reason)) => (by, reason),
-        (Err(refused), _) | (_, Err(refused)) => return refused.answer(),
+        (Ok(requested_by), Ok(reason)) => Ok(Asked {
+            requested_by,
+            reason,
+        }),
+        (Err(refused), _) | (_, Err(refused)) => Err(Box::new(refused.answer())),
+    }
+}
+
+async fn act(api: &Api, id: String, body: Body, verb: Verb) -> Response {
+    let asked = match who_and_why(body) {
+        Ok(asked) => asked,
+        Err(refused) => return *refused,
     };
     let Some(instance) = api.view.get(&id) else {
         return unknown(&id);
@@ -283,29 +337,7 @@ async fn act(api: &Api, id: String, body: Body, verb: Verb) -> Response {
             None,
         );
     }
-    let (saga_id, saga_name) = (id.clone(), instance.saga.clone());
-    let out = match verb {
-        Verb::Cancel => record(
-            &api.reply_topic,
-            &id,
-            SagaCancelRequested {
-                saga_id,
-                saga_name,
-                requested_by,
-                reason,
-            },
-        ),
-        Verb::Retry => record(
-            &api.reply_topic,
-            &id,
-            SagaRetryRequested {
-                saga_id,
-                saga_name,
-                requested_by,
-                reason,
-            },
-        ),
-    };
+    let out = request(&api.reply_topic, &id, instance.saga.clone(), verb, asked);
     let sent = match out {
         Ok((out, message_id)) => api
             .publisher
