@@ -617,7 +617,7 @@ async fn duplicates(
             .len() as u64;
         if !wait_settled(
             &dev,
-            &format!("{prefix}{group}"),
+            &group,
             total,
             Duration::from_secs(120),
         )
