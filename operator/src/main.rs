@@ -114,10 +114,6 @@ async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
     if args.resync < Duration::from_secs(1) {
         return usage("invalid setting OPERATOR_RESYNC: must be at least 1s");
     }
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
-        format!("{host}-{}", std::process::id())
-    });
     let listener = match tokio::net::TcpListener::bind(args.http).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -132,21 +128,7 @@ async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
-    let config = OperatorConfig {
-        kafka: args.kafka,
-        scope: Scope::only(args.namespaces),
-        concurrency: args.concurrency.max(1),
-        resync: args.resync,
-        batch_linger: args.batch_linger,
-        lease: args.leader_election.then(|| LeaseConfig {
-            name: args.lease_name,
-            namespace: args.lease_namespace,
-            identity: identity.clone(),
-            duration: args.lease_duration,
-            renew_every: args.lease_duration / 3,
-        }),
-        instance: Some(identity),
-    };
+    let config = config(args);
     let shutdown = CancellationToken::new();
     let monitor = sagashop_kit::Monitor::new();
     let server = {
@@ -157,19 +139,7 @@ async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
                 .await
         })
     };
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                Some(()) = async { term.as_mut()?.recv().await } => {}
-            }
-            tracing::info!("shutting down");
-            shutdown.cancel();
-        });
-    }
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
     let result = sagashop_operator::run(client, config, &monitor, shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;
@@ -184,6 +154,41 @@ async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
             ExitCode::from(EX_TEMPFAIL)
         }
     }
+}
+
+/// The operator's configuration from its arguments; its identity is the pod name (or host
+/// and process id).
+fn config(args: RunArgs) -> OperatorConfig {
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
+        format!("{host}-{}", std::process::id())
+    });
+    OperatorConfig {
+        kafka: args.kafka,
+        scope: Scope::only(args.namespaces),
+        concurrency: args.concurrency.max(1),
+        resync: args.resync,
+        batch_linger: args.batch_linger,
+        lease: args.leader_election.then(|| LeaseConfig {
+            name: args.lease_name,
+            namespace: args.lease_namespace,
+            identity: identity.clone(),
+            duration: args.lease_duration,
+            renew_every: args.lease_duration / 3,
+        }),
+        instance: Some(identity),
+    }
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        Some(()) = async { term.as_mut()?.recv().await } => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
 }
 
 fn crds(out: Option<&std::path::Path>) -> ExitCode {

@@ -242,36 +242,7 @@ impl Writer {
                     break;
                 }
             };
-            if !matches!(outcome, Outcome::Committed) {
-                self.monitor
-                    .runtime
-                    .transaction_aborts
-                    .get_or_create(&GroupLabels {
-                        group: self.role.clone(),
-                    })
-                    .inc();
-            }
-            let answer = match outcome {
-                Outcome::Committed => {
-                    failed_in_a_row = 0;
-                    self.observe(&batch);
-                    Ok(())
-                }
-                Outcome::NotCommitted { why, replace } => {
-                    failed_in_a_row += 1;
-                    tracing::warn!(error = %why, requests = batch.len(), "transaction not committed; nothing of it is visible");
-                    if replace || !self.abort().await {
-                        self.txn = None;
-                    }
-                    Err(why)
-                }
-                Outcome::Unknown(why) => {
-                    failed_in_a_row += 1;
-                    tracing::error!(error = %why, requests = batch.len(), "commit unconfirmed; replacing the producer");
-                    self.txn = None;
-                    Err(CommitError::Unknown(why))
-                }
-            };
+            let answer = self.settle(outcome, &batch, &mut failed_in_a_row).await;
             for job in batch {
                 let _ = job.reply.send(answer.clone());
             }
@@ -286,6 +257,46 @@ impl Writer {
             let _ = txn.flush(Duration::from_secs(1));
         }
         Ok(())
+    }
+
+    /// What a batch's requests are answered after `outcome`: counts an abort, and drops a
+    /// producer that cannot go on (the next batch creates another).
+    async fn settle(
+        &mut self,
+        outcome: Outcome,
+        batch: &[Job],
+        failed_in_a_row: &mut u32,
+    ) -> Result<(), CommitError> {
+        if !matches!(outcome, Outcome::Committed) {
+            self.monitor
+                .runtime
+                .transaction_aborts
+                .get_or_create(&GroupLabels {
+                    group: self.role.clone(),
+                })
+                .inc();
+        }
+        match outcome {
+            Outcome::Committed => {
+                *failed_in_a_row = 0;
+                self.observe(batch);
+                Ok(())
+            }
+            Outcome::NotCommitted { why, replace } => {
+                *failed_in_a_row += 1;
+                tracing::warn!(error = %why, requests = batch.len(), "transaction not committed; nothing of it is visible");
+                if replace || !self.abort().await {
+                    self.txn = None;
+                }
+                Err(why)
+            }
+            Outcome::Unknown(why) => {
+                *failed_in_a_row += 1;
+                tracing::error!(error = %why, requests = batch.len(), "commit unconfirmed; replacing the producer");
+                self.txn = None;
+                Err(CommitError::Unknown(why))
+            }
+        }
     }
 
     /// Records each committed record's time from queueing to commit.

@@ -90,14 +90,7 @@ pub(crate) async fn run(
             Err(e) => {
                 failed_in_a_row += 1;
                 tracing::warn!(error = %e, attempt = failed_in_a_row, "transaction failed; aborting and rewinding");
-                shared
-                    .monitor
-                    .runtime
-                    .transaction_aborts
-                    .get_or_create(&crate::monitor::GroupLabels {
-                        group: shared.config.group_id.clone(),
-                    })
-                    .inc();
+                count_abort(&shared);
                 let fatal = e.is_fatal() || abort(&txn, timeout).await;
                 // After a broker restart librdkafka can keep one partition's records waiting
                 // for a leader it no longer finds in its metadata cache until they time out,
@@ -112,14 +105,7 @@ pub(crate) async fn run(
                     );
                     txn = producer(&producer_config, timeout).await?;
                 }
-                // Handlers changed their stores in memory for the aborted batch: forget that
-                // (after a rebalance the next batch restores the new assignment instead).
-                if !assigned.load(Ordering::SeqCst) {
-                    for store in &stores {
-                        store.reload().await?;
-                    }
-                }
-                rewind(&consumer, timeout).await?;
+                forget_batch(&consumer, &stores, &assigned, timeout).await?;
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(failures.backoff(failed_in_a_row)) => {}
@@ -128,6 +114,32 @@ pub(crate) async fn run(
         }
     }
     Ok(())
+}
+
+/// Counts an aborted batch (`sagashop_transaction_aborts_total`).
+fn count_abort(shared: &Shared) {
+    let labels = crate::monitor::GroupLabels {
+        group: shared.config.group_id.clone(),
+    };
+    let aborts = &shared.monitor.runtime.transaction_aborts;
+    aborts.get_or_create(&labels).inc();
+}
+
+/// Forgets an aborted batch: handlers changed their stores in memory for it, so reload them
+/// (after a rebalance the next batch restores the new assignment instead), and rewind the
+/// consumer to the committed offsets.
+async fn forget_batch(
+    consumer: &Arc<StreamConsumer<GroupContext>>,
+    stores: &[Arc<dyn Reload>],
+    assigned: &AtomicBool,
+    timeout: Duration,
+) -> Result<(), Error> {
+    if !assigned.load(Ordering::SeqCst) {
+        for store in stores {
+            store.reload().await?;
+        }
+    }
+    rewind(consumer, timeout).await
 }
 
 /// Seeks every assigned partition back to its committed offset (or to the beginning where
@@ -195,6 +207,51 @@ async fn next_batch(consumer: &StreamConsumer<GroupContext>, shared: &Shared) ->
     batch
 }
 
+/// Handles one key's records of a batch in order, producing each record's outputs (or dead
+/// letter) into the open transaction as soon as it is done; waits for every send's answer.
+async fn handle_key(
+    shared: Arc<Shared>,
+    txn: FutureProducer,
+    records: Vec<Record>,
+) -> Result<Vec<(Record, Disposition)>, TxnError> {
+    let mut done = Vec::with_capacity(records.len());
+    let mut deliveries = Vec::new();
+    for record in records {
+        let disposition = handle(&shared, &record).await;
+        let outputs = match &disposition {
+            Disposition::Outputs(outputs) => outputs.as_slice(),
+            Disposition::DeadLetter(letter) | Disposition::Exhausted { letter, .. } => {
+                std::slice::from_ref(letter)
+            }
+            Disposition::Unknown | Disposition::Duplicate | Disposition::Parked => &[],
+        };
+        for out in outputs {
+            let mut sent = None;
+            let mut enqueue = |record: &crate::record::Outgoing| {
+                sent = Some(
+                    txn.send_result(Publisher::record(record))
+                        .map_err(|(cause, _)| PublishError::classify(&record.topic, cause)),
+                );
+            };
+            if !shared
+                .stores()
+                .iter()
+                .any(|s| s.enqueue_current(out, &mut enqueue))
+            {
+                enqueue(out);
+            }
+            if let Some(sent) = sent {
+                deliveries.push((out.topic.clone(), sent?));
+            }
+        }
+        done.push((record, disposition));
+    }
+    for (topic, delivery) in deliveries {
+        Publisher::answer(&topic, delivery.await)?;
+    }
+    Ok(done)
+}
+
 /// One batch in one transaction.
 async fn run_batch(
     consumer: &StreamConsumer<GroupContext>,
@@ -228,44 +285,7 @@ async fn run_batch(
     let mut tasks = JoinSet::new();
     for records in by_key.into_values() {
         let (shared, txn) = (Arc::clone(shared), txn.clone());
-        tasks.spawn(async move {
-            let mut done = Vec::with_capacity(records.len());
-            let mut deliveries = Vec::new();
-            for record in records {
-                let disposition = handle(&shared, &record).await;
-                let outputs = match &disposition {
-                    Disposition::Outputs(outputs) => outputs.as_slice(),
-                    Disposition::DeadLetter(letter) | Disposition::Exhausted { letter, .. } => {
-                        std::slice::from_ref(letter)
-                    }
-                    Disposition::Unknown | Disposition::Duplicate | Disposition::Parked => &[],
-                };
-                for out in outputs {
-                    let mut sent = None;
-                    let mut enqueue = |record: &crate::record::Outgoing| {
-                        sent = Some(
-                            txn.send_result(Publisher::record(record))
-                                .map_err(|(cause, _)| PublishError::classify(&record.topic, cause)),
-                        );
-                    };
-                    if !shared
-                        .stores()
-                        .iter()
-                        .any(|s| s.enqueue_current(out, &mut enqueue))
-                    {
-                        enqueue(out);
-                    }
-                    if let Some(sent) = sent {
-                        deliveries.push((out.topic.clone(), sent?));
-                    }
-                }
-                done.push((record, disposition));
-            }
-            for (topic, delivery) in deliveries {
-                Publisher::answer(&topic, delivery.await)?;
-            }
-            Ok::<_, TxnError>(done)
-        });
+        tasks.spawn(handle_key(shared, txn, records));
     }
     let mut done = Vec::new();
     while let Some(joined) = tasks.join_next().await {

@@ -527,6 +527,38 @@ fn park_after_failure(retry: &RetryTopic, record: &Record, attempt: u32, error: 
     redelivery::park(record, &retry.topic, attempt, due, Some(error))
 }
 
+/// Parks a redelivered record that failed again (attempt `next`): the key still waits (its
+/// count stays); the record's new position is the key's head, which the records queued behind
+/// it must follow. Dead-letters it if it cannot be parked.
+async fn park_again(
+    shared: &Shared,
+    retry: &RetryTopic,
+    original: &Record,
+    next: u32,
+    error: &str,
+    park_key: Option<&str>,
+) -> bool {
+    let again = park_after_failure(retry, original, next, error);
+    match publish(shared, std::slice::from_ref(&again)).await {
+        Ok(delivered) => {
+            if let (Some(key), Some(at)) = (park_key, delivered.first())
+                && let Some(change) = retry.moved_head(key, at.offset)
+            {
+                bookkeep(shared, change).await;
+            }
+            count(shared, original, &Disposition::Parked);
+            true
+        }
+        Err(e) => {
+            let error = format!("{error}; parking it again failed: {e}");
+            let letter = letter(shared, original, &error, next);
+            let change = park_key.and_then(|k| retry.finished(k));
+            let done = Disposition::DeadLetter(letter);
+            conclude(shared, original, done, change.into_iter().collect()).await
+        }
+    }
+}
+
 /// A record consumed from the retry topic: waits until it is due, then is handled as the
 /// record it was, under its original topic.
 async fn process_parked(shared: &Shared, retry: &RetryTopic, consumed: Record) -> bool {
@@ -583,27 +615,7 @@ async fn process_parked(shared: &Shared, retry: &RetryTopic, consumed: Record) -
     {
         let next = unparked.attempt + 1;
         if next <= redeliveries.unwrap_or(retry.redeliveries) {
-            // Parked again: the key still waits (its count stays); the record's new position
-            // is the key's head, which the records queued behind it must follow.
-            let again = park_after_failure(retry, &original, next, error);
-            match publish(shared, std::slice::from_ref(&again)).await {
-                Ok(delivered) => {
-                    if let (Some(key), Some(at)) = (&park_key, delivered.first())
-                        && let Some(change) = retry.moved_head(key, at.offset)
-                    {
-                        bookkeep(shared, change).await;
-                    }
-                    count(shared, &original, &Disposition::Parked);
-                    return true;
-                }
-                Err(e) => {
-                    let error = format!("{error}; parking it again failed: {e}");
-                    let letter = letter(shared, &original, &error, next);
-                    let change = park_key.as_deref().and_then(|k| retry.finished(k));
-                    let done = Disposition::DeadLetter(letter);
-                    return conclude(shared, &original, done, change.into_iter().collect()).await;
-                }
-            }
+            return park_again(shared, retry, &original, next, error, park_key.as_deref()).await;
         }
         let error = format!("{error} (after {} redeliveries)", unparked.attempt);
         let letter = letter(shared, &original, &error, next);

@@ -114,41 +114,7 @@ async fn read<S: Send + 'static>(
     let reading = tokio::task::spawn_blocking(move || -> Result<S, Error> {
         let consumer: BaseConsumer = config.create().map_err(client)?;
         let deadline = Instant::now() + timeout;
-        let (partitions, ends_at) = match only {
-            None => (partitions(&consumer, &topic, timeout, deadline)?, None),
-            Some(only) => {
-                let uncommitted: BaseConsumer = everything.create().map_err(client)?;
-                let known = partitions(&uncommitted, &topic, timeout, deadline)?;
-                if let Some(missing) = only.iter().find(|p| !known.contains(p)) {
-                    return Err(Error::InvalidConfig {
-                        setting: "partitions",
-                        reason: format!(
-                            "`{topic}` has {} partitions, so no partition {missing}: a state \
-                             store's changelog needs as many partitions as its processor's input",
-                            known.len()
-                        ),
-                    });
-                }
-                (only, Some(uncommitted))
-            }
-        };
-        let mut assignment = TopicPartitionList::new();
-        let mut ends = Vec::new();
-        for partition in partitions {
-            let (low, high) = watermarks(&consumer, &topic, partition, timeout, deadline)?;
-            let high = match &ends_at {
-                Some(uncommitted) => {
-                    watermarks(uncommitted, &topic, partition, timeout, deadline)?.1
-                }
-                None => high,
-            };
-            if high > low {
-                assignment
-                    .add_partition_offset(&topic, partition, Offset::Offset(low))
-                    .map_err(client)?;
-                ends.push((partition, high));
-            }
-        }
+        let (assignment, ends) = plan(&consumer, &everything, &topic, only, timeout, deadline)?;
         if ends.is_empty() {
             return Ok(state);
         }
@@ -187,6 +153,53 @@ async fn read<S: Send + 'static>(
     reading
         .await
         .map_err(|e| Error::Internal(format!("the reader of `{name}` panicked: {e}")))?
+}
+
+/// What to read of `topic`: every partition that holds records, from its low watermark to the
+/// end seen now (its last stable offset; or, for `only` these partitions, its high watermark,
+/// asked of the `read_uncommitted` consumer `everything` would create).
+fn plan(
+    consumer: &BaseConsumer,
+    everything: &ClientConfig,
+    topic: &str,
+    only: Option<Vec<i32>>,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<(TopicPartitionList, Vec<(i32, i64)>), Error> {
+    let (partitions, ends_at) = match only {
+        None => (partitions(consumer, topic, timeout, deadline)?, None),
+        Some(only) => {
+            let uncommitted: BaseConsumer = everything.create().map_err(client)?;
+            let known = partitions(&uncommitted, topic, timeout, deadline)?;
+            if let Some(missing) = only.iter().find(|p| !known.contains(p)) {
+                return Err(Error::InvalidConfig {
+                    setting: "partitions",
+                    reason: format!(
+                        "`{topic}` has {} partitions, so no partition {missing}: a state \
+                         store's changelog needs as many partitions as its processor's input",
+                        known.len()
+                    ),
+                });
+            }
+            (only, Some(uncommitted))
+        }
+    };
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for partition in partitions {
+        let (low, high) = watermarks(consumer, topic, partition, timeout, deadline)?;
+        let high = match &ends_at {
+            Some(uncommitted) => watermarks(uncommitted, topic, partition, timeout, deadline)?.1,
+            None => high,
+        };
+        if high > low {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(low))
+                .map_err(client)?;
+            ends.push((partition, high));
+        }
+    }
+    Ok((assignment, ends))
 }
 
 /// Like [`read_to_end`], after waiting until no transaction is open on `topic`: every partition's

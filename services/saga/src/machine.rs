@@ -294,62 +294,73 @@ impl Instance {
                 return Transition::Ignored("a failure of an earlier attempt");
             }
             Reply::TimedOut | Reply::Failed { .. } => {
-                let (reason, retryable, phase) = match reply {
-                    Reply::Failed { reason, retryable } => {
-                        (reason.clone(), *retryable, StepPhase::Failed)
-                    }
-                    _ => (
-                        format!(
-                            "no reply within {}",
-                            humantime::format_duration(step.timeout)
-                        ),
-                        true,
-                        StepPhase::TimedOut,
-                    ),
-                };
-                let name = step.name.clone();
-                actions.push(self.record(&name, phase, Some(reason.clone()), now));
-                if retryable && step.retry.retries_after(self.attempt) {
-                    if matches!(reply, Reply::TimedOut) {
-                        self.attempt += 1;
-                        self.send(definition, now, &mut actions);
-                    } else {
-                        self.backing_off = true;
-                        self.deadline = now + millis(step.retry.backoff(self.attempt));
-                    }
-                } else if self.status == Status::Running {
-                    self.failure = Some(Failure {
-                        reason,
-                        failed_step: name,
-                    });
-                    self.status = Status::Compensating;
-                    // A step that never answered may have done its work: undo it too (the
-                    // participants' compensations are no-ops for work never done). A step that
-                    // answered "failed" did nothing.
-                    let below = if matches!(reply, Reply::TimedOut) {
-                        self.step + 1
-                    } else {
-                        self.step
-                    };
-                    self.compensate_from(below, definition, now, &mut actions);
-                } else {
-                    // A compensation that cannot be done: what it should undo may still be
-                    // done (stock taken, money charged). The saga stops here, FAILED, until
-                    // someone retries it; nothing after it is undone meanwhile.
-                    let incident = format!(
-                        "{name}: compensation {} gave up after {} attempt{}: {reason}",
-                        step.compensation.as_deref().unwrap_or("?"),
-                        self.attempt,
-                        if self.attempt == 1 { "" } else { "s" }
-                    );
-                    self.status = Status::Failed;
-                    self.backing_off = false;
-                    self.incident = Some(incident.clone());
-                    actions.push(Action::Failed(incident));
-                }
+                self.unanswered(definition, step, reply, now, &mut actions);
             }
         }
         Transition::Changed(actions)
+    }
+
+    /// The awaited step failed or timed out: retry it, compensate the saga, or (a
+    /// compensation that gives up) stop FAILED until someone retries it.
+    fn unanswered(
+        &mut self,
+        definition: &Definition,
+        step: &crate::definition::StepDefinition,
+        reply: &Reply,
+        now: i64,
+        actions: &mut Vec<Action>,
+    ) {
+        let (reason, retryable, phase) = match reply {
+            Reply::Failed { reason, retryable } => (reason.clone(), *retryable, StepPhase::Failed),
+            _ => (
+                format!(
+                    "no reply within {}",
+                    humantime::format_duration(step.timeout)
+                ),
+                true,
+                StepPhase::TimedOut,
+            ),
+        };
+        let name = step.name.clone();
+        actions.push(self.record(&name, phase, Some(reason.clone()), now));
+        if retryable && step.retry.retries_after(self.attempt) {
+            if matches!(reply, Reply::TimedOut) {
+                self.attempt += 1;
+                self.send(definition, now, actions);
+            } else {
+                self.backing_off = true;
+                self.deadline = now + millis(step.retry.backoff(self.attempt));
+            }
+        } else if self.status == Status::Running {
+            self.failure = Some(Failure {
+                reason,
+                failed_step: name,
+            });
+            self.status = Status::Compensating;
+            // A step that never answered may have done its work: undo it too (the
+            // participants' compensations are no-ops for work never done). A step that
+            // answered "failed" did nothing.
+            let below = if matches!(reply, Reply::TimedOut) {
+                self.step + 1
+            } else {
+                self.step
+            };
+            self.compensate_from(below, definition, now, actions);
+        } else {
+            // A compensation that cannot be done: what it should undo may still be
+            // done (stock taken, money charged). The saga stops here, FAILED, until
+            // someone retries it; nothing after it is undone meanwhile.
+            let incident = format!(
+                "{name}: compensation {} gave up after {} attempt{}: {reason}",
+                step.compensation.as_deref().unwrap_or("?"),
+                self.attempt,
+                if self.attempt == 1 { "" } else { "s" }
+            );
+            self.status = Status::Failed;
+            self.backing_off = false;
+            self.incident = Some(incident.clone());
+            actions.push(Action::Failed(incident));
+        }
     }
 
     /// Someone asked to cancel: a running saga compensates its completed steps and the one it

@@ -222,6 +222,28 @@ impl Orchestrator {
             .finished(completed, millis_to_seconds(now - began));
     }
 
+    /// `SagaStepChanged` for one entry of the saga's history, on the outcome topic.
+    fn progress(
+        &self,
+        saga_id: &str,
+        entry: &crate::machine::HistoryEntry,
+        parent: &Metadata,
+    ) -> Result<Outgoing, HandlerError> {
+        let d = &self.definition;
+        let event = SagaStepChanged {
+            saga_id: saga_id.to_owned(),
+            saga_name: d.name.clone(),
+            step: entry.step.clone(),
+            phase: entry.phase,
+            attempt: entry.attempt,
+            detail: entry.detail.clone(),
+            at: chrono::DateTime::from_timestamp_millis(entry.at).unwrap_or_default(),
+        };
+        let envelope = Envelope::caused_by(parent, saga_id.to_owned(), event);
+        Outgoing::event(&d.outcome.topic, &envelope)
+            .map_err(|e| HandlerError::Permanent(e.to_string()))
+    }
+
     /// The messages for `actions`, and the instance's new state, caused by `parent`.
     fn outputs(&self, instance: Instance, actions: &[Action], parent: &Metadata) -> HandlerResult {
         let d = &self.definition;
@@ -257,23 +279,9 @@ impl Orchestrator {
                     outputs.push(out);
                 }
                 Action::Progress(entry) => {
-                    if d.outcome.progress.is_none() {
-                        continue;
+                    if d.outcome.progress.is_some() {
+                        outputs.push(self.progress(&instance.saga_id, entry, parent)?);
                     }
-                    let event = SagaStepChanged {
-                        saga_id: instance.saga_id.clone(),
-                        saga_name: d.name.clone(),
-                        step: entry.step.clone(),
-                        phase: entry.phase,
-                        attempt: entry.attempt,
-                        detail: entry.detail.clone(),
-                        at: chrono::DateTime::from_timestamp_millis(entry.at).unwrap_or_default(),
-                    };
-                    let envelope = Envelope::caused_by(parent, instance.saga_id.clone(), event);
-                    outputs.push(
-                        Outgoing::event(&d.outcome.topic, &envelope)
-                            .map_err(|e| HandlerError::Permanent(e.to_string()))?,
-                    );
                 }
                 Action::Completed => {
                     self.finished(&instance, true);

@@ -203,6 +203,29 @@ struct Inner {
 }
 
 impl Inner {
+    /// The smallest index that holds every answer to `filter`: a customer's or a step's
+    /// instances, or those of the status asked (every status's, to be merged, when none is).
+    fn indexes(&self, filter: &Filter) -> Vec<&BTreeSet<Position>> {
+        static EMPTY: BTreeSet<Position> = BTreeSet::new();
+        let wanted = [
+            filter.customer.clone().map(Key::Customer),
+            filter.step.clone().map(Key::Step),
+            filter.status.map(Key::Status),
+        ];
+        match wanted
+            .into_iter()
+            .flatten()
+            .map(|key| self.index.get(&key).unwrap_or(&EMPTY))
+            .min_by_key(|set| set.len())
+        {
+            Some(set) => vec![set],
+            None => SagaStatus::ALL
+                .iter()
+                .filter_map(|s| self.index.get(&Key::Status(*s)))
+                .collect(),
+        }
+    }
+
     fn unindex(&mut self, instance: &SagaInstance) {
         let position = instance.position();
         for key in Key::of(instance) {
@@ -348,26 +371,7 @@ impl SagaView {
     /// The instances `filter` picks, oldest first, at most `filter.limit`.
     pub fn list(&self, filter: &Filter, now: DateTime<Utc>) -> Page {
         let inner = self.read();
-        // The smallest index that holds every answer: a customer's or a step's instances, or
-        // those of the status asked (every status's, merged, when none is).
-        let wanted = [
-            filter.customer.clone().map(Key::Customer),
-            filter.step.clone().map(Key::Step),
-            filter.status.map(Key::Status),
-        ];
-        let empty = BTreeSet::new();
-        let sets: Vec<&BTreeSet<Position>> = match wanted
-            .into_iter()
-            .flatten()
-            .map(|key| inner.index.get(&key).unwrap_or(&empty))
-            .min_by_key(|set| set.len())
-        {
-            Some(set) => vec![set],
-            None => SagaStatus::ALL
-                .iter()
-                .filter_map(|s| inner.index.get(&Key::Status(*s)))
-                .collect(),
-        };
+        let sets = inner.indexes(filter);
         // Started at or before this (Unix ms) to be old enough.
         let latest_start = filter.older_than.map(|age| {
             now.timestamp_millis()
@@ -406,15 +410,7 @@ impl SagaView {
             let Some(instance) = inner.instances.get(&position.1) else {
                 continue;
             };
-            if filter
-                .step
-                .as_ref()
-                .is_some_and(|s| instance.step.as_ref() != Some(s))
-                || filter
-                    .customer
-                    .as_ref()
-                    .is_some_and(|c| instance.customer.as_ref() != Some(c))
-            {
+            if !filter.picks(instance) {
                 continue;
             }
             if sagas.len() == filter.limit {
@@ -436,6 +432,22 @@ impl SagaView {
             next: more.then(|| last.map(|p| Cursor(p).to_string())).flatten(),
             counts,
         }
+    }
+}
+
+impl Filter {
+    /// Whether `instance` has the step and customer asked (the index picked by
+    /// [`Inner::indexes`] answers one of them at most).
+    fn picks(&self, instance: &SagaInstance) -> bool {
+        let step = self
+            .step
+            .as_ref()
+            .is_none_or(|s| instance.step.as_ref() == Some(s));
+        let customer = self
+            .customer
+            .as_ref()
+            .is_none_or(|c| instance.customer.as_ref() == Some(c));
+        step && customer
     }
 }
 

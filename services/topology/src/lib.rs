@@ -269,10 +269,41 @@ impl Topology {
                 state.push(own.role.to_owned());
             }
         }
+        let (group, processing, transactional) =
+            self.uses(service, &mut topics, &mut inputs, &mut state)?;
+        Ok(Wiring {
+            service: service.name().to_owned(),
+            group_id: self.named(&group),
+            topics,
+            inputs: inputs.into_iter().map(str::to_owned).collect(),
+            state,
+            dead_letter_topic: self.named(&dead_letter_topic(service.name())),
+            isolation_level: IsolationLevel::ReadCommitted,
+            processing,
+            retry: RetrySettings::from(
+                d.participant_retry
+                    .get(service.name())
+                    .copied()
+                    .unwrap_or_default(),
+            ),
+            transactional_id: transactional.then(|| service.name().to_owned()),
+        })
+    }
+
+    /// What `service` uses beside its own topics (the saga's topics, by role), what it reads,
+    /// and its group (unprefixed), processing and whether it has transactions.
+    fn uses(
+        &self,
+        service: Service,
+        topics: &mut BTreeMap<String, String>,
+        inputs: &mut Vec<&'static str>,
+        state: &mut Vec<String>,
+    ) -> Result<(String, Processing, bool), TopologyError> {
+        let d = &self.definition;
         let mut topic = |role: &str, name: &str| {
             topics.insert(role.to_owned(), name.to_owned());
         };
-        let (group, processing, transactional) = match service {
+        Ok(match service {
             Service::Orchestrator => {
                 topic("trigger", &d.trigger.topic);
                 topic("replies", &d.reply_topic);
@@ -320,23 +351,6 @@ impl Topology {
                 inputs.push("outcome");
                 (service.name().to_owned(), Processing::ExactlyOnce, true)
             }
-        };
-        Ok(Wiring {
-            service: service.name().to_owned(),
-            group_id: self.named(&group),
-            topics,
-            inputs: inputs.into_iter().map(str::to_owned).collect(),
-            state,
-            dead_letter_topic: self.named(&dead_letter_topic(service.name())),
-            isolation_level: IsolationLevel::ReadCommitted,
-            processing,
-            retry: RetrySettings::from(
-                d.participant_retry
-                    .get(service.name())
-                    .copied()
-                    .unwrap_or_default(),
-            ),
-            transactional_id: transactional.then(|| service.name().to_owned()),
         })
     }
 
