@@ -615,14 +615,7 @@ async fn duplicates(
         let total = read_to_end(&kafka, "chaos", &topic, Duration::from_secs(60))
             .await?
             .len() as u64;
-        if !wait_settled(
-            &dev,
-            &group,
-            total,
-            Duration::from_secs(120),
-        )
-        .await
-        {
+        if !wait_settled(&dev, &group, total, Duration::from_secs(120)).await {
             row.notes.push(format!(
                 "BROKEN: {group} did not read its {total} commands again"
             ));
