@@ -9,12 +9,16 @@ pub(crate) fn topology(prefix: &str) -> Topology {
     Topology::load(None, prefix).unwrap_or_else(|e| panic!("the shipped saga: {e}"))
 }
 
+/// `service`'s wiring in a system started with `prefix`.
+fn wiring(prefix: &str, service: Service) -> sagashop_kit::Wiring {
+    topology(prefix)
+        .wiring(service)
+        .unwrap_or_else(|e| panic!("the shipped saga: {e}"))
+}
+
 /// The topic `service` uses in `role`, prefixed.
 pub(crate) fn topic(prefix: &str, service: Service, role: &str) -> String {
-    let wiring = topology(prefix)
-        .wiring(service)
-        .unwrap_or_else(|e| panic!("the shipped saga: {e}"));
-    wiring
+    wiring(prefix, service)
         .topic(role)
         .unwrap_or_else(|e| panic!("the topology: {e}"))
         .to_owned()
@@ -25,11 +29,12 @@ pub(crate) fn participants(prefix: &str) -> Vec<(String, String)> {
     [Service::Inventory, Service::Payment, Service::Shipping]
         .into_iter()
         .map(|service| {
-            let group = topology(prefix)
-                .wiring(service)
-                .map(|w| w.group_id)
-                .unwrap_or_else(|e| panic!("the shipped saga: {e}"));
-            (group, topic(prefix, service, "commands"))
+            let wiring = wiring(prefix, service);
+            let commands = wiring
+                .topic("commands")
+                .unwrap_or_else(|e| panic!("the topology: {e}"))
+                .to_owned();
+            (wiring.group_id, commands)
         })
         .collect()
 }

@@ -25,7 +25,7 @@ use crate::publisher::Publisher;
 use crate::router::Router;
 use crate::store::Store;
 use crate::task::Task;
-use crate::transaction::fence;
+use crate::transaction::{FENCE_TIMEOUT, fence};
 use crate::wiring::Wiring;
 
 /// What a process gives every service it runs.
@@ -170,7 +170,7 @@ impl Context {
             });
         }
         if let Some(id) = &config.transactional_id {
-            fence(&self.kafka, &config.group_id, id, Wiring::FENCE_TIMEOUT).await?;
+            fence(&self.kafka, &config.group_id, id, FENCE_TIMEOUT).await?;
         }
         Processor::new(&self.kafka, config, router, publisher, &self.monitor)
     }

@@ -74,6 +74,9 @@ pub(crate) async fn producer(
     Ok(producer)
 }
 
+/// How long fencing a transactional id may take before the service gives up starting.
+pub(crate) const FENCE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Fences the previous incarnation of `transactional_id` (a member killed mid-transaction):
 /// registering the id aborts whatever it left open at once, instead of after the transaction
 /// timeout. Call it before restoring stores: an open transaction holds back what

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -198,13 +197,12 @@ impl Wiring {
         wiring.validate()?;
         Ok(wiring)
     }
-
-    /// How long [`fence`](crate::fence) may take for this service.
-    pub const FENCE_TIMEOUT: Duration = Duration::from_secs(30);
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn payment() -> Wiring {

@@ -156,16 +156,7 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 impl SystemArgs {
     /// The topology of the saga this process runs (the shipped one without `--saga`).
     fn topology(&self) -> anyhow::Result<Topology> {
-        let yaml = match &self.saga {
-            Some(path) => Some((
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?,
-                path.display().to_string(),
-            )),
-            None => None,
-        };
-        let yaml = yaml.as_ref().map(|(y, p)| (y.as_str(), p.as_str()));
-        Ok(Topology::load(yaml, &self.topic_prefix)?)
+        load_topology(self.saga.as_deref(), &self.topic_prefix)
     }
 
     /// `service`'s wiring: from `--wiring` when given (the operator's, with the topic prefix
@@ -178,17 +169,25 @@ impl SystemArgs {
     }
 }
 
+/// The topology of the Saga manifest at `saga` (the shipped order saga when `None`), its names
+/// prefixed by `prefix`.
+fn load_topology(saga: Option<&std::path::Path>, prefix: &str) -> anyhow::Result<Topology> {
+    let Some(path) = saga else {
+        return Ok(Topology::load(None, prefix)?);
+    };
+    let yaml =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let path = path.display().to_string();
+    Ok(Topology::load(Some((&yaml, &path)), prefix)?)
+}
+
 /// Every topic the system needs, and who declares it in Kubernetes: `saga` (the operator,
 /// from the Saga resource) or `services` (the chart's and `k8s/topics.yaml`'s KafkaTopics).
 pub(crate) fn topic_list(
     saga: Option<&std::path::Path>,
     prefix: &str,
 ) -> anyhow::Result<Vec<(TopicSpec, &'static str)>> {
-    let args_saga = saga.map(std::fs::read_to_string).transpose()?;
-    let path = saga.map(|p| p.display().to_string()).unwrap_or_default();
-    let yaml = args_saga.as_deref().map(|y| (y, path.as_str()));
-    let topology = Topology::load(yaml, prefix)?;
-    Ok(topology
+    Ok(load_topology(saga, prefix)?
         .topics()
         .into_iter()
         .map(|(spec, by)| (spec, by.as_str()))
