@@ -169,6 +169,8 @@ async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_o
     assert!(refused(&["operator.watchNamespaces={a,b}"]).contains("watchAllNamespaces=true"));
     // So is an external Kafka without an address.
     refused(&["kafka.enabled=false"]);
+    // And settings for a service that does not exist (a typo would otherwise be ignored).
+    assert!(refused(&["services.paymnet.replicas=3"]).contains("services.paymnet"));
     // And state changelogs partitioned unlike the saga's topics they belong to.
     assert!(refused(&["topics.partitions=8"]).contains("saga.partitions"));
     // And Kafka security settings that cannot work, each naming the value to fix.

@@ -396,16 +396,11 @@ async fn broker_restart(
 /// How long after the broker answers again the edge may take to accept every order.
 const RECOVERY: Duration = Duration::from_secs(5);
 
-/// Every service of sagashop, in the order they are killed.
-pub(crate) const SERVICES: [&str; 7] = [
-    "orchestrator",
-    "inventory",
-    "payment",
-    "shipping",
-    "notification",
-    "analytics",
-    "order",
-];
+/// Every service of sagashop, in the order they are killed: the topology's order (the edge
+/// last).
+pub(crate) fn services() -> [&'static str; sagashop_topology::Service::ALL.len()] {
+    sagashop_topology::Service::ALL.map(sagashop_topology::Service::name)
+}
 
 async fn process_kills(
     args: &ChaosArgs,
@@ -417,7 +412,7 @@ async fn process_kills(
     let mut procs = Vec::new();
     for service in ["order"]
         .iter()
-        .chain(SERVICES.iter().filter(|s| **s != "order"))
+        .chain(services().iter().filter(|s| **s != "order"))
     {
         let mut command = vec![(*service).to_owned()];
         command.extend(system_args(
@@ -444,9 +439,9 @@ async fn process_kills(
         args.duration,
         Arc::clone(&kills_done),
     ));
-    let gap = args.duration / (SERVICES.len() as u32 + 1);
+    let gap = args.duration / (services().len() as u32 + 1);
     let mut notes = Vec::new();
-    for service in SERVICES {
+    for service in services() {
         tokio::time::sleep(gap).await;
         let proc = procs
             .iter_mut()

@@ -24,9 +24,13 @@ pub(crate) fn topic(prefix: &str, service: Service, role: &str) -> String {
         .to_owned()
 }
 
+/// The shipped saga's participants.
+pub(crate) const PARTICIPANTS: [Service; 3] =
+    [Service::Inventory, Service::Payment, Service::Shipping];
+
 /// Each participant's consumer group and command topic, prefixed.
 pub(crate) fn participants(prefix: &str) -> Vec<(String, String)> {
-    [Service::Inventory, Service::Payment, Service::Shipping]
+    PARTICIPANTS
         .into_iter()
         .map(|service| {
             let wiring = wiring(prefix, service);

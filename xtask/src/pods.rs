@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::chaos::{ChaosArgs, Row, SERVICES, conclude, step};
+use crate::chaos::{ChaosArgs, Row, conclude, services, step};
 use crate::fleet::{Broker, OPENING_BALANCE, STOCK, offer};
 
 /// The Kubernetes side of one run: a namespace with the release in it.
@@ -107,7 +107,7 @@ fn settled(namespace: &str, log: &Path) -> anyhow::Result<bool> {
         log,
     )?)?;
     let items = list["items"].as_array().context("no Deployment list")?;
-    Ok(items.len() == SERVICES.len() + 1
+    Ok(items.len() == services().len() + 1
         && items.iter().all(|d| {
             let want = d["spec"]["replicas"].as_i64().unwrap_or(1);
             let s = &d["status"];
@@ -210,7 +210,7 @@ pub(crate) async fn run(
     ));
     // Seven deletions and two scalings share the load's duration.
     let gap = args.duration / 10;
-    for service in SERVICES {
+    for service in services() {
         tokio::time::sleep(gap).await;
         let selector = format!("app.kubernetes.io/component={service}");
         let pod = kubectl(
@@ -249,7 +249,7 @@ pub(crate) async fn run(
     for replicas in ["3", "1"] {
         tokio::time::sleep(gap).await;
         let started = Instant::now();
-        for participant in ["inventory", "payment", "shipping"] {
+        for participant in crate::names::PARTICIPANTS.map(sagashop_topology::Service::name) {
             step(&format!(
                 "pod-faults: kubectl scale {participant} --replicas {replicas}"
             ));

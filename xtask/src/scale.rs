@@ -13,7 +13,7 @@ use anyhow::Context;
 
 use sagashop_topology::Service as Named;
 
-use crate::chaos::{ChaosArgs, Row, SERVICES, conclude, step};
+use crate::chaos::{ChaosArgs, Row, conclude, services, step};
 use crate::fleet::{
     Answer, Attempt, Broker, Proc, client, latest, offer, order_body, post, system_args,
 };
@@ -164,7 +164,7 @@ pub(crate) async fn run(
     let kafka = broker.config();
     let mut services: Vec<Service> = ["order"]
         .into_iter()
-        .chain(SERVICES.into_iter().filter(|s| *s != "order"))
+        .chain(services().into_iter().filter(|s| *s != "order"))
         .map(|name| Service {
             name,
             replicas: Vec::new(),

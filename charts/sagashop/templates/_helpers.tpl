@@ -133,3 +133,21 @@ envFrom:
         path: ca.crt
 {{- end }}
 {{- end -}}
+
+{{/*
+The names of the services, from files/services.json (`sagashop services`, regenerated with
+`cargo run -p sagashop -- services > charts/sagashop/files/services.json`; a test checks it),
+as a JSON list. A key of .Values.services that names no service fails the render.
+*/}}
+{{- define "sagashop.serviceNames" -}}
+{{- $names := list }}
+{{- range (.Files.Get "files/services.json" | fromJsonArray) }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- range $name, $_ := (.Values.services | default dict) }}
+{{- if not (has $name $names) }}
+{{- fail (printf "services.%s: there is no such service; they are %s" $name (join ", " $names)) }}
+{{- end }}
+{{- end }}
+{{- $names | sortAlpha | toJson }}
+{{- end }}

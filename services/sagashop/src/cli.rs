@@ -3,9 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use sagashop_kit::KafkaConfig;
 use sagashop_kit::telemetry::LogFormat;
+use sagashop_topology::Service;
+
+use crate::system::SystemArgs;
 
 pub(crate) use sagashop_kit::exit::{
     EX_CANTCREAT, EX_IOERR, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE,
@@ -69,20 +72,10 @@ pub(crate) enum Command {
     /// Run every service in one process against Kafka: creates the topics, serves the HTTP API
     /// and `/healthz` `/readyz` `/metrics`, and prints a one-line summary. Ctrl-C stops it.
     Dev(crate::system::SystemArgs),
-    /// Run the HTTP edge and order read model.
-    Order(crate::system::SystemArgs),
-    /// Run the saga orchestrator.
-    Orchestrator(crate::system::SystemArgs),
-    /// Run the inventory participant.
-    Inventory(crate::system::SystemArgs),
-    /// Run the payment participant.
-    Payment(crate::system::SystemArgs),
-    /// Run the shipping participant.
-    Shipping(crate::system::SystemArgs),
-    /// Run the notification service.
-    Notification(crate::system::SystemArgs),
-    /// Run the analytics service (`GET /api/analytics/summary`).
-    Analytics(crate::system::SystemArgs),
+    /// One service (what a Kubernetes pod runs): a subcommand per service of the topology,
+    /// `sagashop order`, `sagashop payment`, ….
+    #[command(flatten)]
+    Service(RunService),
     /// Print every Kafka topic the services need as JSON: name, partitions, replicas, config,
     /// and who declares it in Kubernetes (`saga`: the operator; `services`: KafkaTopics).
     Topics {
@@ -93,12 +86,71 @@ pub(crate) enum Command {
         #[arg(long, env = "SAGASHOP_TOPIC_PREFIX", default_value = "")]
         topic_prefix: String,
     },
+    /// Print every service as JSON, name and what it does: the chart deploys one Deployment
+    /// per entry (`charts/sagashop/files/services.json` is this output).
+    Services,
     /// Write the JSON Schema of every event and command version into a directory.
     Schemas {
         /// The directory to write into (created if missing).
         #[arg(long, default_value = "services/contracts/schemas")]
         out: PathBuf,
     },
+}
+
+/// `sagashop <service>`: one subcommand per [`Service`], named and described by the topology,
+/// so that a new service needs no change here.
+#[derive(Debug)]
+pub(crate) struct RunService {
+    /// Which service.
+    pub(crate) service: Service,
+    /// Its settings.
+    pub(crate) args: SystemArgs,
+}
+
+impl clap::FromArgMatches for RunService {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let Some((name, args)) = matches.subcommand() else {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::MissingSubcommand,
+                "name the service to run",
+            ));
+        };
+        let service = Service::named(name).ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidSubcommand,
+                format!("there is no service `{name}`"),
+            )
+        })?;
+        Ok(Self {
+            service,
+            args: clap::FromArgMatches::from_arg_matches(args)?,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl clap::Subcommand for RunService {
+    fn augment_subcommands(command: clap::Command) -> clap::Command {
+        Service::ALL.into_iter().fold(command, |command, service| {
+            command.subcommand(
+                SystemArgs::augment_args(clap::Command::new(service.name()))
+                    .about(service.about())
+                    .long_about(None),
+            )
+        })
+    }
+
+    fn augment_subcommands_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_subcommands(command)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        Service::named(name).is_some()
+    }
 }
 
 /// `sagashop saga` actions.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sagashop_kit::{ClusterInfo, KafkaConfig};
 
-use crate::cli::{Command, EX_CANTCREAT, EX_IOERR, EX_UNAVAILABLE, EX_USAGE};
+use crate::cli::{Command, EX_CANTCREAT, EX_IOERR, EX_UNAVAILABLE, EX_USAGE, RunService};
 use crate::system::Service;
 
 /// A failed command: the error to print and the exit code to leave with.
@@ -45,6 +45,14 @@ pub(crate) async fn run(command: Command) -> Result<(), Failure> {
             let text = serde_json::to_string_pretty(&json).unwrap_or_default();
             output(writeln!(std::io::stdout().lock(), "{text}"))
         }
+        Command::Services => {
+            let json: Vec<serde_json::Value> = Service::ALL
+                .into_iter()
+                .map(|s| serde_json::json!({"name": s.name(), "about": s.about()}))
+                .collect();
+            let text = serde_json::to_string_pretty(&json).unwrap_or_default();
+            output(writeln!(std::io::stdout().lock(), "{text}"))
+        }
         Command::Dlq {
             kafka,
             topic,
@@ -56,13 +64,9 @@ pub(crate) async fn run(command: Command) -> Result<(), Failure> {
             args.create_topics = true;
             crate::system::run(&Service::ALL, args).await
         }
-        Command::Order(args) => crate::system::run(&[Service::Order], args).await,
-        Command::Orchestrator(args) => crate::system::run(&[Service::Orchestrator], args).await,
-        Command::Inventory(args) => crate::system::run(&[Service::Inventory], args).await,
-        Command::Payment(args) => crate::system::run(&[Service::Payment], args).await,
-        Command::Shipping(args) => crate::system::run(&[Service::Shipping], args).await,
-        Command::Notification(args) => crate::system::run(&[Service::Notification], args).await,
-        Command::Analytics(args) => crate::system::run(&[Service::Analytics], args).await,
+        Command::Service(RunService { service, args }) => {
+            crate::system::run(&[service], args).await
+        }
     }
 }
 

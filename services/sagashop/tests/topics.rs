@@ -103,6 +103,41 @@ fn the_charts_topic_list_is_generated_from_sagashop_topics() {
     );
 }
 
+#[test]
+fn the_charts_service_list_is_generated_from_sagashop_services_and_each_runs() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sagashop"))
+        .arg("services")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let services: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let kept: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(root().join("charts/sagashop/files/services.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        kept, services,
+        "charts/sagashop/files/services.json is stale: regenerate it with \
+         `cargo run -p sagashop -- services > charts/sagashop/files/services.json`"
+    );
+    assert_eq!(services.len(), 7);
+    // Each is a subcommand (what the chart's pods run), with its own help.
+    for service in &services {
+        let name = service["name"].as_str().unwrap();
+        let help = Command::new(env!("CARGO_BIN_EXE_sagashop"))
+            .args([name, "--help"])
+            .output()
+            .unwrap();
+        assert!(help.status.success(), "sagashop {name} --help");
+        let text = String::from_utf8(help.stdout).unwrap();
+        assert!(
+            text.starts_with(service["about"].as_str().unwrap()),
+            "sagashop {name} --help: {text}"
+        );
+        assert!(text.contains("--kafka-bootstrap-servers"), "{text}");
+    }
+}
+
 /// `name` as a whole token of `text` (not part of a longer name).
 fn mentions(text: &str, name: &str) -> bool {
     let part = |c: char| c.is_alphanumeric() || matches!(c, '_' | '.' | '-');

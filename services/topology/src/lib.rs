@@ -65,6 +65,24 @@ impl Service {
             Self::Analytics => "analytics",
         }
     }
+
+    /// What it does, in one line: the help of its subcommand (`sagashop <name>`).
+    pub fn about(self) -> &'static str {
+        match self {
+            Self::Order => "Run the HTTP edge and order read model",
+            Self::Orchestrator => "Run the saga orchestrator",
+            Self::Inventory => "Run the inventory participant",
+            Self::Payment => "Run the payment participant",
+            Self::Shipping => "Run the shipping participant",
+            Self::Notification => "Run the notification service",
+            Self::Analytics => "Run the analytics service (`GET /api/analytics/summary`)",
+        }
+    }
+
+    /// The service called `name`, if there is one.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
 }
 
 /// How a service's own topic is kept.
