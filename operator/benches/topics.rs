@@ -72,6 +72,53 @@ async fn ready(api: &Api<KafkaTopic>) -> usize {
         .count()
 }
 
+/// `n` KafkaTopics named `t0`… for the topics `<run>.t0`…, as one manifest.
+fn manifest(n: usize, run: &str) -> String {
+    let mut manifest = String::new();
+    for i in 0..n {
+        let _ = write!(
+            manifest,
+            "---\napiVersion: sagashop.dev/v1alpha1\nkind: KafkaTopic\nmetadata:\n  name: t{i}\nspec:\n  topicName: {run}.t{i}\n  partitions: 1\n  deletionPolicy: Delete\n"
+        );
+    }
+    manifest
+}
+
+/// Waits (at most 10 minutes, reporting every 5 s) until all `n` KafkaTopics are Ready.
+async fn wait_ready(api: &Api<KafkaTopic>, n: usize, started: Instant) {
+    let deadline = started + Duration::from_secs(600);
+    let mut last_report = Instant::now();
+    loop {
+        let done = ready(api).await;
+        if done == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {n} Ready after 10 minutes"
+        );
+        if last_report.elapsed() > Duration::from_secs(5) {
+            eprintln!("bench: {done}/{n} Ready after {:.1?}", started.elapsed());
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits (at most 5 minutes) until no KafkaTopic is left.
+async fn wait_gone(api: &Api<KafkaTopic>) {
+    let cleanup = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < cleanup
+        && !api
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items.is_empty())
+            .unwrap_or(false)
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let n: usize = std::env::var("BENCH_TOPICS")
@@ -95,13 +142,7 @@ async fn main() {
     let op =
         common::operator_with(&kube, &kafka, Duration::from_secs(300), linger, concurrency).await;
     let run = unique_name("bench");
-    let mut manifest = String::new();
-    for i in 0..n {
-        let _ = write!(
-            manifest,
-            "---\napiVersion: sagashop.dev/v1alpha1\nkind: KafkaTopic\nmetadata:\n  name: t{i}\nspec:\n  topicName: {run}.t{i}\n  partitions: 1\n  deletionPolicy: Delete\n"
-        );
-    }
+    let manifest = manifest(n, &run);
     let file = std::env::temp_dir().join(format!("{run}.yaml"));
     std::fs::write(&file, manifest).unwrap();
 
@@ -113,23 +154,7 @@ async fn main() {
         &["apply", "--server-side", "-n", &op.namespace, "-f", path],
     );
     let apply_took = started.elapsed();
-    let deadline = started + Duration::from_secs(600);
-    let mut last_report = Instant::now();
-    loop {
-        let done = ready(&op.api).await;
-        if done == n {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {done} of {n} Ready after 10 minutes"
-        );
-        if last_report.elapsed() > Duration::from_secs(5) {
-            eprintln!("bench: {done}/{n} Ready after {:.1?}", started.elapsed());
-            last_report = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_ready(&op.api, n, started).await;
     let all_ready = started.elapsed();
     let api_after = api_requests(&kube).await;
     let (kafka_total, kafka_by) = kafka_requests(&op.monitor.encode());
@@ -155,17 +180,7 @@ async fn main() {
         .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await
         .unwrap();
-    let cleanup = Instant::now() + Duration::from_secs(300);
-    while Instant::now() < cleanup
-        && !op
-            .api
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items.is_empty())
-            .unwrap_or(false)
-    {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_gone(&op.api).await;
     op.stop(&kube).await;
     let _ = std::fs::remove_file(file);
 }

@@ -455,16 +455,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "ceiling: raw rdkafka produce and consume, {} records x {} runs",
         args.messages, args.runs
     ));
-    let mut produce = Vec::new();
-    let mut consume = Vec::new();
-    let mut bytes = 0;
-    for _ in 0..args.runs {
-        let topic = ceiling::topic(&args.tools.kafka, "bench-ceiling").await;
-        let (rate, size) = ceiling::raw_produce(&args.tools.kafka, &topic, args.messages).await;
-        produce.push(rate);
-        consume.push(ceiling::raw_consume(&args.tools.kafka, &topic, args.messages).await);
-        bytes = size;
-    }
+    let (produce, consume, bytes) = ceiling(&args).await;
 
     let prefix = format!("{}.", sagashop_testkit::unique_name("bench"));
     step("starting sagashop dev (release build)");
@@ -479,41 +470,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .unwrap_or(0.0);
     warm?;
 
-    let mut runs: Vec<RunFigures> = Vec::new();
-    let top = args.rates.iter().copied().max().unwrap_or(0);
-    for &rate in &args.rates {
-        for run in 0..args.runs {
-            let tag = format!("r{rate}n{run}");
-            step(&format!(
-                "{rate} orders/s for {:?}, run {} of {}",
-                args.duration,
-                run + 1,
-                args.runs
-            ));
-            let profiling = (args.profile && rate == top && run == 0)
-                .then(|| perf_record(dev.id(), args.duration.as_secs(), &args.out))
-                .flatten();
-            let cpu_before = cpu_time(dev.id());
-            let summary = k6_load(&args, &address, rate, &tag, args.duration)?;
-            let cpu = cpu_time(dev.id())
-                .zip(cpu_before)
-                .map(|(a, b)| a.saturating_sub(b));
-            if let Some(mut perf) = profiling {
-                let _ = perf.wait();
-            }
-            let edge = edge_figures(&summary, args.duration);
-            accepted_total += edge.accepted;
-            let e2e = end_to_end(&args.tools.kafka, &outcome_topic, &tag).await?;
-            let cpu_ms_per_order =
-                cpu.map_or(0.0, |c| c.as_secs_f64() * 1000.0 / edge.accepted.max(1.0));
-            runs.push(RunFigures {
-                rate,
-                edge,
-                e2e,
-                cpu_ms_per_order,
-            });
-        }
-    }
+    let runs = ladder(&args, &dev, &address, &outcome_topic, &mut accepted_total).await?;
     let after = offsets(&args.tools.kafka, &prefix).await?;
     let two_replicas = if args.replica_rate > 0 {
         two_replicas(&args, &prefix, &address, &dev, &outcome_topic).await?
@@ -549,4 +506,68 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         started.elapsed()
     ));
     Ok(())
+}
+
+/// Raw rdkafka produce and consume rates (records/s) over `args.runs` runs, and the record
+/// size: the ceiling the system's figures are read against.
+async fn ceiling(args: &BenchArgs) -> (Vec<f64>, Vec<f64>, usize) {
+    let mut produce = Vec::new();
+    let mut consume = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..args.runs {
+        let topic = ceiling::topic(&args.tools.kafka, "bench-ceiling").await;
+        let (rate, size) = ceiling::raw_produce(&args.tools.kafka, &topic, args.messages).await;
+        produce.push(rate);
+        consume.push(ceiling::raw_consume(&args.tools.kafka, &topic, args.messages).await);
+        bytes = size;
+    }
+
+    (produce, consume, bytes)
+}
+
+/// Every rate of the ladder, `args.runs` times each, against the running system: the figures
+/// of each run. Adds the orders accepted to `accepted_total`.
+async fn ladder(
+    args: &BenchArgs,
+    dev: &std::process::Child,
+    address: &str,
+    outcome_topic: &str,
+    accepted_total: &mut f64,
+) -> anyhow::Result<Vec<RunFigures>> {
+    let mut runs: Vec<RunFigures> = Vec::new();
+    let top = args.rates.iter().copied().max().unwrap_or(0);
+    for &rate in &args.rates {
+        for run in 0..args.runs {
+            let tag = format!("r{rate}n{run}");
+            step(&format!(
+                "{rate} orders/s for {:?}, run {} of {}",
+                args.duration,
+                run + 1,
+                args.runs
+            ));
+            let profiling = (args.profile && rate == top && run == 0)
+                .then(|| perf_record(dev.id(), args.duration.as_secs(), &args.out))
+                .flatten();
+            let cpu_before = cpu_time(dev.id());
+            let summary = k6_load(args, address, rate, &tag, args.duration)?;
+            let cpu = cpu_time(dev.id())
+                .zip(cpu_before)
+                .map(|(a, b)| a.saturating_sub(b));
+            if let Some(mut perf) = profiling {
+                let _ = perf.wait();
+            }
+            let edge = edge_figures(&summary, args.duration);
+            *accepted_total += edge.accepted;
+            let e2e = end_to_end(&args.tools.kafka, outcome_topic, &tag).await?;
+            let cpu_ms_per_order =
+                cpu.map_or(0.0, |c| c.as_secs_f64() * 1000.0 / edge.accepted.max(1.0));
+            runs.push(RunFigures {
+                rate,
+                edge,
+                e2e,
+                cpu_ms_per_order,
+            });
+        }
+    }
+    Ok(runs)
 }

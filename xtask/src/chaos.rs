@@ -358,8 +358,20 @@ async fn broker_restart(
         ..Row::default()
     };
     let (mut row, _) = conclude(args, broker, prefix, row, &attempts).await?;
-    // The edge recovers by itself: once the broker is back, orders are accepted again, and
-    // every order sent from RECOVERY after that is.
+    recovery(&mut row, &attempts, stopped_at, back_at);
+    if row.refused == 0 {
+        row.notes.push(
+            "no request was refused: the outage was shorter than the delivery timeout".into(),
+        );
+    }
+    dev.terminate()?;
+    Ok(row)
+}
+
+/// The edge recovers by itself: once the broker is back, orders are accepted again, and
+/// every order sent from [`RECOVERY`] after that is. Notes when the broker stopped and came
+/// back and the first 202 after; BROKEN if the edge did not recover.
+fn recovery(row: &mut Row, attempts: &[Attempt], stopped_at: Duration, back_at: Duration) {
     let first_after = attempts
         .iter()
         .find(|a| a.at > back_at && matches!(a.answer, Answer::Accepted(_)))
@@ -384,13 +396,6 @@ async fn broker_restart(
             tail.len()
         ));
     }
-    if row.refused == 0 {
-        row.notes.push(
-            "no request was refused: the outage was shorter than the delivery timeout".into(),
-        );
-    }
-    dev.terminate()?;
-    Ok(row)
 }
 
 /// How long after the broker answers again the edge may take to accept every order.
@@ -402,13 +407,13 @@ pub(crate) fn services() -> [&'static str; sagashop_topology::Service::ALL.len()
     sagashop_topology::Service::ALL.map(sagashop_topology::Service::name)
 }
 
-async fn process_kills(
+/// Every service as its own process, each ready: the edge first, creating the topics.
+async fn start_each(
     args: &ChaosArgs,
     broker: &Broker,
     dir: &std::path::Path,
     prefix: &str,
-) -> anyhow::Result<Row> {
-    // The edge first, creating the topics; then the others, each its own process.
+) -> anyhow::Result<Vec<Proc>> {
     let mut procs = Vec::new();
     for service in ["order"]
         .iter()
@@ -426,6 +431,16 @@ async fn process_kills(
         proc.ready(Duration::from_secs(120)).await?;
         procs.push(proc);
     }
+    Ok(procs)
+}
+
+async fn process_kills(
+    args: &ChaosArgs,
+    broker: &Broker,
+    dir: &std::path::Path,
+    prefix: &str,
+) -> anyhow::Result<Row> {
+    let mut procs = start_each(args, broker, dir, prefix).await?;
     let edge = Arc::new(Mutex::new(procs[0].address.clone()));
     let base = {
         let edge = Arc::clone(&edge);
@@ -503,9 +518,82 @@ async fn duplicates(
             .to_owned(),
         ..Row::default()
     };
-    // Load, with a quarter of the orders sent three times under one Idempotency-Key: twice at
-    // once, once more later.
-    let base = dev.address.clone();
+    let load = keyed_load(args, &dev.address, prefix).await?;
+    row.offered += load.retries;
+    if load.diverged > 0 {
+        row.notes.push(format!(
+            "BROKEN: {} keys were given more than one order id",
+            load.diverged
+        ));
+    }
+    step("duplicates: waiting for every saga to finish");
+    let before = Ledger::settle(&kafka, prefix, args.settle).await?;
+    let books_before = snapshot(&kafka, prefix).await?;
+    let copies = publish_copies(&kafka, prefix).await?;
+    step(&format!(
+        "duplicates: published {copies} copies of commands and replies"
+    ));
+    // Let them be handled, then reset the participants to the beginning of their topics.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (group, _) in participants(prefix) {
+        wait_settled(&dev, &group, 0, Duration::from_secs(60)).await;
+    }
+    dev.terminate()?;
+    let rewound = rewind_participants(&kafka, prefix).await?;
+    step(&format!(
+        "duplicates: participants rewound to offset 0 ({rewound} commands to read again)"
+    ));
+    let mut dev = crate::chaos::dev(args, broker, dir, prefix).await?;
+    read_again(&kafka, &dev, prefix, &mut row).await?;
+    // Keys outlive the process: the restarted edge answers retries with the first order id.
+    let forgotten = forgotten_keys(&dev.address, &load.remembered).await;
+    row.offered += load.remembered.len();
+    if forgotten > 0 {
+        row.notes.push(format!(
+            "BROKEN: after a restart {forgotten} of {} retried keys did not get their first order id",
+            load.remembered.len()
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = Ledger::read(&kafka, prefix).await?;
+    if snapshot(&kafka, prefix).await? != books_before {
+        row.notes
+            .push("BROKEN: stock or balances changed after the duplicates and the replay".into());
+    }
+    let outcomes_before: usize = before.outcomes.values().map(Vec::len).sum();
+    let outcomes_after: usize = after.outcomes.values().map(Vec::len).sum();
+    if outcomes_after != outcomes_before {
+        row.notes.push(format!(
+            "BROKEN: outcome events went from {outcomes_before} to {outcomes_after}"
+        ));
+    }
+    row.notes.push(format!(
+        "{copies} duplicate commands and replies and {rewound} replayed commands changed nothing: stock, balances and the {outcomes_after} outcomes are as before; {} keyed requests retried after a restart got their first order id",
+        load.remembered.len() - forgotten
+    ));
+    account(&mut row, &load.attempts, &after);
+    row.books = after.books(&kafka, prefix).await?;
+    dev.terminate()?;
+    Ok(row)
+}
+
+/// What the duplicates scenario's load did.
+struct KeyedLoad {
+    /// Every first try, plain and keyed.
+    attempts: Vec<Attempt>,
+    /// Up to 50 keys, their bodies and the order id they were given: asked again after a
+    /// restart.
+    remembered: Vec<(String, serde_json::Value, String)>,
+    /// Keyed retries sent (two per key).
+    retries: usize,
+    /// Keys that were given more than one order id.
+    diverged: usize,
+}
+
+/// Load, with a quarter of the orders sent three times under one Idempotency-Key: twice at
+/// once, once more later.
+async fn keyed_load(args: &ChaosArgs, address: &str, prefix: &str) -> anyhow::Result<KeyedLoad> {
+    let base = address.to_owned();
     let plain = tokio::spawn(offer(
         Arc::new(move || base.clone()),
         args.rate * 3 / 4,
@@ -515,25 +603,29 @@ async fn duplicates(
     let client = client();
     let keyed_count = (args.rate / 4).max(1) as usize * args.duration.as_secs().max(1) as usize;
     let mut keyed = Vec::new();
-    let mut retries_diverged = 0;
     for i in 0..keyed_count {
         let key = format!("{prefix}key-{i}");
         let body = order_body(100_000 + i);
         let (a, b) = tokio::join!(
-            post(&client, &dev.address, &body, Some(&key)),
-            post(&client, &dev.address, &body, Some(&key))
+            post(&client, address, &body, Some(&key)),
+            post(&client, address, &body, Some(&key))
         );
         keyed.push((key, body, a, b));
         tokio::time::sleep(Duration::from_secs(1) / (args.rate / 4).max(1)).await;
     }
-    let mut attempts = plain.await?;
-    let mut remembered = Vec::new();
+    let mut load = KeyedLoad {
+        attempts: plain.await?,
+        remembered: Vec::new(),
+        retries: 0,
+        diverged: 0,
+    };
     for (key, body, a, b) in keyed {
-        let c = post(&client, &dev.address, &body, Some(&key)).await;
+        let c = post(&client, address, &body, Some(&key)).await;
         if let Answer::Accepted(id) = &c
-            && remembered.len() < 50
+            && load.remembered.len() < 50
         {
-            remembered.push((key.clone(), body.clone(), id.clone()));
+            load.remembered
+                .push((key.clone(), body.clone(), id.clone()));
         }
         let ids: Vec<&str> = [&a, &b, &c]
             .iter()
@@ -543,30 +635,26 @@ async fn duplicates(
             })
             .collect();
         if ids.windows(2).any(|w| w[0] != w[1]) {
-            retries_diverged += 1;
+            load.diverged += 1;
         }
-        row.offered += 2; // the retries; the first try is counted as an attempt
-        attempts.push(Attempt {
+        load.retries += 2; // the first try is counted as an attempt
+        load.attempts.push(Attempt {
             at: Duration::ZERO,
             answer: a,
         });
     }
-    if retries_diverged > 0 {
-        row.notes.push(format!(
-            "BROKEN: {retries_diverged} keys were given more than one order id"
-        ));
-    }
-    step("duplicates: waiting for every saga to finish");
-    let before = Ledger::settle(&kafka, prefix, args.settle).await?;
-    let books_before = snapshot(&kafka, prefix).await?;
+    Ok(load)
+}
 
-    // Duplicate every command and reply: same key, payload and headers (so the same message id).
+/// Publishes every command and reply twice more: same key, payload and headers (so the same
+/// message id). Returns how many copies.
+async fn publish_copies(kafka: &sagashop_kit::KafkaConfig, prefix: &str) -> anyhow::Result<usize> {
     let mut topics: Vec<String> = participants(prefix).into_iter().map(|(_, t)| t).collect();
     topics.push(topic(prefix, Service::Orchestrator, "replies"));
-    let publisher = Publisher::new(&kafka, "chaos")?;
+    let publisher = Publisher::new(kafka, "chaos")?;
     let mut copies = 0;
     for topic in topics {
-        let records = read_to_end(&kafka, "chaos", &topic, Duration::from_secs(60)).await?;
+        let records = read_to_end(kafka, "chaos", &topic, Duration::from_secs(60)).await?;
         let outgoing: Vec<Outgoing> = records
             .into_iter()
             .map(|r| Outgoing {
@@ -586,73 +674,60 @@ async fn duplicates(
             copies += outgoing.len();
         }
     }
-    step(&format!(
-        "duplicates: published {copies} copies of commands and replies"
-    ));
-    // Let them be handled, then reset the participants to the beginning of their topics.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    for (group, _) in participants(prefix) {
-        wait_settled(&dev, &group, 0, Duration::from_secs(60)).await;
-    }
-    dev.terminate()?;
+    Ok(copies)
+}
+
+/// Resets every participant's group to offset 0 of its command topic (the system is down).
+/// Returns how many commands they will read again.
+async fn rewind_participants(
+    kafka: &sagashop_kit::KafkaConfig,
+    prefix: &str,
+) -> anyhow::Result<usize> {
     let mut rewound = 0;
     for (group, topic) in participants(prefix) {
-        rewind(&kafka, &group, &topic)?;
-        rewound += read_to_end(&kafka, "chaos", &topic, Duration::from_secs(60))
+        rewind(kafka, &group, &topic)?;
+        rewound += read_to_end(kafka, "chaos", &topic, Duration::from_secs(60))
             .await?
             .len();
     }
-    step(&format!(
-        "duplicates: participants rewound to offset 0 ({rewound} commands to read again)"
-    ));
-    let mut dev = crate::chaos::dev(args, broker, dir, prefix).await?;
+    Ok(rewound)
+}
+
+/// Waits for each rewound participant to read its whole command topic again; notes one that
+/// does not.
+async fn read_again(
+    kafka: &sagashop_kit::KafkaConfig,
+    dev: &Proc,
+    prefix: &str,
+    row: &mut Row,
+) -> anyhow::Result<()> {
     for (group, topic) in participants(prefix) {
-        let total = read_to_end(&kafka, "chaos", &topic, Duration::from_secs(60))
+        let total = read_to_end(kafka, "chaos", &topic, Duration::from_secs(60))
             .await?
             .len() as u64;
-        if !wait_settled(&dev, &group, total, Duration::from_secs(120)).await {
+        if !wait_settled(dev, &group, total, Duration::from_secs(120)).await {
             row.notes.push(format!(
                 "BROKEN: {group} did not read its {total} commands again"
             ));
         }
     }
-    // Keys outlive the process: the restarted edge answers retries with the first order id.
+    Ok(())
+}
+
+/// Asks again with each remembered key; returns how many did not get their first order id.
+async fn forgotten_keys(
+    address: &str,
+    remembered: &[(String, serde_json::Value, String)],
+) -> usize {
+    let client = client();
     let mut forgotten = 0;
-    for (key, body, id) in &remembered {
-        match post(&client, &dev.address, body, Some(key)).await {
+    for (key, body, id) in remembered {
+        match post(&client, address, body, Some(key)).await {
             Answer::Accepted(again) if again == *id => {}
             _ => forgotten += 1,
         }
     }
-    row.offered += remembered.len();
-    if forgotten > 0 {
-        row.notes.push(format!(
-            "BROKEN: after a restart {forgotten} of {} retried keys did not get their first order id",
-            remembered.len()
-        ));
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = Ledger::read(&kafka, prefix).await?;
-    let books_after = snapshot(&kafka, prefix).await?;
-    if books_after != books_before {
-        row.notes
-            .push("BROKEN: stock or balances changed after the duplicates and the replay".into());
-    }
-    let outcomes_before: usize = before.outcomes.values().map(Vec::len).sum();
-    let outcomes_after: usize = after.outcomes.values().map(Vec::len).sum();
-    if outcomes_after != outcomes_before {
-        row.notes.push(format!(
-            "BROKEN: outcome events went from {outcomes_before} to {outcomes_after}"
-        ));
-    }
-    row.notes.push(format!(
-        "{copies} duplicate commands and replies and {rewound} replayed commands changed nothing: stock, balances and the {outcomes_after} outcomes are as before; {} keyed requests retried after a restart got their first order id",
-        remembered.len() - forgotten
-    ));
-    account(&mut row, &attempts, &after);
-    row.books = after.books(&kafka, prefix).await?;
-    dev.terminate()?;
-    Ok(row)
+    forgotten
 }
 
 /// Stock and balances as Kafka holds them.

@@ -159,48 +159,10 @@ pub(crate) async fn run(
         namespace: namespace.clone(),
         dir: dir.to_owned(),
     };
-    let values_file = dir.join("values.yaml");
-    std::fs::write(&values_file, values(&pods_bootstrap, prefix))?;
-    let chart = std::env::current_dir()?.join("charts/sagashop");
-    step(&format!("pod-faults: helm install into {namespace}"));
-    let started = Instant::now();
-    helm(
-        &[
-            "install",
-            "sagashop",
-            &chart.display().to_string(),
-            "-n",
-            &namespace,
-            "-f",
-            &values_file.display().to_string(),
-            "--wait",
-            "--timeout",
-            "5m",
-        ],
-        &log,
-    )?;
-    wait_settled(&namespace, &log, Duration::from_secs(300)).await?;
-    let mut notes = vec![format!(
-        "helm install to every pod Ready and stamped: {:.1?}",
-        started.elapsed()
-    )];
-    let ip = kubectl(
-        &[
-            "get",
-            "service",
-            "sagashop-order",
-            "-n",
-            &namespace,
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ],
-        &log,
-    )?;
-    let base = format!("{}:8080", ip.trim());
+    let (base, mut notes) = install(&namespace, dir, &pods_bootstrap, prefix, &log).await?;
     step(&format!(
         "pod-faults: orders to the order Service at {base}"
     ));
-
     let faults_done = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(offer(
         Arc::new(move || base.clone()),
@@ -210,69 +172,8 @@ pub(crate) async fn run(
     ));
     // Seven deletions and two scalings share the load's duration.
     let gap = args.duration / 10;
-    for service in services() {
-        tokio::time::sleep(gap).await;
-        let selector = format!("app.kubernetes.io/component={service}");
-        let pod = kubectl(
-            &[
-                "get",
-                "pods",
-                "-n",
-                &namespace,
-                "-l",
-                &selector,
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            ],
-            &log,
-        )?;
-        step(&format!("pod-faults: kubectl delete pod {pod}"));
-        let down = Instant::now();
-        kubectl(
-            &[
-                "delete",
-                "pod",
-                "-n",
-                &namespace,
-                pod.trim(),
-                "--wait=false",
-            ],
-            &log,
-        )?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        wait_settled(&namespace, &log, Duration::from_secs(180)).await?;
-        notes.push(format!(
-            "{service}: a new pod Ready {:.1?} after the delete",
-            down.elapsed()
-        ));
-    }
-    for replicas in ["3", "1"] {
-        tokio::time::sleep(gap).await;
-        let started = Instant::now();
-        for participant in crate::names::PARTICIPANTS.map(sagashop_topology::Service::name) {
-            step(&format!(
-                "pod-faults: kubectl scale {participant} --replicas {replicas}"
-            ));
-            kubectl(
-                &[
-                    "scale",
-                    "deployment",
-                    &format!("sagashop-{participant}"),
-                    "-n",
-                    &namespace,
-                    "--replicas",
-                    replicas,
-                ],
-                &log,
-            )?;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        wait_settled(&namespace, &log, Duration::from_secs(180)).await?;
-        notes.push(format!(
-            "participants scaled to {replicas}: Ready in {:.1?}",
-            started.elapsed()
-        ));
-    }
+    notes.extend(delete_each(&namespace, gap, &log).await?);
+    notes.extend(scale_participants(&namespace, gap, &log).await?);
     tokio::time::sleep(gap).await;
     faults_done.store(true, Ordering::SeqCst);
     let attempts = load.await?;
@@ -301,4 +202,126 @@ pub(crate) async fn run(
         ));
     }
     Ok(row)
+}
+
+/// `helm install` of the chart into `namespace`, every pod Ready: the order Service's address
+/// and a note of how long it took.
+async fn install(
+    namespace: &str,
+    dir: &Path,
+    pods_bootstrap: &str,
+    prefix: &str,
+    log: &Path,
+) -> anyhow::Result<(String, Vec<String>)> {
+    let values_file = dir.join("values.yaml");
+    std::fs::write(&values_file, values(pods_bootstrap, prefix))?;
+    let chart = std::env::current_dir()?.join("charts/sagashop");
+    step(&format!("pod-faults: helm install into {namespace}"));
+    let started = Instant::now();
+    helm(
+        &[
+            "install",
+            "sagashop",
+            &chart.display().to_string(),
+            "-n",
+            namespace,
+            "-f",
+            &values_file.display().to_string(),
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+        log,
+    )?;
+    wait_settled(namespace, log, Duration::from_secs(300)).await?;
+    let notes = vec![format!(
+        "helm install to every pod Ready and stamped: {:.1?}",
+        started.elapsed()
+    )];
+    let ip = kubectl(
+        &[
+            "get",
+            "service",
+            "sagashop-order",
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+        log,
+    )?;
+    Ok((format!("{}:8080", ip.trim()), notes))
+}
+
+/// `kubectl delete pod` of one pod of each service in turn, `gap` apart, each time waiting for
+/// every Deployment to be Ready again: a note per service.
+async fn delete_each(namespace: &str, gap: Duration, log: &Path) -> anyhow::Result<Vec<String>> {
+    let mut notes = Vec::new();
+    for service in services() {
+        tokio::time::sleep(gap).await;
+        let selector = format!("app.kubernetes.io/component={service}");
+        let pod = kubectl(
+            &[
+                "get",
+                "pods",
+                "-n",
+                namespace,
+                "-l",
+                &selector,
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
+            log,
+        )?;
+        step(&format!("pod-faults: kubectl delete pod {pod}"));
+        let down = Instant::now();
+        kubectl(
+            &["delete", "pod", "-n", namespace, pod.trim(), "--wait=false"],
+            log,
+        )?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        wait_settled(namespace, log, Duration::from_secs(180)).await?;
+        notes.push(format!(
+            "{service}: a new pod Ready {:.1?} after the delete",
+            down.elapsed()
+        ));
+    }
+    Ok(notes)
+}
+
+/// The participants scaled to 3 replicas, then back to 1, `gap` apart: a note per scaling.
+async fn scale_participants(
+    namespace: &str,
+    gap: Duration,
+    log: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let mut notes = Vec::new();
+    for replicas in ["3", "1"] {
+        tokio::time::sleep(gap).await;
+        let started = Instant::now();
+        for participant in crate::names::PARTICIPANTS.map(sagashop_topology::Service::name) {
+            step(&format!(
+                "pod-faults: kubectl scale {participant} --replicas {replicas}"
+            ));
+            kubectl(
+                &[
+                    "scale",
+                    "deployment",
+                    &format!("sagashop-{participant}"),
+                    "-n",
+                    namespace,
+                    "--replicas",
+                    replicas,
+                ],
+                log,
+            )?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        wait_settled(namespace, log, Duration::from_secs(180)).await?;
+        notes.push(format!(
+            "participants scaled to {replicas}: Ready in {:.1?}",
+            started.elapsed()
+        ));
+    }
+    Ok(notes)
 }

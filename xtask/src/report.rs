@@ -224,6 +224,17 @@ impl Report {
         let steps = self.steps();
         crate::charts::draw(dir, &steps)?;
         let mut md = String::new();
+        self.head(&mut md);
+        self.ceiling_and_edge(&mut md, &steps);
+        self.end_to_end(&mut md, &steps);
+        self.two_replicas(&mut md, &steps);
+        self.ratios_operator_profile(&mut md, &steps);
+        std::fs::write(dir.join("report.md"), md)?;
+        Ok(())
+    }
+
+    /// The title and the machine.
+    fn head(&self, md: &mut String) {
         let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
         let memory = std::fs::read_to_string("/proc/meminfo")
             .ok()
@@ -241,6 +252,10 @@ impl Report {
             chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
             self.took
         );
+    }
+
+    /// The raw Kafka ceiling and the edge's table.
+    fn ceiling_and_edge(&self, md: &mut String, steps: &[Step]) {
         let _ = writeln!(md, "## Ceiling: raw rdkafka on this broker\n");
         let _ = writeln!(md, "| what | msgs/s |\n| --- | ---: |");
         let _ = writeln!(
@@ -259,7 +274,7 @@ impl Report {
             md,
             "| offered/s | accepted/s | errors | p50 ms | p95 ms | p99 ms |\n| ---: | ---: | ---: | ---: | ---: | ---: |"
         );
-        for s in &steps {
+        for s in steps {
             let _ = writeln!(
                 md,
                 "| {} | {} | {:.0} | {} | {} | {} |",
@@ -280,6 +295,10 @@ impl Report {
             md,
             "\nHighest offered rate with p99 under 50 ms and zero errors in every run: {best}.\n\n![edge](edge.png)\n"
         );
+    }
+
+    /// From `202 Accepted` to the outcome, per rate.
+    fn end_to_end(&self, md: &mut String, steps: &[Step]) {
         let _ = writeln!(
             md,
             "## End to end: from `202 Accepted` to the outcome event\n\nTimes are `completedAt` (or `cancelledAt`) minus `placedAt` from the outcome events; completed/s is completed sagas over the time from the first `placedAt` to the last outcome; CPU is what `sagashop dev` (every service in one process) used during the run and its drain, per accepted order.\n"
@@ -288,7 +307,7 @@ impl Report {
             md,
             "| offered/s | completed/s | cancelled | unfinished | p50 ms | p95 ms | p99 ms | CPU ms per order |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
-        for s in &steps {
+        for s in steps {
             let _ = writeln!(
                 md,
                 "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} |",
@@ -306,6 +325,10 @@ impl Report {
             md,
             "\n![throughput](throughput.png)\n\n![end to end](e2e.png)\n"
         );
+    }
+
+    /// One replica against two, at the rate both ran, when two did.
+    fn two_replicas(&self, md: &mut String, steps: &[Step]) {
         if let Some(two) = self.two_replica_step() {
             let one = steps.iter().find(|s| s.rate == two.rate);
             let _ = writeln!(
@@ -335,6 +358,10 @@ impl Report {
             }
             let _ = writeln!(md);
         }
+    }
+
+    /// Ratios to the ceiling, the operator's figures and the profile.
+    fn ratios_operator_profile(&self, md: &mut String, steps: &[Step]) {
         let _ = writeln!(md, "## Ratios to the ceiling\n");
         let _ = writeln!(
             md,
@@ -346,7 +373,7 @@ impl Report {
             md,
             "| offered/s | edge ÷ produce ceiling | completed × offsets ÷ produce ceiling |\n| ---: | ---: | ---: |"
         );
-        for s in &steps {
+        for s in steps {
             let _ = writeln!(
                 md,
                 "| {} | {:.2} % | {:.1} % |",
@@ -376,8 +403,6 @@ impl Report {
                 "\n## Profile of `sagashop dev` at the highest rate (perf, cpu-clock, self time)\n\n```\n{profile}\n```"
             );
         }
-        std::fs::write(dir.join("report.md"), md)?;
-        Ok(())
     }
 }
 

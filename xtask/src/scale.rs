@@ -162,20 +162,7 @@ pub(crate) async fn run(
     prefix: &str,
 ) -> anyhow::Result<Row> {
     let kafka = broker.config();
-    let mut services: Vec<Service> = ["order"]
-        .into_iter()
-        .chain(services().into_iter().filter(|s| *s != "order"))
-        .map(|name| Service {
-            name,
-            replicas: Vec::new(),
-        })
-        .collect();
-    // The edge first: it creates the topics.
-    let edges = Edges::default();
-    let (first, rest) = services.split_at_mut(1);
-    scale_to(args, broker, dir, prefix, first, 1, &edges).await?;
-    scale_to(args, broker, dir, prefix, rest, 1, &edges).await?;
-    edges.set(&services, 1);
+    let (mut services, edges) = start_all(args, broker, dir, prefix).await?;
     let base = {
         let edges = edges.clone();
         Arc::new(move || edges.pick())
@@ -194,23 +181,8 @@ pub(crate) async fn run(
 
     // One key, two edges, at once: one order.
     tokio::time::sleep(gap / 2).await;
-    let (keyed, diverged, keyed_ids) = same_key_on_two_edges(&services, prefix, 40).await;
-    let keyed_attempts: Vec<Attempt> = keyed_ids
-        .iter()
-        .map(|id| Attempt {
-            at: Duration::ZERO,
-            answer: Answer::Accepted(id.clone()),
-        })
-        .collect();
-    if diverged > 0 {
-        notes.push(format!(
-            "BROKEN: {diverged} of {keyed} keys sent to two edges at once were given two order ids"
-        ));
-    } else {
-        notes.push(format!(
-            "{keyed} keys each sent to two edges at once: one order id per key"
-        ));
-    }
+    let (keyed_attempts, keyed_ids, note) = two_edges(&services, prefix).await;
+    notes.push(note);
 
     tokio::time::sleep(gap / 2).await;
     step("scale: every service 3 -> 2 replicas");
@@ -218,32 +190,8 @@ pub(crate) async fn run(
 
     tokio::time::sleep(gap / 2).await;
     step("scale: kill -9 replica 1 of every service but the edge");
-    let killed = Instant::now();
     let killed_at = chrono::Utc::now();
-    for service in services.iter_mut().filter(|s| s.name != "order") {
-        if let Some(proc) = service.proc(1) {
-            proc.kill9()?;
-        }
-        service.replicas.truncate(1);
-    }
-    let orchestrator = services
-        .iter()
-        .find(|s| s.name == "orchestrator")
-        .and_then(|s| s.replicas.first())
-        .and_then(Option::as_ref)
-        .context("no orchestrator left")?;
-    match takeover(orchestrator, killed, Duration::from_secs(120)).await {
-        Some(after) => notes.push(format!(
-            "after kill -9 of a replica of each participant and the orchestrator, the \
-             surviving orchestrator had restored the killed one's partitions {after:.1?} later \
-             (session timeout, rebalance, then the killed transactions' abort)"
-        )),
-        None => notes.push(
-            "the surviving orchestrator never reported a takeover (it may have owned the \
-             partitions already)"
-                .to_owned(),
-        ),
-    }
+    notes.push(kill_replicas(&mut services).await?);
 
     tokio::time::sleep(gap / 2).await;
     step("scale: every service 2 -> 1 replicas");
@@ -269,7 +217,104 @@ pub(crate) async fn run(
         "every accepted order final {:.1?} after the last scaling step",
         last_step.elapsed()
     ));
-    for id in &keyed_ids {
+    check(&kafka, prefix, &mut row, &ledger, &keyed_ids).await?;
+    if let Some(note) = longest_restore(&services, killed_at) {
+        row.notes.push(note);
+    }
+
+    for service in &mut services {
+        for proc in service.replicas.iter_mut().flatten() {
+            proc.terminate()?;
+        }
+    }
+    Ok(row)
+}
+
+/// Every service, one process each, the edge first (it creates the topics); and the edges
+/// the load is spread over.
+async fn start_all(
+    args: &ChaosArgs,
+    broker: &Broker,
+    dir: &std::path::Path,
+    prefix: &str,
+) -> anyhow::Result<(Vec<Service>, Edges)> {
+    let mut services: Vec<Service> = ["order"]
+        .into_iter()
+        .chain(services().into_iter().filter(|s| *s != "order"))
+        .map(|name| Service {
+            name,
+            replicas: Vec::new(),
+        })
+        .collect();
+    let edges = Edges::default();
+    let (first, rest) = services.split_at_mut(1);
+    scale_to(args, broker, dir, prefix, first, 1, &edges).await?;
+    scale_to(args, broker, dir, prefix, rest, 1, &edges).await?;
+    edges.set(&services, 1);
+    Ok((services, edges))
+}
+
+/// The same key sent to two edges at once, 40 times: the answers as attempts, the order ids
+/// given, and a note (BROKEN if a key got two ids).
+async fn two_edges(services: &[Service], prefix: &str) -> (Vec<Attempt>, Vec<String>, String) {
+    let (keyed, diverged, keyed_ids) = same_key_on_two_edges(services, prefix, 40).await;
+    let attempts = keyed_ids
+        .iter()
+        .map(|id| Attempt {
+            at: Duration::ZERO,
+            answer: Answer::Accepted(id.clone()),
+        })
+        .collect();
+    let note = if diverged > 0 {
+        format!(
+            "BROKEN: {diverged} of {keyed} keys sent to two edges at once were given two order ids"
+        )
+    } else {
+        format!("{keyed} keys each sent to two edges at once: one order id per key")
+    };
+    (attempts, keyed_ids, note)
+}
+
+/// `kill -9` of replica 1 of every service but the edge; a note of how long the surviving
+/// orchestrator took to restore the killed one's partitions.
+async fn kill_replicas(services: &mut [Service]) -> anyhow::Result<String> {
+    let killed = Instant::now();
+    for service in services.iter_mut().filter(|s| s.name != "order") {
+        if let Some(proc) = service.proc(1) {
+            proc.kill9()?;
+        }
+        service.replicas.truncate(1);
+    }
+    let orchestrator = services
+        .iter()
+        .find(|s| s.name == "orchestrator")
+        .and_then(|s| s.replicas.first())
+        .and_then(Option::as_ref)
+        .context("no orchestrator left")?;
+    Ok(
+        match takeover(orchestrator, killed, Duration::from_secs(120)).await {
+            Some(after) => format!(
+                "after kill -9 of a replica of each participant and the orchestrator, the \
+                 surviving orchestrator had restored the killed one's partitions {after:.1?} \
+                 later (session timeout, rebalance, then the killed transactions' abort)"
+            ),
+            None => "the surviving orchestrator never reported a takeover (it may have owned \
+                     the partitions already)"
+                .to_owned(),
+        },
+    )
+}
+
+/// The scenario's own promises: each keyed order finished once, nothing oversold, some orders
+/// refused (stock and money ran out).
+async fn check(
+    kafka: &sagashop_kit::KafkaConfig,
+    prefix: &str,
+    row: &mut Row,
+    ledger: &crate::fleet::Ledger,
+    keyed_ids: &[String],
+) -> anyhow::Result<()> {
+    for id in keyed_ids {
         if ledger.outcomes.get(id).is_none_or(|o| o.len() != 1) {
             row.notes.push(format!(
                 "BROKEN: keyed order {id} finished {} times",
@@ -277,7 +322,7 @@ pub(crate) async fn run(
             ));
         }
     }
-    let stock = latest(&kafka, &topic(prefix, Named::Inventory, "stock")).await?;
+    let stock = latest(kafka, &topic(prefix, Named::Inventory, "stock")).await?;
     let oversold: Vec<String> = stock
         .iter()
         .filter(|(_, v)| v.as_i64().is_some_and(|n| n < 0))
@@ -291,28 +336,28 @@ pub(crate) async fn run(
         row.notes
             .push("BROKEN: no order was refused: the scenario must run stock and money out".into());
     }
-    // How long the survivors' restores waited for the transactions the killed replicas left
-    // open (bounded by the transaction timeout).
-    let restores: Vec<(String, Duration)> = services
+    Ok(())
+}
+
+/// How long the survivors' restores waited for the transactions the killed replicas left
+/// open (bounded by the transaction timeout): a note naming the longest.
+fn longest_restore(
+    services: &[Service],
+    killed_at: chrono::DateTime<chrono::Utc>,
+) -> Option<String> {
+    services
         .iter()
         .filter_map(|s| {
             let proc = s.replicas.first()?.as_ref()?;
             Some((s.name.to_owned(), proc.longest_restore_since(killed_at)?))
         })
-        .collect();
-    if let Some((name, longest)) = restores.iter().max_by_key(|(_, d)| *d) {
-        row.notes.push(format!(
-            "the longest state restore after the kill took {longest:.1?} ({name}): the wait \
-             for transactions the killed replicas left open"
-        ));
-    }
-
-    for service in &mut services {
-        for proc in service.replicas.iter_mut().flatten() {
-            proc.terminate()?;
-        }
-    }
-    Ok(row)
+        .max_by_key(|(_, d)| *d)
+        .map(|(name, longest)| {
+            format!(
+                "the longest state restore after the kill took {longest:.1?} ({name}): the wait \
+                 for transactions the killed replicas left open"
+            )
+        })
 }
 
 /// Sends `n` keyed orders, each to two different edges at the same moment; returns how many

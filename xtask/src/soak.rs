@@ -114,27 +114,8 @@ pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<()> {
     while offered < args.orders {
         let left = args.orders - offered;
         let seconds = (left / u64::from(args.rate.max(1))).clamp(1, args.every.as_secs().max(1));
-        let summary = k6_run(
-            &args.tools.k6,
-            &args.out,
-            &address,
-            args.rate,
-            // One tag for every run: k6 names its customers after it, and a customer's
-            // balance is state kept for good, so new names each run would grow it.
-            "soak",
-            Duration::from_secs(seconds),
-            0,
-        )?;
         offered += u64::from(args.rate) * seconds;
-        let accepted = metric(&summary, "orders_accepted", "count");
-        let sample = Sample {
-            minutes: load_started.elapsed().as_secs_f64() / 60.0,
-            orders: offered,
-            accepted_per_s: accepted / seconds as f64,
-            post_p99_ms: metric(&summary, "http_req_duration{name:place}", "p(99)"),
-            rss_mb: rss_mb(dev.id()),
-            entries: store_entries(&address).await,
-        };
+        let sample = load(&args, &address, dev.id(), seconds, offered, &load_started).await?;
         step(&format!(
             "{offered} of {} orders · {:.0} accepted/s · POST p99 {:.0} ms · RSS {:.0} MB · {} keys in the stores",
             args.orders, sample.accepted_per_s, sample.post_p99_ms, sample.rss_mb, sample.entries
@@ -163,6 +144,38 @@ pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<()> {
     }
     step(&format!("report: {}", path.display()));
     Ok(())
+}
+
+/// `seconds` of k6 load at `args.rate` against `address`, then a sample: `offered` orders so
+/// far, the process's memory and its stores' keys.
+async fn load(
+    args: &SoakArgs,
+    address: &str,
+    pid: u32,
+    seconds: u64,
+    offered: u64,
+    load_started: &Instant,
+) -> anyhow::Result<Sample> {
+    let summary = k6_run(
+        &args.tools.k6,
+        &args.out,
+        address,
+        args.rate,
+        // One tag for every run: k6 names its customers after it, and a customer's
+        // balance is state kept for good, so new names each run would grow it.
+        "soak",
+        Duration::from_secs(seconds),
+        0,
+    )?;
+    let accepted = metric(&summary, "orders_accepted", "count");
+    Ok(Sample {
+        minutes: load_started.elapsed().as_secs_f64() / 60.0,
+        orders: offered,
+        accepted_per_s: accepted / seconds as f64,
+        post_p99_ms: metric(&summary, "http_req_duration{name:place}", "p(99)"),
+        rss_mb: rss_mb(pid),
+        entries: store_entries(address).await,
+    })
 }
 
 /// Stops `dev` gracefully, starts it again and times the restore.

@@ -25,24 +25,7 @@ fn main() {
     .unwrap();
     let view = SagaView::new(&d);
     let started = Instant::now();
-    for k in 0..n {
-        let trigger = serde_json::json!({ "customerId": format!("c-{}", k % 10_000) });
-        let (mut i, _) = Instance::start(
-            &d,
-            format!("saga-{k:08}"),
-            "c".into(),
-            trigger.as_object().unwrap().clone(),
-            k,
-        );
-        // 1 in 1,000 stays running; the rest complete.
-        if k % 1000 != 0 {
-            for command in ["ReserveInventory", "AuthorizePayment", "CreateShipment"] {
-                let step = d.steps[i.step].name.clone();
-                let _ = i.apply(&d, &step, command, 1, &Reply::Succeeded, k + 1);
-            }
-        }
-        view.apply(&i.saga_id.clone(), Some(&i));
-    }
+    fill(&view, &d, n);
     let rss = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -56,6 +39,58 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     let now = chrono::DateTime::from_timestamp_millis(n).unwrap();
+    let cases = cases(&view, now);
+    println!("| query | returned | median | max |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (name, filter) in cases {
+        let mut times = Vec::new();
+        let mut returned = 0;
+        for _ in 0..20 {
+            let t = Instant::now();
+            returned = view.list(&filter, now).sagas.len();
+            times.push(t.elapsed());
+        }
+        times.sort();
+        println!(
+            "| {name} | {returned} | {:.2} ms | {:.2} ms |",
+            times[10].as_secs_f64() * 1000.0,
+            times[19].as_secs_f64() * 1000.0
+        );
+    }
+    let t = Instant::now();
+    for k in 0..1000 {
+        view.get(&format!("saga-{:08}", k * 997 % n));
+    }
+    println!(
+        "| one instance by id (GET /api/sagas/{{id}}), mean of 1,000 | 1 | {:.3} ms | |",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// Fills `view` with `n` instances of `d`: 1 in 1,000 left running, the rest completed.
+fn fill(view: &SagaView, d: &sagashop_saga::Definition, n: i64) {
+    for k in 0..n {
+        let trigger = serde_json::json!({ "customerId": format!("c-{}", k % 10_000) });
+        let (mut i, _) = Instance::start(
+            d,
+            format!("saga-{k:08}"),
+            "c".into(),
+            trigger.as_object().unwrap().clone(),
+            k,
+        );
+        // 1 in 1,000 stays running; the rest complete.
+        if k % 1000 != 0 {
+            for command in ["ReserveInventory", "AuthorizePayment", "CreateShipment"] {
+                let step = d.steps[i.step].name.clone();
+                let _ = i.apply(d, &step, command, 1, &Reply::Succeeded, k + 1);
+            }
+        }
+        view.apply(&i.saga_id.clone(), Some(&i));
+    }
+}
+
+/// The queries timed: each kind of filter, a page of 50.
+fn cases(view: &SagaView, now: chrono::DateTime<chrono::Utc>) -> Vec<(&'static str, Filter)> {
     let page = |filter: Filter| Filter {
         limit: 50,
         ..filter
@@ -70,7 +105,7 @@ fn main() {
         )
         .next
         .and_then(|c| Cursor::parse(&c));
-    let cases: Vec<(&str, Filter)> = vec![
+    vec![
         ("first page of 50, no filter", page(Filter::default())),
         (
             "page of 50 after a cursor",
@@ -108,30 +143,5 @@ fn main() {
                 ..Filter::default()
             }),
         ),
-    ];
-    println!("| query | returned | median | max |");
-    println!("| --- | ---: | ---: | ---: |");
-    for (name, filter) in cases {
-        let mut times = Vec::new();
-        let mut returned = 0;
-        for _ in 0..20 {
-            let t = Instant::now();
-            returned = view.list(&filter, now).sagas.len();
-            times.push(t.elapsed());
-        }
-        times.sort();
-        println!(
-            "| {name} | {returned} | {:.2} ms | {:.2} ms |",
-            times[10].as_secs_f64() * 1000.0,
-            times[19].as_secs_f64() * 1000.0
-        );
-    }
-    let t = Instant::now();
-    for k in 0..1000 {
-        view.get(&format!("saga-{:08}", k * 997 % n));
-    }
-    println!(
-        "| one instance by id (GET /api/sagas/{{id}}), mean of 1,000 | 1 | {:.3} ms | |",
-        t.elapsed().as_secs_f64()
-    );
+    ]
 }
