@@ -68,3 +68,67 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+impl Error {
+    /// Whether Kafka being away or slow explains it, so that the same call can work later: the
+    /// broker unreachable, a connection lost, a request timed out, a leader or coordinator
+    /// moving. Settings, refusals and bugs are not.
+    pub fn is_transient(&self) -> bool {
+        use RDKafkaErrorCode as C;
+        let cause = match self {
+            Self::Unreachable { .. } => return true,
+            Self::Client { cause, .. } | Self::Admin { cause, .. } => cause,
+            _ => return false,
+        };
+        matches!(
+            cause.rdkafka_error_code(),
+            Some(
+                C::BrokerTransportFailure
+                    | C::AllBrokersDown
+                    | C::Resolve
+                    | C::NetworkException
+                    | C::RequestTimedOut
+                    | C::OperationTimedOut
+                    | C::LeaderNotAvailable
+                    | C::NotLeaderForPartition
+                    | C::CoordinatorLoadInProgress
+                    | C::CoordinatorNotAvailable
+                    | C::NotCoordinator
+            )
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_being_away_is_transient_and_a_bad_setting_is_not() {
+        let consumer = |cause| Error::Client {
+            what: "consumer",
+            cause,
+        };
+        // What a restore hit during a broker restart (the fault suite's broker-restart).
+        let away = consumer(KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BrokerTransportFailure,
+        ));
+        assert!(away.is_transient(), "{away}");
+        assert!(
+            consumer(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::OperationTimedOut
+            ))
+            .is_transient()
+        );
+        assert!(
+            !consumer(KafkaError::ClientCreation("bad setting".into())).is_transient(),
+            "librdkafka refusing a configuration will refuse it again"
+        );
+        let setting = Error::InvalidConfig {
+            setting: "partitions",
+            reason: "not co-partitioned".into(),
+        };
+        assert!(!setting.is_transient());
+        assert!(!Error::Internal("a panicked task".into()).is_transient());
+    }
+}

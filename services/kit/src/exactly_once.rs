@@ -63,7 +63,10 @@ pub(crate) async fn run(
         // The assignment changed: restore the state of the partitions owned now (another
         // member may have written it) and drop the rest.
         if assigned.swap(false, Ordering::SeqCst) {
-            owned = crate::group::assign(&consumer, &stores).await?;
+            match crate::group::assign_when_reachable(&consumer, &stores, &shutdown).await? {
+                Some(now) => owned = now,
+                None => break,
+            }
         }
         // Records fetched before a rebalance took their partition away: its new owner has them.
         batch.retain(|r| owned.contains(&(r.topic.clone(), r.partition)));
@@ -136,7 +139,17 @@ async fn forget_batch(
 ) -> Result<(), Error> {
     if !assigned.load(Ordering::SeqCst) {
         for store in stores {
-            store.reload().await?;
+            match store.reload().await {
+                Ok(()) => {}
+                // Kafka is away (what failed the batch, often): restore the whole assignment
+                // before the next batch instead, trying until it is back.
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "reloading the stores after an abort failed; restoring them before the next batch");
+                    assigned.store(true, Ordering::SeqCst);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     rewind(consumer, timeout).await

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 use crate::monitor::{GroupLabels, Monitor, PartitionLabels, ReadyFlag};
 use crate::partitions::{Partition, Partitions};
+use crate::retry::RetryPolicy;
 use crate::store::Reload;
 
 /// The consumer's view of group membership: ready once the group assigned us partitions.
@@ -166,6 +167,32 @@ pub(crate) fn assignment(
     Ok((owned, numbers.into_iter().collect()))
 }
 
+/// [`assign`], tried again while Kafka is away: a rebalance during a broker outage must not
+/// stop the service. No record of the new assignment is worked on until its state is
+/// restored. `None` when `shutdown` comes first.
+pub(crate) async fn assign_when_reachable(
+    consumer: &StreamConsumer<GroupContext>,
+    stores: &[Arc<dyn Reload>],
+    shutdown: &CancellationToken,
+) -> Result<Option<std::collections::HashSet<Partition>>, Error> {
+    let backoff = RetryPolicy::unbounded(Duration::from_millis(200), Duration::from_secs(10));
+    let mut failed = 0;
+    loop {
+        match assign(consumer, stores).await {
+            Ok(owned) => return Ok(Some(owned)),
+            Err(e) if e.is_transient() => {
+                failed += 1;
+                tracing::warn!(error = %e, attempt = failed, "restoring the state of the assigned partitions failed while Kafka is away; trying again");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(backoff.backoff(failed)) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Restores every store for the partitions assigned now; returns them.
 pub(crate) async fn assign(
     consumer: &StreamConsumer<GroupContext>,
@@ -177,4 +204,111 @@ pub(crate) async fn assign(
     }
     tracing::debug!(partitions = ?numbers, "state restored for the assigned partitions");
     Ok(owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicU32;
+
+    use rdkafka::ClientConfig;
+
+    use super::*;
+    use crate::record::Outgoing;
+
+    /// What a restore meets while the broker is away.
+    fn away() -> Error {
+        Error::Client {
+            what: "consumer",
+            cause: KafkaError::MessageConsumption(RDKafkaErrorCode::BrokerTransportFailure),
+        }
+    }
+
+    /// A store whose restore number `n` (from 0) fails with `fail(n)`, if that is an error.
+    struct Failing {
+        fail: fn(u32) -> Option<Error>,
+        tried: AtomicU32,
+    }
+
+    impl Failing {
+        fn new(fail: fn(u32) -> Option<Error>) -> Arc<Self> {
+            Arc::new(Self {
+                fail,
+                tried: AtomicU32::new(0),
+            })
+        }
+    }
+
+    impl Reload for Failing {
+        fn reload(&self) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn assign<'a>(
+            &'a self,
+            _: &'a [i32],
+        ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>> {
+            let n = self.tried.fetch_add(1, Ordering::SeqCst);
+            let result = (self.fail)(n).map_or(Ok(()), Err);
+            Box::pin(async move { result })
+        }
+
+        fn is_owned(&self) -> bool {
+            false
+        }
+
+        fn enqueue_current(&self, _: &Outgoing, _: &mut dyn FnMut(&Outgoing)) -> bool {
+            false
+        }
+    }
+
+    /// A consumer that never connects (nothing listens on port 9): its assignment is empty.
+    fn consumer() -> StreamConsumer<GroupContext> {
+        let monitor = Monitor::new();
+        let context = GroupContext {
+            group: "g".into(),
+            ready: monitor.component("consumer:g".to_owned()),
+            monitor,
+            partitions: Arc::new(Partitions::default()),
+            revoke_drain: None,
+            shutdown: CancellationToken::new(),
+            assigned: Arc::new(AtomicBool::new(false)),
+        };
+        ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("group.id", "g")
+            .create_with_context(context)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_restore_while_kafka_is_away_is_tried_until_it_works() {
+        let store = Failing::new(|n| (n < 3).then(away));
+        let stores: Vec<Arc<dyn Reload>> = vec![store.clone()];
+        let restored = assign_when_reachable(&consumer(), &stores, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(restored.is_some());
+        assert_eq!(store.tried.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_the_tries_and_a_bug_is_not_tried_again() {
+        let stores: Vec<Arc<dyn Reload>> = vec![Failing::new(|_| Some(away()))];
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.cancel();
+        });
+        let restored = assign_when_reachable(&consumer(), &stores, &shutdown).await;
+        assert!(matches!(restored, Ok(None)));
+
+        let broken = Failing::new(|_| Some(Error::Internal("a bug".into())));
+        let stores: Vec<Arc<dyn Reload>> = vec![broken.clone()];
+        let result = assign_when_reachable(&consumer(), &stores, &CancellationToken::new()).await;
+        assert!(matches!(result, Err(Error::Internal(_))));
+        assert_eq!(broken.tried.load(Ordering::SeqCst), 1);
+    }
 }

@@ -39,7 +39,7 @@ use crate::retry::RetryPolicy;
 use crate::router::Router;
 use crate::store::Reload;
 
-use crate::group::{GroupContext, assign, commit_failed};
+use crate::group::{GroupContext, assign_when_reachable, commit_failed};
 pub use crate::handling::{BusinessKey, DedupeKey, ProcessorConfig, Stats, StatsSnapshot};
 use crate::handling::{Disposition, KeyId, Shared, count, handle, letter};
 /// A consumer group member running a [`Router`].
@@ -202,13 +202,19 @@ impl Processor {
                 () = queues.freed.notified(), if full => {}
                 // An idle member still restores the state of partitions assigned meanwhile.
                 () = tokio::time::sleep(crate::exactly_once::IDLE_WAKE) => {
-                    self.rebalanced(&queues).await?;
+                    if !self.rebalanced(&queues, &shutdown).await? {
+                        break;
+                    }
                 }
                 received = self.consumer.recv(), if !full => match received {
                     Ok(message) => {
                         let record = Record::from_message(&message);
                         drop(message);
-                        self.rebalanced(&queues).await?;
+                        // Shutting down before the state was restored: the record is not
+                        // committed, so it is redelivered.
+                        if !self.rebalanced(&queues, &shutdown).await? {
+                            break;
+                        }
                         self.accept(&queues, &mut tasks, record);
                     }
                     Err(e) => {
@@ -222,8 +228,13 @@ impl Processor {
     }
 
     /// Drops queued records of revoked partitions (their next owner reads them from the
-    /// commit) and, after an assignment, reloads the stores before the next record.
-    async fn rebalanced(&self, queues: &Queues) -> Result<(), Error> {
+    /// commit) and, after an assignment, reloads the stores before the next record (trying
+    /// again while Kafka is away). `false` when `shutdown` came first.
+    async fn rebalanced(
+        &self,
+        queues: &Queues,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, Error> {
         let revoked = self.partitions.take_revoked();
         if !revoked.is_empty() {
             queues.drop_queued(|key| revoked.contains(&(key.topic.clone(), key.partition)));
@@ -241,9 +252,10 @@ impl Processor {
                     }
                 }
             }
-            assign(&self.consumer, &self.stores).await?;
+            let restored = assign_when_reachable(&self.consumer, &self.stores, shutdown).await?;
+            return Ok(restored.is_some());
         }
-        Ok(())
+        Ok(true)
     }
 
     fn accept(&self, queues: &Arc<Queues>, tasks: &mut JoinSet<()>, record: Record) {
