@@ -190,7 +190,8 @@ async fn rewind(
 /// How long an idle member waits for a record before looking at its assignment again.
 pub(crate) const IDLE_WAKE: Duration = Duration::from_millis(250);
 
-/// Waits for one record, then takes what else arrives within the linger, up to the batch size.
+/// Waits for one record, then takes what else arrives, up to the batch size: until no record
+/// came for `batch_gap`, at most `batch_linger` after the first.
 async fn next_batch(consumer: &StreamConsumer<GroupContext>, shared: &Shared) -> Vec<Record> {
     let mut batch = Vec::new();
     // An idle member still comes back now and then, so that state for partitions assigned
@@ -208,7 +209,8 @@ async fn next_batch(consumer: &StreamConsumer<GroupContext>, shared: &Shared) ->
     }
     let linger = tokio::time::Instant::now() + shared.config.batch_linger;
     while batch.len() < shared.config.batch_size {
-        match tokio::time::timeout_at(linger, consumer.recv()).await {
+        let until = linger.min(tokio::time::Instant::now() + shared.config.batch_gap);
+        match tokio::time::timeout_at(until, consumer.recv()).await {
             Ok(Ok(message)) => batch.push(Record::from_message(&message)),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "consumer error; closing the batch");

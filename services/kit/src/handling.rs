@@ -47,8 +47,12 @@ pub struct ProcessorConfig {
     pub transactional_id: Option<String>,
     /// Exactly-once mode: the most records in one transaction.
     pub batch_size: usize,
-    /// Exactly-once mode: how long a batch waits for more records after its first.
+    /// Exactly-once mode: the longest a batch waits for more records after its first.
     pub batch_linger: Duration,
+    /// Exactly-once mode: a batch closes once no record has arrived for this long (or at
+    /// `batch_linger`): an idle hop commits at once, a busy one fills its batch. Group commit,
+    /// not a fixed wait: records that arrive during a commit are the next batch.
+    pub batch_gap: Duration,
     /// Exactly-once mode: the timeout of each transaction call.
     pub transaction_timeout: Duration,
     /// How often librdkafka reports statistics, from which consumer lag per partition is
@@ -97,6 +101,7 @@ impl ProcessorConfig {
             transactional_id: None,
             batch_size: 200,
             batch_linger: Duration::from_millis(20),
+            batch_gap: Duration::from_millis(2),
             transaction_timeout: Duration::from_secs(30),
             dedupe: None,
             dedupe_retention: Duration::from_secs(7 * 24 * 3600),

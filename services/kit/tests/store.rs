@@ -282,6 +282,7 @@ async fn an_aborted_batch_leaves_no_trace_in_the_store() {
         transactional_id: Some(unique_name("abort-member")),
         batch_size: 100,
         batch_linger: Duration::from_millis(500),
+        batch_gap: Duration::from_millis(500),
         ..ProcessorConfig::new(unique_name("abort"), &dlq)
     };
     let publisher = Publisher::new(&kafka.config, "test").unwrap();
