@@ -56,6 +56,12 @@ async fn a_short_bench_writes_the_report_and_its_charts() {
         stdout.contains("two replicas of every service at 10/s"),
         "{stdout}"
     );
+    // The sustained-throughput figure issue readers compare against (its value depends on the
+    // machine, so only its presence is checked here; the unit test checks how it is chosen).
+    assert!(
+        stdout.contains("most orders completed per second with outcome p99 ≤ 1 s: "),
+        "{stdout}"
+    );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     for section in [
         "## Ceiling",
