@@ -207,7 +207,8 @@ async fn next_batch(consumer: &StreamConsumer<GroupContext>, shared: &Shared) ->
             return batch;
         }
     }
-    let linger = tokio::time::Instant::now() + shared.config.batch_linger;
+    let first = tokio::time::Instant::now();
+    let linger = first + shared.config.batch_linger;
     while batch.len() < shared.config.batch_size {
         let until = linger.min(tokio::time::Instant::now() + shared.config.batch_gap);
         match tokio::time::timeout_at(until, consumer.recv()).await {
@@ -219,7 +220,21 @@ async fn next_batch(consumer: &StreamConsumer<GroupContext>, shared: &Shared) ->
             Err(_) => break,
         }
     }
+    observe(shared, "gather", first);
     batch
+}
+
+/// Records how long `phase` of a batch took (`sagashop_transaction_phase_seconds`): the
+/// budget of one exactly-once hop.
+fn observe(shared: &Shared, phase: &'static str, since: tokio::time::Instant) {
+    let labels = crate::monitor::PhaseLabels {
+        group: shared.config.group_id.clone(),
+        phase,
+    };
+    let phases = &shared.monitor.runtime.transaction_phases;
+    phases
+        .get_or_create(&labels)
+        .observe(since.elapsed().as_secs_f64());
 }
 
 /// Handles one key's records of a batch in order, producing each record's outputs (or dead
@@ -287,6 +302,7 @@ async fn run_batch(
     })
     .await?;
 
+    let handling = tokio::time::Instant::now();
     let mut next_offsets: HashMap<(String, i32), i64> = HashMap::new();
     let mut by_key: HashMap<KeyId, Vec<Record>> = HashMap::new();
     for record in batch {
@@ -308,6 +324,7 @@ async fn run_batch(
             joined.map_err(|e| TxnError::Internal(format!("a record task failed: {e}")))??;
         done.extend(key_done);
     }
+    observe(shared, "handle", handling);
 
     let mut offsets = TopicPartitionList::new();
     for ((topic, partition), next) in next_offsets {
@@ -324,14 +341,18 @@ async fn run_batch(
     }
     // Two calls, each under its own watchdog: together they may take twice the timeout.
     let send = txn.clone();
+    let sending = tokio::time::Instant::now();
     blocking("send_offsets_to_transaction", timeout, move || {
         send.send_offsets_to_transaction(&offsets, &group, timeout)
     })
     .await?;
+    observe(shared, "offsets", sending);
     let commit = txn.clone();
+    let committing = tokio::time::Instant::now();
     blocking("commit_transaction", timeout, move || {
         commit_now(&commit, timeout)
     })
     .await?;
+    observe(shared, "commit", committing);
     Ok(done)
 }

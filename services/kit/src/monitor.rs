@@ -46,6 +46,16 @@ pub struct GroupLabels {
     pub group: String,
 }
 
+/// Labels of the phases of an exactly-once batch.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// The consumer group.
+    pub group: String,
+    /// `gather` (first record to the batch closing), `handle` (handlers and their sends
+    /// acknowledged), `offsets` (`send_offsets_to_transaction`), `commit` (`EndTxn`).
+    pub phase: &'static str,
+}
+
 /// Labels of per-store metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
@@ -92,6 +102,7 @@ pub(crate) struct RuntimeMetrics {
     pub(crate) publish_seconds: Family<TopicLabels, Histogram, LatencyBuckets>,
     pub(crate) rebalances: Family<GroupLabels, Counter>,
     pub(crate) transaction_aborts: Family<GroupLabels, Counter>,
+    pub(crate) transaction_phases: Family<PhaseLabels, Histogram, LatencyBuckets>,
     pub(crate) consumer_lag: Family<PartitionLabels, Gauge>,
     pub(crate) store_entries: Family<StoreLabels, Gauge>,
     pub(crate) store_expired: Family<StoreLabels, Counter>,
@@ -145,6 +156,7 @@ impl Monitor {
             publish_seconds: Family::new_with_constructor(LatencyBuckets),
             rebalances: Family::default(),
             transaction_aborts: Family::default(),
+            transaction_phases: Family::new_with_constructor(LatencyBuckets),
             consumer_lag: Family::default(),
             store_entries: Family::default(),
             store_expired: Family::default(),
@@ -311,6 +323,13 @@ fn register_others(
         "transaction_aborts",
         "Exactly-once batches whose transaction was aborted and redone",
         runtime.transaction_aborts.clone(),
+    );
+    declare(
+        registry,
+        declared,
+        "transaction_phase_seconds",
+        "Time of each phase of an exactly-once batch (gather, handle, offsets, commit)",
+        runtime.transaction_phases.clone(),
     );
     declare(
         registry,

@@ -78,7 +78,9 @@ async fn a_member_killed_mid_transaction_is_replaced_without_loss_or_duplicate_o
     let member = |router: Router| {
         let monitor = Monitor::new();
         let publisher = Publisher::new(&kafka.config, "test").unwrap();
-        Processor::new(&kafka.config, config.clone(), router, publisher, &monitor).unwrap()
+        let processor =
+            Processor::new(&kafka.config, config.clone(), router, publisher, &monitor).unwrap();
+        (processor, monitor)
     };
 
     let committed = kafka.consumer(&unique_name("eos-committed"));
@@ -90,7 +92,11 @@ async fn a_member_killed_mid_transaction_is_replaced_without_loss_or_duplicate_o
 
     // The first member commits some batches, then hangs on record 30 with a transaction open
     // that already holds outputs of other keys.
-    let first = tokio::spawn(member(echo(&input, &output, Some(30))).run(CancellationToken::new()));
+    let first = tokio::spawn(
+        member(echo(&input, &output, Some(30)))
+            .0
+            .run(CancellationToken::new()),
+    );
     let deadline = tokio::time::Instant::now() + WAIT;
     let (mut seen_committed, mut seen_raw) = (Vec::new(), Vec::new());
     while seen_raw.len() <= seen_committed.len() || seen_committed.len() < 10 {
@@ -110,7 +116,8 @@ async fn a_member_killed_mid_transaction_is_replaced_without_loss_or_duplicate_o
     // Its replacement has the same transactional.id: the broker fences the zombie's open
     // transaction, and the batch is redone from the committed offset.
     let shutdown = CancellationToken::new();
-    let second = tokio::spawn(member(echo(&input, &output, None)).run(shutdown.clone()));
+    let (second, second_monitor) = member(echo(&input, &output, None));
+    let second = tokio::spawn(second.run(shutdown.clone()));
     read_at_least(&committed, 50, &mut seen_committed).await;
     seen_raw.extend(read_available(&raw, Duration::from_secs(1)).await);
 
@@ -126,6 +133,20 @@ async fn a_member_killed_mid_transaction_is_replaced_without_loss_or_duplicate_o
         "the killed member's aborted outputs should be in the log ({} raw records)",
         seen_raw.len()
     );
+    // The replacement's committed batches, phase by phase: the budget of a hop.
+    let metrics = second_monitor.encode();
+    for phase in ["gather", "handle", "offsets", "commit"] {
+        let count = format!(
+            "sagashop_transaction_phase_seconds_count{{group=\"{group}\",phase=\"{phase}\"}} "
+        );
+        let batches: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&count))
+            .unwrap_or_else(|| panic!("no {phase} timings in:\n{metrics}"))
+            .parse()
+            .unwrap();
+        assert!(batches >= 1, "{phase}: {batches}");
+    }
     shutdown.cancel();
     tokio::time::timeout(WAIT, second)
         .await
