@@ -80,23 +80,32 @@ impl Error {
             Self::Client { cause, .. } | Self::Admin { cause, .. } => cause,
             _ => return false,
         };
-        matches!(
-            cause.rdkafka_error_code(),
-            Some(
-                C::BrokerTransportFailure
-                    | C::AllBrokersDown
-                    | C::Resolve
-                    | C::NetworkException
-                    | C::RequestTimedOut
-                    | C::OperationTimedOut
-                    | C::LeaderNotAvailable
-                    | C::NotLeaderForPartition
-                    | C::CoordinatorLoadInProgress
-                    | C::CoordinatorNotAvailable
-                    | C::NotCoordinator
+        let code = cause.rdkafka_error_code();
+        kafka_away(code)
+            || matches!(
+                code,
+                Some(C::CoordinatorLoadInProgress | C::CoordinatorNotAvailable | C::NotCoordinator)
             )
-        )
     }
+}
+
+/// Whether librdkafka's `code` says the broker is away or slow, or a partition's leader is
+/// moving: what every kind of call may meet during an outage, and what waiting can cure.
+pub(crate) fn kafka_away(code: Option<RDKafkaErrorCode>) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        Some(
+            C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::Resolve
+                | C::NetworkException
+                | C::RequestTimedOut
+                | C::OperationTimedOut
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+        )
+    )
 }
 
 #[cfg(test)]

@@ -57,27 +57,22 @@ impl PublishError {
 
     pub(crate) fn classify(topic: &str, cause: KafkaError) -> Self {
         use RDKafkaErrorCode as C;
-        let transient = matches!(
-            cause.rdkafka_error_code(),
-            Some(
-                C::QueueFull
-                    | C::MessageTimedOut
-                    | C::BrokerTransportFailure
-                    | C::AllBrokersDown
-                    | C::Resolve
-                    | C::NetworkException
-                    | C::RequestTimedOut
-                    | C::NotEnoughReplicas
-                    | C::NotEnoughReplicasAfterAppend
-                    | C::LeaderNotAvailable
-                    | C::NotLeaderForPartition
-                    | C::OperationTimedOut
-                    // Sends still queued or in flight when a transaction is aborted or its
-                    // producer replaced (after the broker went away) are purged: never written.
-                    | C::PurgeQueue
-                    | C::PurgeInflight
-            )
-        );
+        let code = cause.rdkafka_error_code();
+        let transient = crate::error::kafka_away(code)
+            || matches!(
+                code,
+                Some(
+                    C::QueueFull
+                        | C::MessageTimedOut
+                        | C::NotEnoughReplicas
+                        | C::NotEnoughReplicasAfterAppend
+                        // Sends still queued or in flight when a transaction is aborted or
+                        // its producer replaced (after the broker went away) are purged:
+                        // never written.
+                        | C::PurgeQueue
+                        | C::PurgeInflight
+                )
+            );
         let topic = topic.to_owned();
         if transient {
             Self::Unavailable { topic, cause }
