@@ -403,8 +403,15 @@ const RECOVERY: Duration = Duration::from_secs(5);
 
 /// Every service of sagashop, in the order they are killed: the topology's order (the edge
 /// last).
-pub(crate) fn services() -> [&'static str; sagashop_topology::Service::ALL.len()] {
-    sagashop_topology::Service::ALL.map(sagashop_topology::Service::name)
+pub(crate) fn services() -> [&'static str; Service::ALL.len()] {
+    Service::ALL.map(Service::name)
+}
+
+/// Every service in the order the suite starts them: the edge first, since it creates the
+/// topics, then the others in the topology's order.
+pub(crate) fn edge_first() -> impl Iterator<Item = &'static str> {
+    let edge = Service::Order.name();
+    std::iter::once(edge).chain(services().into_iter().filter(move |s| *s != edge))
 }
 
 /// Every service as its own process, each ready: the edge first, creating the topics.
@@ -415,16 +422,13 @@ async fn start_each(
     prefix: &str,
 ) -> anyhow::Result<Vec<Proc>> {
     let mut procs = Vec::new();
-    for service in ["order"]
-        .iter()
-        .chain(services().iter().filter(|s| **s != "order"))
-    {
-        let mut command = vec![(*service).to_owned()];
+    for service in edge_first() {
+        let mut command = vec![service.to_owned()];
         command.extend(system_args(
             prefix,
             &["--instance", &format!("{service}-0")],
         ));
-        if *service == "order" {
+        if service == Service::Order.name() {
             command.push("--create-topics".into());
         }
         let mut proc = Proc::start(&args.sagashop, dir, service, command, &broker.bootstrap)?;

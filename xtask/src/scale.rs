@@ -13,7 +13,7 @@ use anyhow::Context;
 
 use sagashop_topology::Service as Named;
 
-use crate::chaos::{ChaosArgs, Row, conclude, services, step};
+use crate::chaos::{ChaosArgs, Row, conclude, edge_first, step};
 use crate::fleet::{
     Answer, Attempt, Broker, Proc, client, latest, offer, order_body, post, system_args,
 };
@@ -238,9 +238,7 @@ async fn start_all(
     dir: &std::path::Path,
     prefix: &str,
 ) -> anyhow::Result<(Vec<Service>, Edges)> {
-    let mut services: Vec<Service> = ["order"]
-        .into_iter()
-        .chain(services().into_iter().filter(|s| *s != "order"))
+    let mut services: Vec<Service> = edge_first()
         .map(|name| Service {
             name,
             replicas: Vec::new(),

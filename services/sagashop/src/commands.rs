@@ -24,6 +24,12 @@ pub(crate) fn output(result: std::io::Result<()>) -> Result<(), Failure> {
     }
 }
 
+/// Prints `json` to stdout, indented.
+fn print_json(json: &[serde_json::Value]) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(json).unwrap_or_default();
+    output(writeln!(std::io::stdout().lock(), "{text}"))
+}
+
 pub(crate) fn fail(code: u8) -> impl FnOnce(anyhow::Error) -> Failure {
     move |error| Failure { error, code }
 }
@@ -42,16 +48,14 @@ pub(crate) async fn run(command: Command) -> Result<(), Failure> {
                         "replicas": t.replicas, "config": t.config, "declaredBy": by})
                 })
                 .collect();
-            let text = serde_json::to_string_pretty(&json).unwrap_or_default();
-            output(writeln!(std::io::stdout().lock(), "{text}"))
+            print_json(&json)
         }
         Command::Services => {
             let json: Vec<serde_json::Value> = Service::ALL
                 .into_iter()
                 .map(|s| serde_json::json!({"name": s.name(), "about": s.about()}))
                 .collect();
-            let text = serde_json::to_string_pretty(&json).unwrap_or_default();
-            output(writeln!(std::io::stdout().lock(), "{text}"))
+            print_json(&json)
         }
         Command::Dlq {
             kafka,
