@@ -128,7 +128,9 @@ async fn deployment_pods(kube: &TestKube, ns: &str) -> Vec<(String, bool, i32)> 
         .collect()
 }
 
-/// Every Deployment of the release has all its replicas updated and Ready.
+/// Every Deployment of the release has all its replicas updated and Ready, and every service's
+/// pod template carries the operator's configuration stamp: until it does, the operator is still
+/// about to roll that Deployment, and its Service may briefly have no endpoints.
 async fn rolled_out(kube: &TestKube, ns: &str) -> Option<Vec<Deployment>> {
     let deployments: Api<Deployment> = Api::namespaced(kube.client.clone(), ns);
     let list = deployments
@@ -139,7 +141,14 @@ async fn rolled_out(kube: &TestKube, ns: &str) -> Option<Vec<Deployment>> {
     let done = list.iter().all(|d| {
         let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let status = d.status.clone().unwrap_or_default();
-        status.observed_generation == d.metadata.generation
+        let stamped = d.metadata.name.as_deref() == Some("sagashop-operator")
+            || d.spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .is_some_and(|a| a.contains_key("sagashop.dev/config-hash"));
+        stamped
+            && status.observed_generation == d.metadata.generation
             && status.updated_replicas == Some(want)
             && status.ready_replicas == Some(want)
             && status.replicas == Some(want)
@@ -424,7 +433,9 @@ async fn the_chart_runs_in_pods_on_a_real_node_from_install_to_uninstall() {
     assert_eq!(order["status"], "COMPLETED", "{order}");
 
     // The k6 CronJob fires on its schedule; its pod runs k6/load.js against the order Service
-    // (by its DNS name) and prints the summary.
+    // (by its DNS name) and prints the summary. Only a Job started after every Deployment settled
+    // counts: one fired during the operator's rolling stamp may meet a Service without endpoints.
+    let settled_at = k8s_openapi::jiff::Timestamp::now();
     let jobs: Api<Job> = Api::namespaced(kube.client.clone(), &ns);
     let job = eventually(
         "the load-test CronJob to fire and its Job to finish",
@@ -438,7 +449,8 @@ async fn the_chart_runs_in_pods_on_a_real_node_from_install_to_uninstall() {
                     .ok()?;
                 list.items.into_iter().find(|j| {
                     let s = j.status.clone().unwrap_or_default();
-                    s.succeeded.unwrap_or(0) + s.failed.unwrap_or(0) > 0
+                    s.start_time.is_some_and(|t| t.0 >= settled_at)
+                        && s.succeeded.unwrap_or(0) + s.failed.unwrap_or(0) > 0
                 })
             }
         },
