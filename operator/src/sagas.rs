@@ -607,6 +607,7 @@ mod tests {
             "shipping.commands.v1",
             "saga.order-fulfilment.replies.v1",
             "saga.order-fulfilment.state",
+            "saga.order-fulfilment.versions",
             "orders.outcome.v1",
             "orchestrator.dlq.v1",
             "inventory.dlq.v1",
@@ -615,22 +616,26 @@ mod tests {
         ] {
             assert!(names.contains(&topic), "{topic} missing from {names:?}");
         }
-        assert_eq!(want.topics.len(), 11);
-        let state = &want
-            .topics
-            .iter()
-            .find(|(n, _)| n == "saga.order-fulfilment.state")
-            .unwrap()
-            .1;
-        assert_eq!(
-            state.config.get("cleanup.policy").map(String::as_str),
-            Some("compact")
-        );
-        assert!(
-            want.topics
-                .iter()
-                .all(|(_, s)| s.partitions == 4 && s.deletion_policy == DeletionPolicy::Retain)
-        );
+        assert_eq!(want.topics.len(), 12);
+        let topic = |name: &str| &want.topics.iter().find(|(n, _)| n == name).unwrap().1;
+        for compacted in [
+            "saga.order-fulfilment.state",
+            "saga.order-fulfilment.versions",
+        ] {
+            assert_eq!(
+                topic(compacted)
+                    .config
+                    .get("cleanup.policy")
+                    .map(String::as_str),
+                Some("compact"),
+                "{compacted}"
+            );
+        }
+        assert_eq!(topic("saga.order-fulfilment.versions").partitions, 1);
+        assert!(want.topics.iter().all(|(n, s)| {
+            (s.partitions == 4 || n.ends_with(".versions"))
+                && s.deletion_policy == DeletionPolicy::Retain
+        }));
     }
 
     #[test]

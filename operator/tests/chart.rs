@@ -507,7 +507,7 @@ async fn the_installed_chart_and_plain_topics_are_reconciled_by_the_operator_und
                 .filter(|t| ready(t.status.as_ref().map(|s| &s.conditions)))
                 .count();
             // Every topic `sagashop topics` lists: the saga's and the services' own.
-            if saga_ready && ready_topics == 25 {
+            if saga_ready && ready_topics == 26 {
                 return list;
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;

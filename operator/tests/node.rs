@@ -390,7 +390,7 @@ async fn the_chart_runs_in_pods_on_a_real_node_from_install_to_uninstall() {
         .map(|t| t.metadata.name.clone())
         .collect();
     assert!(
-        topic_list.len() >= 25 && unready.is_empty(),
+        topic_list.len() >= 26 && unready.is_empty(),
         "{} topics, not Ready: {unready:?}",
         topic_list.len()
     );

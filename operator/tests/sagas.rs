@@ -87,7 +87,7 @@ async fn an_applied_saga_gets_its_topics_config_and_rollout_and_reports_ready() 
     .await;
     let status = ready.status.clone().unwrap();
     assert_eq!(status.phase.as_deref(), Some("Ready"));
-    assert_eq!(status.topics.len(), 11, "{:?}", status.topics);
+    assert_eq!(status.topics.len(), 12, "{:?}", status.topics);
     assert_eq!(condition(&ready, "TopicsReady").unwrap().0, "True");
     assert_eq!(condition(&ready, "ConfigReady").unwrap().0, "True");
 
@@ -132,7 +132,7 @@ async fn an_applied_saga_gets_its_topics_config_and_rollout_and_reports_ready() 
     let metrics = op.monitor.encode();
     for needle in [
         "sagashop_operator_reconciliations_total{kind=\"Saga\"} ",
-        "sagashop_operator_objects{kind=\"KafkaTopic\",ready=\"True\"} 11",
+        "sagashop_operator_objects{kind=\"KafkaTopic\",ready=\"True\"} 12",
         "sagashop_operator_kafka_requests_total{request=\"create_topics\"} ",
     ] {
         assert!(

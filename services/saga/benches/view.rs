@@ -23,7 +23,9 @@ fn main() {
         "order-fulfilment.yaml",
     )
     .unwrap();
-    let view = SagaView::new(&d);
+    let view = SagaView::new(std::sync::Arc::new(sagashop_saga::versions::Versions::new(
+        d.clone(),
+    )));
     let started = Instant::now();
     fill(&view, &d, n);
     let rss = std::fs::read_to_string("/proc/self/status")

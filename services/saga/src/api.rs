@@ -4,6 +4,8 @@
 //!   first (`limit` 1–1000, default 50), `next` the cursor of the following page, `counts` per
 //!   status. `olderThan` is a duration (`90s`, `5m`, `1h`); `step` one of the saga's steps.
 //! - `GET /api/sagas/{id}`: one instance with its timeline.
+//! - `GET /api/sagas/versions`: every version of the definition known, the current first, with
+//!   its steps and how many instances that have not ended run on it.
 //! - `POST /api/sagas/{id}/cancel` with `{"requestedBy": "…", "reason": "…"}`: publishes a
 //!   [`SagaCancelRequested`] to the saga's reply topic for the orchestrator that owns it, which
 //!   compensates the saga; `202 Accepted`. A saga that has ended, is compensating already or
@@ -42,6 +44,7 @@ struct Api {
 pub fn routes(view: Arc<SagaView>, publisher: Publisher, reply_topic: String) -> axum::Router {
     axum::Router::new()
         .route("/api/sagas", get(list))
+        .route("/api/sagas/versions", get(versions))
         .route("/api/sagas/{id}", get(show))
         .route("/api/sagas/{id}/cancel", post(cancel))
         .route("/api/sagas/{id}/retry", post(retry))
@@ -154,6 +157,11 @@ async fn list(
         Ok(filter) => Json(view.list(&filter, chrono::Utc::now())).into_response(),
         Err(refused) => refused.answer(),
     }
+}
+
+async fn versions(State(Api { view, .. }): State<Api>) -> Response {
+    let in_flight = view.versions_in_flight();
+    Json(serde_json::json!({ "versions": view.versions().summary(&in_flight) })).into_response()
 }
 
 fn unknown(id: &str) -> Response {

@@ -251,6 +251,17 @@ pub struct Definition {
     pub reply_topic: String,
     /// Where the orchestrator keeps saga state (compacted).
     pub state_topic: String,
+    /// Where the orchestrators keep every version of the definition that instances still run
+    /// on (compacted, keyed by version).
+    pub versions_topic: String,
+    /// What the instances run: a hash of the trigger, participants' command topics, steps,
+    /// reply topic and outcome. An instance runs to its end on the version it started with.
+    pub version: String,
+    /// The spec it was compiled from (unprefixed), published with its version so that any
+    /// orchestrator can run the instances of a version it was not started with.
+    pub spec: SagaSpec,
+    /// The prefix of every topic name (empty in a cluster; tests and shared brokers use one).
+    pub prefix: String,
     /// The outcome.
     pub outcome: Outcome,
     /// Topic sizing.
@@ -281,6 +292,25 @@ pub struct StepDefinition {
 }
 
 impl Definition {
+    /// The same definition with every topic name prefixed by `prefix`.
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        if prefix.is_empty() {
+            return self;
+        }
+        let prefixed = |t: &mut String| *t = format!("{prefix}{t}");
+        prefixed(&mut self.trigger.topic);
+        prefixed(&mut self.reply_topic);
+        prefixed(&mut self.state_topic);
+        prefixed(&mut self.versions_topic);
+        prefixed(&mut self.outcome.topic);
+        for step in &mut self.steps {
+            prefixed(&mut step.command_topic);
+        }
+        self.prefix = format!("{prefix}{}", self.prefix);
+        self
+    }
+
     /// The topics the saga needs and who writes them: the trigger, command, reply, state and
     /// outcome topics.
     pub fn topics(&self) -> Vec<String> {
@@ -288,6 +318,7 @@ impl Definition {
             self.trigger.topic.clone(),
             self.reply_topic.clone(),
             self.state_topic.clone(),
+            self.versions_topic.clone(),
             self.outcome.topic.clone(),
         ];
         for step in &self.steps {
@@ -329,6 +360,13 @@ impl Definition {
             .map(|topic| {
                 if topic == self.state_topic {
                     plain(topic).changelog()
+                } else if topic == self.versions_topic {
+                    // A handful of records, read whole by every orchestrator.
+                    TopicSpec {
+                        replicas: self.topic_defaults.replicas,
+                        ..TopicSpec::new(topic, 1)
+                    }
+                    .changelog()
                 } else {
                     plain(topic)
                 }
@@ -446,12 +484,42 @@ impl SagaSpec {
             name: name.to_owned(),
             trigger: self.trigger.clone(),
             steps,
+            version: self.version(&reply_topic),
             reply_topic,
             state_topic: format!("saga.{name}.state"),
+            versions_topic: format!("saga.{name}.versions"),
+            spec: self.clone(),
+            prefix: String::new(),
             outcome: self.outcome.clone(),
             topic_defaults: self.topic_defaults.clone(),
             participant_retry,
         })
+    }
+
+    /// The version of what instances run: a hash of the trigger, the participants' command
+    /// topics, the steps, the reply topic and the outcome (not of topic sizing, deployments or
+    /// the participants' in-place retry, which running instances do not see).
+    fn version(&self, reply_topic: &str) -> String {
+        let participants: Vec<(&str, &str)> = self
+            .participants
+            .iter()
+            .map(|p| (p.name.as_str(), p.command_topic.as_str()))
+            .collect();
+        let what = serde_json::json!([
+            self.trigger,
+            participants,
+            self.steps,
+            reply_topic,
+            self.outcome
+        ]);
+        // FNV-1a: stable across builds and machines, unlike the standard library's hasher.
+        let hash = what
+            .to_string()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        format!("{:012x}", hash >> 16)
     }
 
     /// Checks the participants; returns the in-place retry of those that set one.

@@ -7,6 +7,7 @@ pub mod machine;
 pub mod metrics;
 pub mod orchestrator;
 pub mod participant;
+pub mod versions;
 pub mod view;
 
 pub use definition::{Definition, InvalidSaga, LoadError, Saga, SagaSpec, StepDefinition};

@@ -101,6 +101,10 @@ pub struct Instance {
     pub incident: Option<String>,
     /// Everything that happened, oldest first.
     pub history: Vec<HistoryEntry>,
+    /// The version of the definition it runs to its end (`Definition::version`); empty in a
+    /// state written before versions, which runs on the orchestrator's current definition.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
 }
 
 /// A reply to, or the deadline of, a command.
@@ -171,6 +175,7 @@ impl Instance {
             failure: None,
             incident: None,
             history: Vec::new(),
+            version: definition.version.clone(),
         };
         let mut actions = Vec::new();
         instance.send(definition, now, &mut actions);

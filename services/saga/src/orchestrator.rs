@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::definition::Definition;
 use crate::machine::{Action, Instance, Reply, Status, Transition};
 use crate::metrics::{Direction, SagaMetrics, StepOutcome};
+use crate::versions::{Learned, Versions};
 use crate::view::SagaView;
 
 /// The header on every command naming the topic its reply goes to.
@@ -44,7 +45,7 @@ pub struct OrchestratorSettings {
 }
 
 struct Orchestrator {
-    definition: Definition,
+    versions: Arc<Versions>,
     instances: Store<Instance>,
     locks: KeyLocks,
     metrics: SagaMetrics,
@@ -70,16 +71,28 @@ impl Orchestrator {
             tracing::debug!(%saga_id, "trigger seen before; ignored");
             return Ok(Vec::new());
         }
-        let (instance, actions) = Instance::start(
-            &self.definition,
-            saga_id,
-            metadata.correlation_id.clone(),
-            trigger,
-            now(),
-        );
-        tracing::info!(saga = %self.definition.name, saga_id = %instance.saga_id, "saga started");
+        let d = Arc::clone(self.versions.current());
+        let (instance, actions) =
+            Instance::start(&d, saga_id, metadata.correlation_id.clone(), trigger, now());
+        tracing::info!(saga = %d.name, saga_id = %instance.saga_id, version = %d.version, "saga started");
         self.metrics.started();
-        self.outputs(instance, &actions, &metadata)
+        self.outputs(&d, instance, &actions, &metadata)
+    }
+
+    /// The definition `instance` runs on: the version it started with. Not known here yet
+    /// (another orchestrator started it on a version whose record has not arrived) is
+    /// transient: the input is retried until it has.
+    fn definition_of(&self, instance: &Instance) -> Result<Arc<Definition>, HandlerError> {
+        self.versions.of(&instance.version).ok_or_else(|| {
+            HandlerError::Transient(format!(
+                "saga {} runs on version {} of its definition, not known here (yet)",
+                instance.saga_id, instance.version
+            ))
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.versions.current().name
     }
 
     async fn on_reply(
@@ -89,7 +102,7 @@ impl Orchestrator {
         reply: Reply,
         metadata: &Metadata,
     ) -> HandlerResult {
-        if context.saga_name != self.definition.name {
+        if context.saga_name != self.name() {
             return Ok(Vec::new());
         }
         let _held = self.locks.lock(&context.saga_id).await;
@@ -105,24 +118,18 @@ impl Orchestrator {
                 context.saga_id
             )));
         };
+        let d = self.definition_of(&instance)?;
         let before = (instance.status, instance.step, instance.backing_off);
         let sent_at = instance.sent_at(&context.step, context.attempt);
         let now = now();
-        match instance.apply(
-            &self.definition,
-            &context.step,
-            command,
-            context.attempt,
-            &reply,
-            now,
-        ) {
+        match instance.apply(&d, &context.step, command, context.attempt, &reply, now) {
             Transition::Ignored(why) => {
                 tracing::debug!(saga_id = %context.saga_id, step = %context.step, command, why, "reply ignored");
                 Ok(Vec::new())
             }
             Transition::Changed(actions) => {
                 self.observe(&context.step, &reply, before, sent_at, &instance, now);
-                self.outputs(instance, &actions, metadata)
+                self.outputs(&d, instance, &actions, metadata)
             }
         }
     }
@@ -168,7 +175,7 @@ impl Orchestrator {
             requested_by,
             reason,
         } = *asked;
-        if saga_name != self.definition.name {
+        if saga_name != self.name() {
             return Ok(Vec::new());
         }
         let _held = self.locks.lock(saga_id).await;
@@ -181,14 +188,15 @@ impl Orchestrator {
             );
             return Ok(Vec::new());
         };
-        match act(&mut instance, &self.definition, requested_by, reason, now()) {
+        let d = self.definition_of(&instance)?;
+        match act(&mut instance, &d, requested_by, reason, now()) {
             Transition::Ignored(why) => {
                 tracing::info!(saga_id, by = requested_by, verb, why, "request ignored");
                 Ok(Vec::new())
             }
             Transition::Changed(actions) => {
                 tracing::info!(saga_id, by = requested_by, verb, reason, status = ?instance.status, attempt = instance.attempt, "request by hand applied");
-                self.outputs(instance, &actions, metadata)
+                self.outputs(&d, instance, &actions, metadata)
             }
         }
     }
@@ -224,12 +232,11 @@ impl Orchestrator {
 
     /// `SagaStepChanged` for one entry of the saga's history, on the outcome topic.
     fn progress(
-        &self,
+        d: &Definition,
         saga_id: &str,
         entry: &crate::machine::HistoryEntry,
         parent: &Metadata,
     ) -> Result<Outgoing, HandlerError> {
-        let d = &self.definition;
         let event = SagaStepChanged {
             saga_id: saga_id.to_owned(),
             saga_name: d.name.clone(),
@@ -244,9 +251,15 @@ impl Orchestrator {
             .map_err(|e| HandlerError::Permanent(e.to_string()))
     }
 
-    /// The messages for `actions`, and the instance's new state, caused by `parent`.
-    fn outputs(&self, instance: Instance, actions: &[Action], parent: &Metadata) -> HandlerResult {
-        let d = &self.definition;
+    /// The messages for `actions` of an instance running on `d`, and the instance's new
+    /// state, caused by `parent`.
+    fn outputs(
+        &self,
+        d: &Definition,
+        instance: Instance,
+        actions: &[Action],
+        parent: &Metadata,
+    ) -> HandlerResult {
         let mut outputs = Vec::with_capacity(actions.len() + 1);
         let raw = |event_type: &str, payload: serde_json::Map<String, serde_json::Value>| {
             let metadata = Metadata {
@@ -280,7 +293,7 @@ impl Orchestrator {
                 }
                 Action::Progress(entry) => {
                     if d.outcome.progress.is_some() {
-                        outputs.push(self.progress(&instance.saga_id, entry, parent)?);
+                        outputs.push(Self::progress(d, &instance.saga_id, entry, parent)?);
                     }
                 }
                 Action::Completed => {
@@ -420,8 +433,9 @@ pub async fn start(
         wiring.topic("state")?,
         monitor,
     );
+    let versions = Arc::new(Versions::new(d.clone()));
     let orchestrator = Arc::new(Orchestrator {
-        definition: d.clone(),
+        versions: Arc::clone(&versions),
         instances: instances.clone(),
         locks: KeyLocks::default(),
         metrics: SagaMetrics::new(&d.name, monitor),
@@ -435,18 +449,21 @@ pub async fn start(
         .expires(Expiry::new().of(&instances, context.retention, |i| i.status.is_final()));
     let stats = processor.stats();
     let api_publisher = publisher.clone();
+    let view = Arc::new(SagaView::new(Arc::clone(&versions)));
     let ticker = tokio::spawn(tick(
         Arc::clone(&orchestrator),
-        publisher,
+        Arc::clone(&view),
+        publisher.clone(),
         settings.tick,
         shutdown.clone(),
     ));
-    let view = Arc::new(SagaView::new(&d));
     let following = follow_state(context, &d, Arc::clone(&view));
+    let versioning = follow_versions(context, versions, publisher);
     let shutdown = shutdown.clone();
     let task = Task::spawn("the orchestrator", async move {
         let result = processor.run(shutdown).await;
         ticker.abort();
+        versioning.abort();
         let followed = following
             .await
             .map_err(|e| Error::Internal(format!("the saga view panicked: {e}")))
@@ -517,6 +534,7 @@ fn follow_state(
 ) -> tokio::task::JoinHandle<Result<(), Error>> {
     let ready = context.monitor.component(format!("saga-view:{}", d.name));
     let saga = d.name.clone();
+    let caught_up = Arc::clone(&view);
     let following = sagashop_kit::reader::follow(
         &context.kafka,
         "saga-view",
@@ -534,7 +552,10 @@ fn follow_state(
                 },
             }
         },
-        move || ready.set(true),
+        move || {
+            caught_up.set_caught_up();
+            ready.set(true);
+        },
     );
     tokio::spawn(async move {
         let followed = following.await;
@@ -545,15 +566,89 @@ fn follow_state(
     })
 }
 
+/// Publishes the orchestrator's own version of the definition, then follows the versions topic
+/// into `versions` until shutdown, publishing its own again whenever it sees it tombstoned.
+/// Ready (`saga-versions:<saga>`) once it has read the topic to its end.
+fn follow_versions(
+    context: &Context,
+    versions: Arc<Versions>,
+    publisher: Publisher,
+) -> tokio::task::JoinHandle<()> {
+    let d = Arc::clone(versions.current());
+    let ready = context
+        .monitor
+        .component(format!("saga-versions:{}", d.name));
+    let (republish, mut asked) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let learning = Arc::clone(&versions);
+    let following = sagashop_kit::reader::follow(
+        &context.kafka,
+        "saga-versions",
+        &d.versions_topic,
+        context.shutdown.clone(),
+        move |record| {
+            let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
+            match learning.apply(&key, record.payload.as_deref()) {
+                Learned::Version(v) => tracing::debug!(version = %v, "saga version known"),
+                Learned::Forgot(v) => tracing::info!(version = %v, "saga version retired"),
+                Learned::OwnTombstoned => drop(republish.send(())),
+                Learned::Skipped => {}
+            }
+        },
+        move || ready.set(true),
+    );
+    let shutdown = context.shutdown.clone();
+    tokio::spawn(async move {
+        let following = tokio::spawn(async move {
+            if let Err(e) = following.await {
+                tracing::error!(error = %e, "the orchestrator stopped following its saga's versions");
+            }
+        });
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let published = match versions.record() {
+                Ok(record) => publisher
+                    .send_all(&[record])
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match published {
+                Ok(()) => {
+                    tracing::info!(saga = %d.name, version = %d.version, "saga version published");
+                    backoff = Duration::from_millis(200);
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        next = asked.recv() => if next.is_none() { break },
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not publish the saga's version; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        following.abort();
+    })
+}
+
+/// How often the ticker looks for old versions to retire.
+const RETIRE_EVERY: Duration = Duration::from_secs(5);
+
 /// Publishes a [`StepTimedOut`] for every instance whose deadline passed, once per deadline
 /// (again after a while if it is still not handled).
 async fn tick(
     orchestrator: Arc<Orchestrator>,
+    view: Arc<SagaView>,
     publisher: Publisher,
     every: Duration,
     shutdown: CancellationToken,
 ) {
-    let d = &orchestrator.definition;
+    let mut retired_at = std::time::Instant::now();
     let sent: Mutex<HashMap<String, (i64, i64)>> = Mutex::default();
     let resend_after = 10_000;
     loop {
@@ -585,8 +680,17 @@ async fn tick(
             .metrics
             .running(running, failed, millis_to_seconds(now - oldest));
         let mut outputs = Vec::with_capacity(due.len());
+        if retired_at.elapsed() >= RETIRE_EVERY && view.caught_up() {
+            retired_at = std::time::Instant::now();
+            let in_use = view.versions_in_flight().into_keys().collect();
+            outputs.extend(orchestrator.versions.retire(&in_use, retired_at));
+        }
         for instance in &due {
-            let Some(command) = instance.awaited_command(d) else {
+            let Some(d) = orchestrator.versions.of(&instance.version) else {
+                tracing::warn!(saga_id = %instance.saga_id, version = %instance.version, "a deadline of a saga version not known here (yet)");
+                continue;
+            };
+            let Some(command) = instance.awaited_command(&d) else {
                 continue;
             };
             let context = StepContext {

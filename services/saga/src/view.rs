@@ -13,8 +13,9 @@
 //! status, step and customer has its own ordered index, and a list walks the smallest of those
 //! it asks for.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{PoisonError, RwLock};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +23,7 @@ use sagashop_contracts::events::StepPhase;
 use serde::Serialize;
 
 use crate::machine::{Instance, Status};
+use crate::versions::Versions;
 
 /// Where an instance is, as the read model sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -115,6 +117,8 @@ pub struct SagaInstance {
     /// Why it is `FAILED`: the compensation that gave up, and its last reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incident: Option<String>,
+    /// The version of the saga's definition it runs on.
+    pub version: String,
     /// Everything that happened, oldest first (left out of lists).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<TimelineLine>,
@@ -175,23 +179,33 @@ pub struct Page {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
     /// How many instances the model holds per status (the whole model, not the filter).
-    pub counts: std::collections::BTreeMap<SagaStatus, usize>,
+    pub counts: BTreeMap<SagaStatus, usize>,
+    /// How many that have not ended (running, compensating or `FAILED`) run on each version of
+    /// the definition.
+    pub versions: BTreeMap<String, usize>,
 }
 
-/// What an index is of: the instances with a status, at a step, or of a customer.
+/// What an index is of: the instances with a status, at a step, or of a customer, or those on
+/// a version that have not ended.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Status(SagaStatus),
     Step(String),
     Customer(String),
+    Version(String),
 }
 
 impl Key {
     /// The index keys of `instance`.
     fn of(instance: &SagaInstance) -> impl Iterator<Item = Self> {
+        let ended = matches!(
+            instance.status,
+            SagaStatus::Completed | SagaStatus::Cancelled
+        );
         std::iter::once(Self::Status(instance.status))
             .chain(instance.step.clone().map(Self::Step))
             .chain(instance.customer.clone().map(Self::Customer))
+            .chain((!ended).then(|| Self::Version(instance.version.clone())))
     }
 }
 
@@ -250,14 +264,26 @@ impl Inner {
             .get(&Key::Status(status))
             .map_or(0, BTreeSet::len)
     }
+
+    fn versions(&self) -> BTreeMap<String, usize> {
+        self.index
+            .iter()
+            .filter_map(|(key, set)| match key {
+                Key::Version(v) => Some((v.clone(), set.len())),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// The read model of one saga.
 pub struct SagaView {
     saga: String,
-    /// The definition's step names, by index.
-    steps: Vec<String>,
+    /// The versions of the definition: their step names, by index.
+    versions: Arc<Versions>,
     inner: RwLock<Inner>,
+    /// Whether it has read the state topic to the end it had at start.
+    caught_up: AtomicBool,
 }
 
 impl std::fmt::Debug for SagaView {
@@ -270,13 +296,30 @@ impl std::fmt::Debug for SagaView {
 }
 
 impl SagaView {
-    /// An empty model of the saga `definition` runs.
-    pub fn new(definition: &crate::Definition) -> Self {
+    /// An empty model of the saga whose definitions `versions` knows.
+    pub fn new(versions: Arc<Versions>) -> Self {
         Self {
-            saga: definition.name.clone(),
-            steps: definition.steps.iter().map(|s| s.name.clone()).collect(),
+            saga: versions.current().name.clone(),
+            versions,
             inner: RwLock::default(),
+            caught_up: AtomicBool::new(false),
         }
+    }
+
+    /// Says the model has read the state topic to the end it had at start.
+    pub fn set_caught_up(&self) {
+        self.caught_up.store(true, Ordering::Release);
+    }
+
+    /// Whether it has read the state topic to the end it had at start: until then an instance
+    /// it lacks may still exist.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// How many instances that have not ended run on each version of the definition.
+    pub fn versions_in_flight(&self) -> BTreeMap<String, usize> {
+        self.read().versions()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
@@ -312,7 +355,19 @@ impl SagaView {
             .collect();
         let started = timeline.first().map_or_else(Utc::now, |l| l.at);
         let updated = timeline.last().map_or(started, |l| l.at);
-        let step = self.steps.get(state.step).cloned();
+        let current = self.versions.current();
+        let version = if state.version.is_empty() {
+            current.version.clone()
+        } else {
+            state.version.clone()
+        };
+        // The step's name in the instance's version; its last timeline line's step while that
+        // version is not known here (yet).
+        let step = self
+            .versions
+            .of(&version)
+            .and_then(|d| d.steps.get(state.step).map(|s| s.name.clone()))
+            .or_else(|| timeline.last().map(|l| l.step.clone()));
         let instance = SagaInstance {
             saga_id: saga_id.to_owned(),
             saga: self.saga.clone(),
@@ -339,6 +394,7 @@ impl SagaView {
                 .map(|f| f.failed_step.clone())
                 .filter(|s| !s.is_empty()),
             incident: state.incident.clone(),
+            version,
             timeline,
         };
         if let Some(old) = inner.instances.remove(saga_id) {
@@ -348,9 +404,14 @@ impl SagaView {
         inner.instances.insert(saga_id.to_owned(), instance);
     }
 
-    /// The saga's step names, in order.
-    pub fn steps(&self) -> &[String] {
-        &self.steps
+    /// The step names of every version of the saga known here, the current version's first.
+    pub fn steps(&self) -> Vec<String> {
+        self.versions.step_names()
+    }
+
+    /// The versions of the saga's definition known here.
+    pub fn versions(&self) -> Arc<Versions> {
+        Arc::clone(&self.versions)
     }
 
     /// How many instances it holds.
@@ -431,6 +492,7 @@ impl SagaView {
             sagas,
             next: more.then(|| last.map(|p| Cursor(p).to_string())).flatten(),
             counts,
+            versions: inner.versions(),
         }
     }
 }
@@ -494,7 +556,7 @@ mod tests {
     #[test]
     fn an_instance_shows_its_status_step_customer_and_timeline_and_a_tombstone_forgets_it() {
         let d = definition();
-        let v = SagaView::new(&d);
+        let v = SagaView::new(Arc::new(Versions::new(d.clone())));
         let mut i = started(&d, "s1", "c-1", 1_000);
         reply(&d, &mut i, "ReserveInventory", &Reply::Succeeded, 1_010);
         let declined = Reply::Failed {
@@ -561,7 +623,7 @@ mod tests {
     #[test]
     fn lists_filter_by_status_step_age_and_customer_and_page_with_a_cursor() {
         let d = definition();
-        let v = SagaView::new(&d);
+        let v = SagaView::new(Arc::new(Versions::new(d.clone())));
         for n in 0..10 {
             let id = format!("s{n}");
             let mut i = started(&d, &id, if n % 2 == 0 { "even" } else { "odd" }, n * 1000);
@@ -620,5 +682,51 @@ mod tests {
         let expected: Vec<String> = (0..10).map(|n| format!("s{n}")).collect();
         assert_eq!(seen, expected);
         assert!(Cursor::parse("12").is_none() && Cursor::parse("x.y").is_none());
+    }
+
+    #[test]
+    fn an_instance_on_an_old_version_shows_that_versions_step_and_counts_until_it_ends() {
+        let old = definition();
+        let mut spec = old.spec.clone();
+        spec.steps.swap(0, 1);
+        let new = spec.validate(&old.name).unwrap();
+        let versions = Arc::new(Versions::new(new.clone()));
+        let record = crate::versions::VersionRecord {
+            saga: old.name.clone(),
+            version: old.version.clone(),
+            spec: old.spec.clone(),
+            published_at: Utc::now(),
+        };
+        versions.apply(&old.version, Some(&serde_json::to_vec(&record).unwrap()));
+        let v = SagaView::new(Arc::clone(&versions));
+        let mut on_old = started(&old, "old", "c", 1_000);
+        v.apply("old", Some(&on_old));
+        v.apply("new", Some(&started(&new, "new", "c", 2_000)));
+        assert_eq!(
+            v.get("old").unwrap().step.as_deref(),
+            Some("reserve-inventory")
+        );
+        assert_eq!(
+            v.get("new").unwrap().step.as_deref(),
+            Some("authorize-payment")
+        );
+        assert_eq!(
+            v.versions_in_flight(),
+            BTreeMap::from([(old.version.clone(), 1), (new.version.clone(), 1)])
+        );
+        for command in ["ReserveInventory", "AuthorizePayment", "CreateShipment"] {
+            reply(&old, &mut on_old, command, &Reply::Succeeded, 1_500);
+        }
+        v.apply("old", Some(&on_old));
+        assert_eq!(v.get("old").unwrap().status, SagaStatus::Completed);
+        assert_eq!(
+            v.versions_in_flight(),
+            BTreeMap::from([(new.version.clone(), 1)]),
+            "an ended instance no longer holds its version"
+        );
+        let summary = versions.summary(&v.versions_in_flight());
+        assert!(summary[0].current && summary[0].instances == 1);
+        assert_eq!(summary[1].steps[0], "reserve-inventory");
+        assert_eq!(summary[1].instances, 0);
     }
 }

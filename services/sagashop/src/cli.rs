@@ -215,6 +215,13 @@ pub(crate) enum SagaAction {
         #[arg(long)]
         json: bool,
     },
+    /// The versions of the saga's definition instances still run on, with their steps: an
+    /// instance runs to its end on the version it started with.
+    Versions {
+        /// Print the API's JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `sagashop dlq` actions.

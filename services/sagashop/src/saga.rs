@@ -68,6 +68,15 @@ pub(crate) async fn run(url: &str, action: SagaAction) -> Result<(), Failure> {
             )
             .await
         }
+        SagaAction::Versions { json } => {
+            let answer = get(&format!("{base}/api/sagas/versions"), &[]).await?;
+            let mut out = std::io::stdout().lock();
+            output(if json {
+                writeln!(out, "{answer:#}")
+            } else {
+                versions(&mut out, &answer)
+            })
+        }
         SagaAction::Show { id, json } => {
             let instance = get(&format!("{base}/api/sagas/{id}"), &[]).await?;
             let mut out = std::io::stdout().lock();
@@ -198,6 +207,15 @@ fn list(out: &mut impl Write, page: &Value) -> std::io::Result<()> {
         .map(|(status, n)| format!("{status} {n}"))
         .collect();
     writeln!(out, "kept: {}", counts.join(", "))?;
+    let on: Vec<String> = page["versions"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(version, n)| format!("{version} {n}"))
+        .collect();
+    if on.len() > 1 {
+        writeln!(out, "not ended, per version: {}", on.join(", "))?;
+    }
     if let Some(next) = page["next"].as_str() {
         writeln!(out, "more: --cursor {next}")?;
     }
@@ -214,6 +232,7 @@ fn show(out: &mut impl Write, saga: &Value) -> std::io::Result<()> {
     writeln!(out, "status    {}", text(saga, "status"))?;
     writeln!(out, "step      {}", text(saga, "step"))?;
     writeln!(out, "customer  {}", text(saga, "customer"))?;
+    writeln!(out, "version   {}", text(saga, "version"))?;
     writeln!(
         out,
         "started   {} ({} ago)",
@@ -248,6 +267,31 @@ fn show(out: &mut impl Write, saga: &Value) -> std::io::Result<()> {
             text(line, "step"),
             text(line, "phase"),
             line["attempt"].as_u64().unwrap_or(0),
+        )?;
+    }
+    Ok(())
+}
+
+fn versions(out: &mut impl Write, answer: &Value) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<14} {:<8} {:>9}  STEPS",
+        "VERSION", "CURRENT", "INSTANCES"
+    )?;
+    for v in answer["versions"].as_array().into_iter().flatten() {
+        let steps: Vec<&str> = v["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        writeln!(
+            out,
+            "{:<14} {:<8} {:>9}  {}",
+            text(v, "version"),
+            if v["current"] == true { "yes" } else { "no" },
+            v["instances"].as_u64().unwrap_or(0),
+            steps.join(" > ")
         )?;
     }
     Ok(())

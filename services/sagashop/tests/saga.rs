@@ -12,35 +12,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Dev, WAIT, finished};
+use common::{Dev, WAIT, finished, order, post};
 
 use reqwest::StatusCode;
 use sagashop_kit::reader::read_settled;
 use sagashop_kit::{KafkaConfig, Outgoing, Publisher};
 use sagashop_testkit::{TestKafka, eventually, metrics, unique_name};
 use serde_json::{Value, json};
-
-fn order(customer: &str, product: &str, quantity: i64, unit_price: i64) -> Value {
-    json!({
-        "customerId": customer,
-        "currency": "EUR",
-        "items": [{"productId": product, "quantity": quantity, "unitPrice": unit_price}],
-    })
-}
-
-/// Posts `body`; returns the status and the JSON answer.
-async fn post(base: &str, body: &Value, key: Option<&str>) -> Result<(StatusCode, Value), String> {
-    let mut request = reqwest::Client::new()
-        .post(format!("{base}/api/orders"))
-        .json(body);
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    let response = request.send().await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response.json().await.unwrap_or(Value::Null);
-    Ok((status, body))
-}
 
 /// The latest value per key of a compacted store topic.
 async fn latest(kafka: &KafkaConfig, topic: &str) -> HashMap<String, Value> {

@@ -51,7 +51,7 @@ fn the_chart_and_the_plain_manifests_declare_exactly_the_topics_the_services_nee
         })
         .collect();
     assert_eq!(services.len(), 14, "{services:?}");
-    assert_eq!(all.len(), 25);
+    assert_eq!(all.len(), 26);
 
     let plain = std::fs::read_to_string(root().join("k8s/topics.yaml")).unwrap();
     assert_eq!(

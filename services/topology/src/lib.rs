@@ -218,25 +218,15 @@ pub struct Topology {
 impl Topology {
     /// The topology of `definition` with every topic and group name prefixed by `prefix`
     /// (empty in a cluster; tests and shared brokers use one).
-    pub fn new(mut definition: Definition, prefix: &str) -> Self {
+    pub fn new(definition: Definition, prefix: &str) -> Self {
         let p = prefix;
         let mut saga_topics = definition.topic_specs();
         for spec in &mut saga_topics {
             spec.name = format!("{p}{}", spec.name);
         }
-        if !p.is_empty() {
-            let prefixed = |t: &mut String| *t = format!("{p}{t}");
-            prefixed(&mut definition.trigger.topic);
-            prefixed(&mut definition.reply_topic);
-            prefixed(&mut definition.state_topic);
-            prefixed(&mut definition.outcome.topic);
-            for step in &mut definition.steps {
-                prefixed(&mut step.command_topic);
-            }
-        }
         Self {
             prefix: p.to_owned(),
-            definition,
+            definition: definition.with_prefix(p),
             saga_topics,
         }
     }
@@ -326,6 +316,7 @@ impl Topology {
                 topic("trigger", &d.trigger.topic);
                 topic("replies", &d.reply_topic);
                 topic("state", &d.state_topic);
+                topic("versions", &d.versions_topic);
                 topic("outcome", &d.outcome.topic);
                 inputs.extend(["trigger", "replies"]);
                 state.push("state".to_owned());

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use sagashop_testkit::{TestKafka, eventually};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// How long any wait lasts.
 pub const WAIT: Duration = Duration::from_secs(120);
@@ -159,6 +159,33 @@ impl Drop for Dev {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An order body of one line.
+pub fn order(customer: &str, product: &str, quantity: i64, unit_price: i64) -> Value {
+    json!({
+        "customerId": customer,
+        "currency": "EUR",
+        "items": [{"productId": product, "quantity": quantity, "unitPrice": unit_price}],
+    })
+}
+
+/// Posts `body` to `/api/orders`; returns the status and the JSON answer.
+pub async fn post(
+    base: &str,
+    body: &Value,
+    key: Option<&str>,
+) -> Result<(StatusCode, Value), String> {
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/api/orders"))
+        .json(body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    Ok((status, body))
 }
 
 /// Waits until the order is COMPLETED or CANCELLED; returns it.
