@@ -113,6 +113,8 @@ pub struct Shared {
     pub scope: Scope,
     /// How often every object is reconciled even when nothing changed (drift detection).
     pub resync: Duration,
+    /// Kafka, to read what the orchestrators publish (sagas' versions); `None` reads nothing.
+    pub kafka: Option<sagashop_kit::KafkaConfig>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -133,8 +135,16 @@ impl Shared {
             metrics,
             scope,
             resync,
+            kafka: None,
             failures: Mutex::default(),
         }
+    }
+
+    /// Reads what the orchestrators publish to `kafka` (sagas' versions) into the status.
+    #[must_use]
+    pub fn reading(mut self, kafka: sagashop_kit::KafkaConfig) -> Self {
+        self.kafka = Some(kafka);
+        self
     }
 
     /// Publishes an event about `resource`; a failure to publish is logged, never fatal.

@@ -194,14 +194,17 @@ pub async fn run(
         controller: context::MANAGER.to_owned(),
         instance: config.instance.clone(),
     };
-    let shared = Arc::new(context::Shared::new(
-        client.clone(),
-        admin,
-        Recorder::new(client.clone(), reporter),
-        Arc::clone(&metrics),
-        config.scope.clone(),
-        config.resync,
-    ));
+    let shared = Arc::new(
+        context::Shared::new(
+            client.clone(),
+            admin,
+            Recorder::new(client.clone(), reporter),
+            Arc::clone(&metrics),
+            config.scope.clone(),
+            config.resync,
+        )
+        .reading(config.kafka.clone()),
+    );
     // A standby is healthy and ready: it is doing its job, which is to wait.
     ready.set(true);
     let leadership = match config.lease.clone() {

@@ -14,7 +14,10 @@
 //!    transactional ids), which the services read with `SAGASHOP_WIRING`;
 //! 4. stamps the hash of that configuration on the pod template of every Deployment the saga
 //!    names (`spec.deployments`), so a changed saga rolls its services;
-//! 5. reports `TopicsReady`, `ConfigReady` and `Ready`, the phase, the topics and the hash.
+//! 5. reports `TopicsReady`, `ConfigReady` and `Ready`, the phase, the topics and the hash,
+//!    and the versions of the definition instances run on with their instances, read from the
+//!    saga's `saga.<name>.versions` topic where the orchestrators publish them (every 30 s
+//!    while an old version is still running).
 //!
 //! Deleting the saga deletes what it owns (garbage collection); its topics stay in Kafka
 //! (`deletionPolicy: Retain`).
@@ -30,7 +33,8 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
-use sagashop_saga::definition::{Definition, SagaStatus};
+use sagashop_saga::definition::{Definition, SagaStatus, VersionStatus};
+use sagashop_saga::versions::VersionRecord;
 use sagashop_topology::Topology;
 use serde_json::json;
 
@@ -228,12 +232,16 @@ async fn reconcile(saga: Arc<Saga>, shared: Arc<Shared>) -> Result<Action, Error
     let rollout = roll_out(&shared, &saga, &namespace, &want).await?;
     announce_config(&shared, &saga, &want, &rollout).await;
     let config_ready = rollout.missing.is_empty();
-    write_status(&shared, &saga, status(&saga, &want, &topics, &rollout)).await?;
-    // Children's status changes wake the saga; a missing Deployment is looked for again.
-    Ok(if config_ready {
+    let mut status = status(&saga, &want, &topics, &rollout);
+    status.versions = versions(&shared, &saga, &definition).await;
+    let old_running = status.versions.len() > 1;
+    write_status(&shared, &saga, status).await?;
+    // Children's status changes wake the saga; a missing Deployment is looked for again, and
+    // old versions' instances are counted again until they have ended.
+    Ok(if config_ready && !old_running {
         Action::requeue(shared.resync)
     } else {
-        Action::requeue(Duration::from_secs(30))
+        Action::requeue(Duration::from_secs(30).min(shared.resync))
     })
 }
 
@@ -433,6 +441,81 @@ async fn announce_config(shared: &Shared, saga: &Saga, want: &Desired, rollout: 
     shared.event(saga, false, "ConfigChanged", note).await;
 }
 
+/// The versions of the saga's definition, from its versions topic: the spec's own first (with
+/// no count before an orchestrator has published one), then the older ones still kept. Kafka
+/// not answering keeps what the status said.
+async fn versions(shared: &Shared, saga: &Saga, definition: &Definition) -> Vec<VersionStatus> {
+    let kept = || {
+        saga.status
+            .as_ref()
+            .map(|s| s.versions.clone())
+            .unwrap_or_default()
+    };
+    let Some(kafka) = &shared.kafka else {
+        return kept();
+    };
+    let topic = &definition.versions_topic;
+    let records = match sagashop_kit::reader::read_to_end(
+        kafka,
+        "operator-versions",
+        topic,
+        Duration::from_secs(10),
+    )
+    .await
+    {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::debug!(%topic, error = %e, "could not read the saga's versions");
+            return kept();
+        }
+    };
+    let mut latest: BTreeMap<String, VersionRecord> = BTreeMap::new();
+    for record in records {
+        let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
+        match record
+            .payload
+            .as_deref()
+            .map(serde_json::from_slice::<VersionRecord>)
+        {
+            Some(Ok(version)) => {
+                latest.insert(key, version);
+            }
+            Some(Err(e)) => tracing::warn!(%topic, %key, error = %e, "an unreadable saga version"),
+            None => {
+                latest.remove(&key);
+            }
+        }
+    }
+    version_statuses(definition, &latest)
+}
+
+/// The status's versions: `definition`'s own first, then the others of `latest` by version.
+pub fn version_statuses(
+    definition: &Definition,
+    latest: &BTreeMap<String, VersionRecord>,
+) -> Vec<VersionStatus> {
+    let count = |r: &VersionRecord| r.instances.and_then(|n| i64::try_from(n).ok());
+    let own = VersionStatus {
+        version: definition.version.clone(),
+        current: true,
+        steps: definition.steps.iter().map(|s| s.name.clone()).collect(),
+        instances: latest.get(&definition.version).and_then(count),
+    };
+    std::iter::once(own)
+        .chain(
+            latest
+                .values()
+                .filter(|r| r.version != definition.version)
+                .map(|r| VersionStatus {
+                    version: r.version.clone(),
+                    current: false,
+                    steps: r.spec.steps.iter().map(|s| s.name.clone()).collect(),
+                    instances: count(r),
+                }),
+        )
+        .collect()
+}
+
 /// The saga's status once its topics, ConfigMap and rollout are applied.
 fn status(
     saga: &Saga,
@@ -500,6 +583,7 @@ fn status(
             .collect(),
         config_map: Some(want.config_map.clone()),
         config_hash: Some(want.hash.clone()),
+        versions: Vec::new(),
     }
 }
 
@@ -674,6 +758,41 @@ mod tests {
         changed.spec.steps[0].timeout = "9s".to_owned();
         let definition = changed.spec.validate(&changed.name_any()).unwrap();
         assert_ne!(desired(&changed, &definition).hash, first);
+    }
+
+    #[test]
+    fn the_status_lists_the_specs_version_first_then_older_ones_with_their_counts() {
+        let saga = shipped();
+        let definition = saga.spec.validate(&saga.name_any()).unwrap();
+        let none = version_statuses(&definition, &BTreeMap::new());
+        assert_eq!(none.len(), 1);
+        assert!(none[0].current && none[0].instances.is_none());
+        assert_eq!(none[0].steps[0], "reserve-inventory");
+        let mut spec = saga.spec.clone();
+        spec.steps.swap(0, 1);
+        let old = spec.validate("order-fulfilment").unwrap();
+        let record = |d: &Definition, instances| VersionRecord {
+            saga: d.name.clone(),
+            version: d.version.clone(),
+            spec: d.spec.clone(),
+            published_at: chrono::Utc::now(),
+            instances,
+        };
+        let latest = BTreeMap::from([
+            (old.version.clone(), record(&old, Some(4))),
+            (definition.version.clone(), record(&definition, Some(9))),
+        ]);
+        let both = version_statuses(&definition, &latest);
+        assert_eq!(
+            both.iter()
+                .map(|v| (v.version.as_str(), v.current, v.instances))
+                .collect::<Vec<_>>(),
+            [
+                (definition.version.as_str(), true, Some(9)),
+                (old.version.as_str(), false, Some(4))
+            ]
+        );
+        assert_eq!(both[1].steps[0], "authorize-payment");
     }
 
     #[test]

@@ -15,7 +15,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+use sagashop_kit::{Outgoing, Publisher};
 use sagashop_operator::{KafkaTopic, Saga};
+use sagashop_saga::definition::VersionStatus;
+use sagashop_saga::versions::VersionRecord;
 use sagashop_testkit::{TestKafka, TestKube, eventually, unique_name};
 use serde_json::json;
 
@@ -188,6 +191,64 @@ async fn an_applied_saga_gets_its_topics_config_and_rollout_and_reports_ready() 
         let d = deployments.get("orchestrator").await.ok()?;
         let now = config_hash(&d)?;
         (now != hash).then_some(())
+    })
+    .await;
+
+    // The versions the orchestrators publish, with their instances, reach the status: the
+    // edited spec's first, the first spec's while instances still run on it, until retired.
+    let first: Saga = serde_json::from_str(&unique_saga(&run, "orchestrator")).unwrap();
+    let first = first.spec.validate("order-fulfilment").unwrap();
+    let edited = sagas.get("order-fulfilment").await.unwrap();
+    let edited = edited.spec.validate("order-fulfilment").unwrap();
+    assert_ne!(
+        first.version, edited.version,
+        "a changed step is a new version"
+    );
+    let record = |d: &sagashop_saga::Definition, instances: Option<usize>| Outgoing {
+        topic: d.versions_topic.clone(),
+        key: Some(d.version.clone().into_bytes()),
+        partition: None,
+        payload: instances.map(|n| {
+            serde_json::to_vec(&VersionRecord {
+                saga: d.name.clone(),
+                version: d.version.clone(),
+                spec: d.spec.clone(),
+                published_at: chrono::Utc::now(),
+                instances: Some(n),
+            })
+            .unwrap()
+        }),
+        headers: vec![],
+    };
+    let publisher = Publisher::new(&kafka.config, "test").unwrap();
+    publisher
+        .send_all(&[record(&first, Some(2)), record(&edited, Some(5))])
+        .await
+        .unwrap();
+    let shown = |versions: &[VersionStatus]| -> Vec<(String, bool, Option<i64>)> {
+        versions
+            .iter()
+            .filter(|v| v.version == first.version || v.version == edited.version)
+            .map(|v| (v.version.clone(), v.current, v.instances))
+            .collect()
+    };
+    let both = vec![
+        (edited.version.clone(), true, Some(5)),
+        (first.version.clone(), false, Some(2)),
+    ];
+    eventually(
+        "the status to show both versions with their instances",
+        WAIT,
+        || async {
+            let saga = sagas.get("order-fulfilment").await.ok()?;
+            (shown(&saga.status?.versions) == both).then_some(())
+        },
+    )
+    .await;
+    publisher.send_all(&[record(&first, None)]).await.unwrap();
+    eventually("the status to drop the retired version", WAIT, || async {
+        let saga = sagas.get("order-fulfilment").await.ok()?;
+        (shown(&saga.status?.versions) == both[..1]).then_some(())
     })
     .await;
     op.stop(&kube).await;

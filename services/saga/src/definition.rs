@@ -88,6 +88,26 @@ pub struct SagaStatus {
     /// A hash of that configuration: the Deployments it rolled carry it as an annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// The versions of the definition instances run on, as the orchestrators publish them
+    /// (`saga.<name>.versions`): the spec's own first, then older ones still running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionStatus>,
+}
+
+/// One version of a saga's definition, as the status shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionStatus {
+    /// The version (a hash of what instances run).
+    pub version: String,
+    /// Whether it is the version of the current spec: new instances start on it.
+    pub current: bool,
+    /// Its steps, in order.
+    pub steps: Vec<String>,
+    /// Instances on it that have not ended (running, compensating or `FAILED`), as the
+    /// orchestrators last counted them; absent before they have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<i64>,
 }
 
 /// A status condition, as Kubernetes objects report them (shared by sagashop's resources).

@@ -680,9 +680,16 @@ async fn tick(
             .metrics
             .running(running, failed, millis_to_seconds(now - oldest));
         let mut outputs = Vec::with_capacity(due.len());
-        if retired_at.elapsed() >= RETIRE_EVERY && view.caught_up() {
+        // One orchestrator at a time (partition 0's owner) counts and retires versions.
+        let leads = orchestrator.instances.partitions().contains(&0);
+        if leads && retired_at.elapsed() >= RETIRE_EVERY && view.caught_up() {
             retired_at = std::time::Instant::now();
-            let in_use = view.versions_in_flight().into_keys().collect();
+            let in_flight = view.versions_in_flight();
+            match orchestrator.versions.counted(&in_flight) {
+                Ok(records) => outputs.extend(records),
+                Err(e) => tracing::warn!(error = %e, "could not count the saga's versions"),
+            }
+            let in_use = in_flight.into_keys().collect();
             outputs.extend(orchestrator.versions.retire(&in_use, retired_at));
         }
         for instance in &due {
@@ -725,7 +732,10 @@ async fn tick(
                     sent.insert(instance.saga_id.clone(), (instance.deadline, now));
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "could not publish step deadlines; retrying"),
+            Err(e) => {
+                orchestrator.versions.forget_published();
+                tracing::warn!(error = %e, "could not publish step deadlines or versions; retrying");
+            }
         }
     }
 }

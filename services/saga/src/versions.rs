@@ -9,8 +9,11 @@
 //!   it tombstoned, so a version is on the topic while any orchestrator still runs it;
 //! - each orchestrator follows the topic, so whichever replica owns an instance (after a rolling
 //!   update moves its partition) runs it on its own version;
-//! - an old version is tombstoned once no instance the read model keeps runs on it (none
-//!   running, compensating or `FAILED`) for [`Versions::GRACE`] in a row.
+//! - the orchestrator that owns the state topic's partition 0 (one at a time) republishes a
+//!   version's record with its count of instances that have not ended when that count changes,
+//!   so the operator can show them in the `Saga`'s status, and tombstones an old version once
+//!   no instance the read model keeps runs on it (none running, compensating or `FAILED`) for
+//!   [`Versions::GRACE`] in a row.
 //!
 //! [`Instance::version`]: crate::machine::Instance::version
 
@@ -37,8 +40,12 @@ pub struct VersionRecord {
     pub version: String,
     /// The spec, unprefixed, as the `Saga` resource or file had it.
     pub spec: SagaSpec,
-    /// When an orchestrator running it (last) published it.
+    /// When it was (last) published.
     pub published_at: DateTime<Utc>,
+    /// How many instances that have not ended run on it, as the orchestrators' read model
+    /// counted them then; absent in the record an orchestrator publishes when it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<usize>,
 }
 
 /// What a record of the versions topic did.
@@ -75,6 +82,8 @@ pub struct Versions {
     known: RwLock<HashMap<String, Arc<Definition>>>,
     /// Since when each old version had no instance (for [`Self::retire`]).
     idle: RwLock<HashMap<String, Instant>>,
+    /// The counts this orchestrator last published (for [`Self::counted`]).
+    published: RwLock<HashMap<String, usize>>,
 }
 
 impl Versions {
@@ -89,6 +98,7 @@ impl Versions {
             current,
             known: RwLock::new(known),
             idle: RwLock::default(),
+            published: RwLock::default(),
         }
     }
 
@@ -130,12 +140,58 @@ impl Versions {
 
     /// The record of the current version, for the versions topic.
     pub fn record(&self) -> Result<Outgoing, sagashop_kit::Error> {
-        let d = &self.current;
+        Self::record_of(&self.current, None)
+    }
+
+    /// The records of the known versions whose count of instances that have not ended
+    /// (`in_flight`, from the read model) differs from the count this orchestrator last
+    /// published.
+    pub fn counted(
+        &self,
+        in_flight: &BTreeMap<String, usize>,
+    ) -> Result<Vec<Outgoing>, sagashop_kit::Error> {
+        let known: Vec<Arc<Definition>> = self
+            .known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let mut published = self
+            .published
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        published.retain(|v, _| known.iter().any(|d| d.version == *v));
+        let mut records = Vec::new();
+        for d in known {
+            let count = in_flight.get(&d.version).copied().unwrap_or(0);
+            if published.get(&d.version) != Some(&count) {
+                records.push(Self::record_of(&d, Some(count))?);
+                published.insert(d.version.clone(), count);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Forgets the counts published, after a failure to publish them: the next
+    /// [`Self::counted`] sends every count again.
+    pub fn forget_published(&self) {
+        self.published
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    fn record_of(
+        d: &Definition,
+        instances: Option<usize>,
+    ) -> Result<Outgoing, sagashop_kit::Error> {
         let record = VersionRecord {
             saga: d.name.clone(),
             version: d.version.clone(),
             spec: d.spec.clone(),
             published_at: Utc::now(),
+            instances,
         };
         let bytes = serde_json::to_vec(&record)
             .map_err(|e| sagashop_kit::Error::Internal(format!("encoding a version: {e}")))?;
@@ -263,6 +319,7 @@ mod tests {
             version: d.version.clone(),
             spec: d.spec.clone(),
             published_at: Utc::now(),
+            instances: None,
         })
         .unwrap()
     }
@@ -321,6 +378,39 @@ mod tests {
         assert!(
             versions.of("").is_some(),
             "a state without a version runs on the current"
+        );
+    }
+
+    #[test]
+    fn counts_are_published_for_every_known_version_only_when_they_change() {
+        let versions = Versions::new(shipped());
+        let old = reordered();
+        versions.apply(&old.version, Some(&payload(&old)));
+        let current = versions.current().version.clone();
+        let count = |record: &Outgoing| {
+            let r: VersionRecord =
+                serde_json::from_slice(record.payload.as_deref().unwrap()).unwrap();
+            (r.version, r.instances)
+        };
+        let first = versions
+            .counted(&BTreeMap::from([(old.version.clone(), 3)]))
+            .unwrap();
+        let mut seen: Vec<_> = first.iter().map(count).collect();
+        seen.sort();
+        let mut want = vec![(old.version.clone(), Some(3)), (current.clone(), Some(0))];
+        want.sort();
+        assert_eq!(seen, want);
+        let same = BTreeMap::from([(old.version.clone(), 3)]);
+        assert!(versions.counted(&same).unwrap().is_empty());
+        let changed = versions
+            .counted(&BTreeMap::from([
+                (current.clone(), 1),
+                (old.version.clone(), 3),
+            ]))
+            .unwrap();
+        assert_eq!(
+            changed.iter().map(count).collect::<Vec<_>>(),
+            [(current, Some(1))]
         );
     }
 

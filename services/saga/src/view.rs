@@ -696,6 +696,7 @@ mod tests {
             version: old.version.clone(),
             spec: old.spec.clone(),
             published_at: Utc::now(),
+            instances: None,
         };
         versions.apply(&old.version, Some(&serde_json::to_vec(&record).unwrap()));
         let v = SagaView::new(Arc::clone(&versions));

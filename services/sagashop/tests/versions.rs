@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::{Dev, WAIT, finished, order, post};
 use reqwest::StatusCode;
+use sagashop_kit::reader::read_settled;
 use sagashop_testkit::{TestKafka, eventually, unique_name};
 use serde_json::Value;
 
@@ -179,6 +180,29 @@ async fn an_edited_saga_finishes_old_instances_on_their_steps_and_runs_new_ones_
         "{printed}"
     );
     eprintln!("versions: `sagashop saga versions` during the rollout:\n{printed}");
+    // The orchestrator that leads publishes the counts on the versions topic (for the
+    // operator's Saga status).
+    let topic = edge.topic("saga.order-fulfilment.versions");
+    eventually(
+        "the versions topic to carry both versions' counts",
+        WAIT,
+        || {
+            let (config, topic) = (kafka.config.clone(), topic.clone());
+            async move {
+                let records = read_settled(&config, "test-versions", &topic, WAIT)
+                    .await
+                    .ok()?;
+                let counted: std::collections::HashSet<String> = records
+                    .iter()
+                    .filter_map(|r| serde_json::from_slice::<Value>(r.payload.as_deref()?).ok())
+                    .filter(|r| r["instances"].is_u64())
+                    .filter_map(|r| r["version"].as_str().map(str::to_owned))
+                    .collect();
+                (counted.len() == 2).then_some(())
+            }
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after_edit: Vec<String> = {
         let mut after = Vec::new();
