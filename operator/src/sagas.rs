@@ -69,8 +69,14 @@ pub fn resource_name(topic: &str) -> String {
             _ => '-',
         })
         .collect();
-    let trimmed = mapped.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-    let mut name: String = trimmed.chars().take(253).collect();
+    let not_alphanumeric = |c: char| !c.is_ascii_alphanumeric();
+    // Cut to 253 first, then trim: a cut can end on a `.` or `-` (found by `scripts/fuzz`).
+    let cut: String = mapped
+        .trim_start_matches(not_alphanumeric)
+        .chars()
+        .take(253)
+        .collect();
+    let mut name = cut.trim_end_matches(not_alphanumeric).to_owned();
     if name.is_empty() {
         name = "topic".to_owned();
     }
@@ -793,6 +799,16 @@ mod tests {
             ]
         );
         assert_eq!(both[1].steps[0], "authorize-payment");
+    }
+
+    #[test]
+    fn a_long_topic_name_cut_to_253_still_ends_alphanumeric() {
+        // Found by `scripts/fuzz` (kafka_topic): the cut came after the trim.
+        let topic = format!("{}.{}", "a".repeat(252), "b".repeat(10));
+        let name = resource_name(&topic);
+        assert_eq!(name, "a".repeat(252));
+        let dashes = format!("x{}", "-".repeat(300));
+        assert_eq!(resource_name(&dashes), "x");
     }
 
     #[test]
