@@ -191,9 +191,14 @@ fn topics() -> Vec<Seed> {
 }
 
 fn dead_letters() -> Vec<Seed> {
+    // The shipped saga's trigger topic, and a dead-letter topic named as the runtime names them.
+    let trigger = sagashop_saga::Saga::load(SHIPPED_SAGA, "order-fulfilment.yaml")
+        .map(|d| d.trigger.topic)
+        .unwrap_or_else(|e| panic!("the shipped saga loads: {e}"));
+    let dlq = sagashop_saga::definition::dead_letter_topic(sagashop_saga::definition::ORCHESTRATOR);
     let out = outgoing(&placed());
     let record = Record {
-        topic: "orders.v1".into(),
+        topic: trigger.clone(),
         partition: 2,
         offset: 41,
         key: out.key.clone(),
@@ -211,17 +216,13 @@ fn dead_letters() -> Vec<Seed> {
         input.extend(record_input(out));
         input
     };
-    let letter = dead_letter(&record, "order.dlq.v1", "order", "poison", 0);
+    let letter = dead_letter(&record, &dlq, "orchestrator", "poison", 0);
     vec![
-        (
-            "dead_letter",
-            "record".to_owned(),
-            as_input("orders.v1", &out),
-        ),
+        ("dead_letter", "record".to_owned(), as_input(&trigger, &out)),
         (
             "dead_letter",
             "dead-letter".to_owned(),
-            as_input("order.dlq.v1", &letter),
+            as_input(&dlq, &letter),
         ),
     ]
 }
