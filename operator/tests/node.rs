@@ -230,6 +230,27 @@ fn chart_with_changed_saga(ns: &str) -> std::path::PathBuf {
     dir.join("sagashop")
 }
 
+/// The admin token the release is installed with (kept by the chart in a Secret).
+const ADMIN_TOKEN: &str = "node-admin-token";
+
+/// `http://<pod ip>:8080` of a running pod of `component`.
+async fn pod_base(kube: &TestKube, ns: &str, component: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(kube.client.clone(), ns);
+    let selector =
+        format!("app.kubernetes.io/instance=sagashop,app.kubernetes.io/component={component}");
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap();
+    let ip = list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .find_map(|p| p.status.and_then(|s| s.pod_ip))
+        .unwrap_or_else(|| panic!("no running {component} pod"));
+    format!("http://{ip}:8080")
+}
+
 /// Each running service pod's component and `GET /wiring` (pods are reachable from the node).
 async fn served_wirings(kube: &TestKube, ns: &str) -> Vec<(String, Value)> {
     let pods: Api<Pod> = Api::namespaced(kube.client.clone(), ns);
@@ -340,6 +361,7 @@ async fn the_chart_runs_in_pods_on_a_real_node_from_install_to_uninstall() {
         "loadTest.duration=15s".to_owned(),
         "loadTest.p95Ms=2000".to_owned(),
         "loadTest.p99Ms=5000".to_owned(),
+        format!("admin.token={ADMIN_TOKEN}"),
     ];
     let chart_dir = chart();
     let mut install = vec!["install", "sagashop", &chart_dir, "-n", &ns];
@@ -585,6 +607,49 @@ async fn the_chart_runs_in_pods_on_a_real_node_from_install_to_uninstall() {
     }
     let order = place_and_complete(&base).await;
     assert_eq!(order["status"], "COMPLETED", "{order}");
+
+    // The console is served by the orchestrator, and the chart's Secret reaches it: an action
+    // without the token is refused; with it, it is judged (a completed saga cannot be retried).
+    let orchestrator = pod_base(&kube, &ns, "orchestrator").await;
+    let page = reqwest::get(format!("{orchestrator}/console"))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("sagashop console"));
+    let about: Value = reqwest::get(format!("{orchestrator}/api/console"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(about["actions"], true, "{about}");
+    let id = order["orderId"].as_str().unwrap();
+    eventually("the orchestrator's view to have the saga", SLOW, || {
+        let url = format!("{orchestrator}/api/sagas/{id}");
+        async move {
+            reqwest::get(url)
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        }
+    })
+    .await;
+    let retry = |token: Option<&'static str>| {
+        let mut request = reqwest::Client::new()
+            .post(format!("{orchestrator}/api/sagas/{id}/retry"))
+            .json(&json!({ "requestedBy": "node test", "reason": "check the token" }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(retry(None).await, reqwest::StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        retry(Some(ADMIN_TOKEN)).await,
+        reqwest::StatusCode::CONFLICT
+    );
 
     // `helm uninstall` leaves only what the chart promises to keep: the CRDs (helm never deletes
     // them), the KafkaTopics applied by hand, and the topics in Kafka (deletionPolicy Retain).

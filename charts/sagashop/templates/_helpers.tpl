@@ -151,3 +151,12 @@ as a JSON list. A key of .Values.services that names no service fails the render
 {{- end }}
 {{- $names | sortAlpha | toJson }}
 {{- end }}
+
+{{/* The Secret holding the admin token, or "" when the system is read-only. */}}
+{{- define "sagashop.adminSecret" -}}
+{{- if .Values.admin.existingSecret -}}
+{{- .Values.admin.existingSecret -}}
+{{- else if .Values.admin.token -}}
+{{- printf "%s-admin" (include "sagashop.fullname" .) -}}
+{{- end -}}
+{{- end -}}

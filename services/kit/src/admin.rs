@@ -325,3 +325,102 @@ pub async fn delete_topic(
         Err((topic, code)) => Err(Error::TopicRefused { topic, code }),
     })
 }
+
+/// How far a consumer group is behind on one topic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicLag {
+    /// The group.
+    pub group: String,
+    /// The topic it reads.
+    pub topic: String,
+    /// Records written and not yet committed by the group, over every partition (a partition
+    /// the group never committed counts from its log start).
+    pub lag: i64,
+    /// Each partition's end offset, the group's committed offset (absent: never committed) and
+    /// its lag.
+    pub partitions: Vec<PartitionLag>,
+}
+
+/// One partition of a [`TopicLag`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionLag {
+    /// The partition.
+    pub partition: i32,
+    /// The offset the next record will get.
+    pub end: i64,
+    /// Where the group will resume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub committed: Option<i64>,
+    /// `end - committed` (`end - log start` when nothing is committed).
+    pub lag: i64,
+}
+
+/// How far `group` is behind on each of `topics` (name and partition count), read from the
+/// group's committed offsets and the partitions' watermarks. It never joins the group: a
+/// consumer that only asks, so it can be called while the group runs.
+pub async fn group_lag(
+    kafka: &KafkaConfig,
+    group: &str,
+    topics: &[(String, i32)],
+    timeout: Duration,
+) -> Result<Vec<TopicLag>, Error> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut config = kafka.consumer("lag", group);
+    config.set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create().map_err(|cause| Error::Client {
+        what: "consumer",
+        cause,
+    })?;
+    let group = group.to_owned();
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut wanted = rdkafka::TopicPartitionList::new();
+        for (topic, partitions) in &topics {
+            for p in 0..*partitions {
+                wanted.add_partition(topic, p);
+            }
+        }
+        let committed = consumer
+            .committed_offsets(wanted, timeout)
+            .map_err(|cause| Error::Admin {
+                action: "read a group's committed offsets",
+                cause,
+            })?;
+        let mut lags = Vec::new();
+        for (topic, partitions) in &topics {
+            let mut lag = TopicLag {
+                group: group.clone(),
+                topic: topic.clone(),
+                lag: 0,
+                partitions: Vec::new(),
+            };
+            for p in 0..*partitions {
+                let (start, end) =
+                    consumer
+                        .fetch_watermarks(topic, p, timeout)
+                        .map_err(|cause| Error::Admin {
+                            action: "read a partition's watermarks",
+                            cause,
+                        })?;
+                let at = committed
+                    .find_partition(topic, p)
+                    .and_then(|e| e.offset().to_raw())
+                    .filter(|o| *o >= 0);
+                let behind = (end - at.unwrap_or(start)).max(0);
+                lag.lag += behind;
+                lag.partitions.push(PartitionLag {
+                    partition: p,
+                    end,
+                    committed: at,
+                    lag: behind,
+                });
+            }
+            lags.push(lag);
+        }
+        Ok(lags)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("reading a group's lag panicked: {e}")))?
+}

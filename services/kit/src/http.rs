@@ -207,6 +207,79 @@ async fn catalogue(State(monitor): State<Monitor>) -> impl IntoResponse {
     )
 }
 
+/// Who may act on the system over HTTP (retry or cancel a saga, replay a dead letter): whoever
+/// sends `Authorization: Bearer <token>` with this token. Without one the API is read-only:
+/// every action is refused, so a deployment that forgot its Secret cannot be acted on by
+/// anyone who reaches it.
+#[derive(Clone, Default)]
+pub struct ActionToken(Option<Arc<str>>);
+
+impl std::fmt::Debug for ActionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself: settings are logged.
+        let set = if self.0.is_some() { "set" } else { "none" };
+        f.debug_tuple("ActionToken").field(&set).finish()
+    }
+}
+
+impl ActionToken {
+    /// The token actions need; `None` or blank: read-only.
+    pub fn new(token: Option<&str>) -> Self {
+        Self(
+            token
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(Arc::from),
+        )
+    }
+
+    /// Whether actions are possible at all.
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// `Ok` when `headers` carry the token; else the answer to send, and nothing may be done:
+    /// `403` when this process takes no actions, `401` when the token is missing or wrong.
+    #[allow(clippy::result_large_err)]
+    pub fn check(&self, headers: &axum::http::HeaderMap) -> Result<(), axum::response::Response> {
+        let Some(token) = &self.0 else {
+            return Err(problem(
+                StatusCode::FORBIDDEN,
+                "Read-only",
+                "this sagashop takes no actions: start it with SAGASHOP_ADMIN_TOKEN set (the \
+                 chart takes it from a Secret) to allow retry, cancel and replay",
+                None,
+            ));
+        };
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let detail = match sent {
+            None => "send the admin token as `Authorization: Bearer <token>`",
+            Some(sent) if same(sent.as_bytes(), token.as_bytes()) => return Ok(()),
+            Some(_) => "the token sent is not this sagashop's admin token",
+        };
+        let mut refused = problem(
+            StatusCode::UNAUTHORIZED,
+            "Admin token required",
+            detail,
+            None,
+        );
+        refused.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        Err(refused)
+    }
+}
+
+/// Compares in time that depends on the lengths only, not on where the bytes differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,5 +372,34 @@ mod tests {
             !text.contains("/api/orders/a"),
             "an id became a label: {text}"
         );
+    }
+
+    #[test]
+    fn an_action_needs_the_token_and_a_process_without_one_takes_none() {
+        let headers = |value: Option<&str>| {
+            let mut h = axum::http::HeaderMap::new();
+            if let Some(v) = value {
+                h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            }
+            h
+        };
+        let none = ActionToken::new(Some("  "));
+        assert!(!none.is_set(), "a blank token is none");
+        let refused = none.check(&headers(Some("Bearer x"))).unwrap_err();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+        let token = ActionToken::new(Some("s3cret"));
+        assert!(token.check(&headers(Some("Bearer s3cret"))).is_ok());
+        for sent in [
+            None,
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret2"),
+            Some("s3cret"),
+        ] {
+            let refused = token.check(&headers(sent)).unwrap_err();
+            assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{sent:?}");
+            assert_eq!(refused.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        }
+        assert!(!format!("{token:?}").contains("s3cret"), "never logged");
     }
 }

@@ -6,6 +6,14 @@
 //! - `GET /api/sagas/{id}`: one instance with its timeline.
 //! - `GET /api/sagas/versions`: every version of the definition known, the current first, with
 //!   its steps and how many instances that have not ended run on it.
+//! - `GET /api/sagas/flow`: the versions running, each with its steps (participant, command,
+//!   compensation, deadline) and how many instances that have not ended stand at each step: in
+//!   flight, timed out, compensating or `FAILED` (counted by step name, across versions).
+//! - `GET /api/sagas/load?minutes=`: per 5 s over the last minutes (default 10, at most 15),
+//!   instances started, completed, cancelled and failed per second, and the p50/p99 time from
+//!   start to end of those that ended.
+//! - Actions (cancel, retry) need the admin token ([`ActionToken`]): `403` when this process
+//!   has none, `401` without it; checked before anything else, so a refusal writes nothing.
 //! - `POST /api/sagas/{id}/cancel` with `{"requestedBy": "…", "reason": "…"}`: publishes a
 //!   [`SagaCancelRequested`] to the saga's reply topic for the orchestrator that owns it, which
 //!   compensates the saga; `202 Accepted`. A saga that has ended, is compensating already or
@@ -21,12 +29,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sagashop_contracts::Envelope;
 use sagashop_contracts::commands::{SagaCancelRequested, SagaRetryRequested};
-use sagashop_kit::http::problem;
+use sagashop_kit::http::{ActionToken, problem};
 use sagashop_kit::{Outgoing, Publisher};
 
 use crate::view::{Cursor, Filter, SagaStatus, SagaView};
@@ -37,14 +45,22 @@ struct Api {
     view: Arc<SagaView>,
     publisher: Publisher,
     reply_topic: String,
+    token: ActionToken,
 }
 
-/// The routes, over `view`; requests to act on a saga are published with `publisher` to the
-/// saga's `reply_topic`.
-pub fn routes(view: Arc<SagaView>, publisher: Publisher, reply_topic: String) -> axum::Router {
+/// The routes, over `view`; requests to act on a saga, from holders of `token`, are published
+/// with `publisher` to the saga's `reply_topic`.
+pub fn routes(
+    view: Arc<SagaView>,
+    publisher: Publisher,
+    reply_topic: String,
+    token: ActionToken,
+) -> axum::Router {
     axum::Router::new()
         .route("/api/sagas", get(list))
         .route("/api/sagas/versions", get(versions))
+        .route("/api/sagas/flow", get(flow))
+        .route("/api/sagas/load", get(load))
         .route("/api/sagas/{id}", get(show))
         .route("/api/sagas/{id}/cancel", post(cancel))
         .route("/api/sagas/{id}/retry", post(retry))
@@ -52,6 +68,7 @@ pub fn routes(view: Arc<SagaView>, publisher: Publisher, reply_topic: String) ->
             view,
             publisher,
             reply_topic,
+            token,
         })
 }
 
@@ -164,6 +181,73 @@ async fn versions(State(Api { view, .. }): State<Api>) -> Response {
     Json(serde_json::json!({ "versions": view.versions().summary(&in_flight) })).into_response()
 }
 
+async fn flow(State(Api { view, .. }): State<Api>) -> Response {
+    let in_flight = view.versions_in_flight();
+    let counts = view.flow();
+    let versions = view.versions();
+    let drawn: Vec<serde_json::Value> = versions
+        .summary(&in_flight)
+        .into_iter()
+        .filter_map(|summary| {
+            let definition = versions.of(&summary.version)?;
+            let steps: Vec<serde_json::Value> = definition
+                .steps
+                .iter()
+                .map(|step| {
+                    let at = counts.get(&step.name);
+                    let count = |w: crate::view::Where| at.and_then(|a| a.get(&w)).copied();
+                    serde_json::json!({
+                        "name": step.name,
+                        "participant": step.participant,
+                        "command": step.command,
+                        "compensation": step.compensation,
+                        "timeout": humantime::format_duration(step.timeout).to_string(),
+                        "inFlight": count(crate::view::Where::InFlight).unwrap_or(0),
+                        "timedOut": count(crate::view::Where::TimedOut).unwrap_or(0),
+                        "compensating": count(crate::view::Where::Compensating).unwrap_or(0),
+                        "failed": count(crate::view::Where::Failed).unwrap_or(0),
+                    })
+                })
+                .collect();
+            Some(serde_json::json!({
+                "version": summary.version,
+                "current": summary.current,
+                "instances": summary.instances,
+                "steps": steps,
+            }))
+        })
+        .collect();
+    let name = versions.current().name.clone();
+    Json(serde_json::json!({ "saga": name, "versions": drawn })).into_response()
+}
+
+async fn load(
+    State(Api { view, .. }): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let mut minutes = 10;
+    for (name, value) in &query {
+        match name.as_str() {
+            "minutes" => match value.parse::<i64>().ok().filter(|m| (1..=15).contains(m)) {
+                Some(m) => minutes = m,
+                None => {
+                    return Refused::new("minutes", "minutes must be a number from 1 to 15")
+                        .answer();
+                }
+            },
+            other => {
+                return Refused::new("query", format!("`{other}` is not a parameter: minutes"))
+                    .answer();
+            }
+        }
+    }
+    Json(serde_json::json!({
+        "bucketSeconds": crate::load::BUCKET_SECONDS,
+        "samples": view.load(minutes),
+    }))
+    .into_response()
+}
+
 fn unknown(id: &str) -> Response {
     problem(
         StatusCode::NOT_FOUND,
@@ -197,12 +281,25 @@ enum Verb {
     Retry,
 }
 
-async fn cancel(State(api): State<Api>, Path(id): Path<String>, body: Body) -> Response {
-    act(&api, id, body, Verb::Cancel).await
+/// What every action request carries: the saga, the caller's headers (the token) and body.
+type Asking = (State<Api>, Path<String>, HeaderMap, Body);
+
+async fn cancel(
+    State(api): State<Api>,
+    id: Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    act((State(api), id, headers, body), Verb::Cancel).await
 }
 
-async fn retry(State(api): State<Api>, Path(id): Path<String>, body: Body) -> Response {
-    act(&api, id, body, Verb::Retry).await
+async fn retry(
+    State(api): State<Api>,
+    id: Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    act((State(api), id, headers, body), Verb::Retry).await
 }
 
 /// Why `verb` makes no sense for a saga in `status`, if it does not.
@@ -313,7 +410,12 @@ fn who_and_why(body: Body) -> Result<Asked, Box<Response>> {
     }
 }
 
-async fn act(api: &Api, id: String, body: Body, verb: Verb) -> Response {
+/// Checks the token, then the body, then whether `verb` makes sense now; only then publishes.
+async fn act((State(api), Path(id), headers, body): Asking, verb: Verb) -> Response {
+    let api = &api;
+    if let Err(refused) = api.token.check(&headers) {
+        return refused;
+    }
     let asked = match who_and_why(body) {
         Ok(asked) => asked,
         Err(refused) => return *refused,

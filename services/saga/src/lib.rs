@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod definition;
+pub mod load;
 pub mod machine;
 pub mod metrics;
 pub mod orchestrator;

@@ -42,6 +42,8 @@ pub struct OrchestratorSettings {
     pub definition: Definition,
     /// How often deadlines are checked.
     pub tick: Duration,
+    /// Who may cancel and retry instances over HTTP.
+    pub action_token: sagashop_kit::http::ActionToken,
 }
 
 struct Orchestrator {
@@ -470,7 +472,12 @@ pub async fn start(
             .and_then(|r| r);
         result.and(followed)
     });
-    let api = crate::api::routes(view, api_publisher, d.reply_topic.clone());
+    let api = crate::api::routes(
+        view,
+        api_publisher,
+        d.reply_topic.clone(),
+        settings.action_token.clone(),
+    );
     Ok(Running::new(wiring, stats, task).with_routes(api))
 }
 

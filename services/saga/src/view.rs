@@ -15,13 +15,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sagashop_contracts::events::StepPhase;
 use serde::Serialize;
 
+use crate::load::{Happened, Load, Sample};
 use crate::machine::{Instance, Status};
 use crate::versions::Versions;
 
@@ -193,6 +194,38 @@ enum Key {
     Step(String),
     Customer(String),
     Version(String),
+    Flow(String, Where),
+}
+
+/// Where an instance that has not ended stands at its step (the flow's counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Where {
+    /// Its command was sent; no answer yet.
+    InFlight,
+    /// Its last command had no reply before the deadline: it is sent again or compensated.
+    TimedOut,
+    /// The step is being undone.
+    Compensating,
+    /// The step's compensation gave up (`FAILED`, needs attention).
+    Failed,
+}
+
+impl Where {
+    /// Where `instance` stands; `None` once it has ended.
+    fn of(instance: &SagaInstance) -> Option<Self> {
+        let timed_out = instance
+            .timeline
+            .last()
+            .is_some_and(|l| l.phase == StepPhase::TimedOut);
+        match instance.status {
+            SagaStatus::Running if timed_out => Some(Self::TimedOut),
+            SagaStatus::Running => Some(Self::InFlight),
+            SagaStatus::Compensating => Some(Self::Compensating),
+            SagaStatus::Failed => Some(Self::Failed),
+            SagaStatus::Completed | SagaStatus::Cancelled => None,
+        }
+    }
 }
 
 impl Key {
@@ -206,6 +239,13 @@ impl Key {
             .chain(instance.step.clone().map(Self::Step))
             .chain(instance.customer.clone().map(Self::Customer))
             .chain((!ended).then(|| Self::Version(instance.version.clone())))
+            .chain(
+                instance
+                    .step
+                    .clone()
+                    .zip(Where::of(instance))
+                    .map(|(step, at)| Self::Flow(step, at)),
+            )
     }
 }
 
@@ -274,6 +314,16 @@ impl Inner {
             })
             .collect()
     }
+
+    fn flow(&self) -> BTreeMap<String, BTreeMap<Where, usize>> {
+        let mut flow: BTreeMap<String, BTreeMap<Where, usize>> = BTreeMap::new();
+        for (key, set) in &self.index {
+            if let Key::Flow(step, at) = key {
+                flow.entry(step.clone()).or_default().insert(*at, set.len());
+            }
+        }
+        flow
+    }
 }
 
 /// The read model of one saga.
@@ -284,6 +334,8 @@ pub struct SagaView {
     inner: RwLock<Inner>,
     /// Whether it has read the state topic to the end it had at start.
     caught_up: AtomicBool,
+    /// The last minutes' starts and ends.
+    load: Mutex<Load>,
 }
 
 impl std::fmt::Debug for SagaView {
@@ -303,6 +355,7 @@ impl SagaView {
             versions,
             inner: RwLock::default(),
             caught_up: AtomicBool::new(false),
+            load: Mutex::default(),
         }
     }
 
@@ -397,11 +450,57 @@ impl SagaView {
             version,
             timeline,
         };
-        if let Some(old) = inner.instances.remove(saga_id) {
-            inner.unindex(&old);
+        let old = inner.instances.remove(saga_id);
+        if let Some(old) = &old {
+            inner.unindex(old);
         }
         inner.index(&instance);
+        self.count(old.as_ref().map(|o| o.status), &instance);
         inner.instances.insert(saga_id.to_owned(), instance);
+    }
+
+    /// Counts in the load what changed from `was` (`None`: first seen) to `instance`.
+    fn count(&self, was: Option<SagaStatus>, instance: &SagaInstance) {
+        let took = u64::try_from(
+            (instance.updated_at - instance.started_at)
+                .num_milliseconds()
+                .max(0),
+        )
+        .unwrap_or(0);
+        let ended = match instance.status {
+            _ if was == Some(instance.status) => None,
+            SagaStatus::Completed => Some(Happened::Completed(took)),
+            SagaStatus::Cancelled => Some(Happened::Cancelled(took)),
+            SagaStatus::Failed => Some(Happened::Failed),
+            SagaStatus::Running | SagaStatus::Compensating => None,
+        };
+        let now = Utc::now().timestamp_millis();
+        let mut load = self.load.lock().unwrap_or_else(PoisonError::into_inner);
+        if was.is_none() {
+            load.count(
+                Happened::Started,
+                instance.started_at.timestamp_millis(),
+                now,
+            );
+        }
+        if let Some(ended) = ended {
+            load.count(ended, instance.updated_at.timestamp_millis(), now);
+        }
+    }
+
+    /// The load of the last `minutes` (at most 15): starts and ends per second and how long
+    /// the ended instances took, per 5 s.
+    pub fn load(&self, minutes: i64) -> Vec<Sample> {
+        self.load
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .samples(minutes, Utc::now().timestamp_millis())
+    }
+
+    /// How many instances that have not ended stand where at each step (by step name, across
+    /// the versions running).
+    pub fn flow(&self) -> BTreeMap<String, BTreeMap<Where, usize>> {
+        self.read().flow()
     }
 
     /// The step names of every version of the saga known here, the current version's first.
@@ -551,6 +650,58 @@ mod tests {
 
     fn at(ms: i64) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(ms).unwrap()
+    }
+
+    #[test]
+    fn the_flow_counts_instances_where_they_stand_and_the_load_counts_starts_and_ends_once() {
+        let d = definition();
+        let v = SagaView::new(Arc::new(Versions::new(d.clone())));
+        let now = Utc::now().timestamp_millis() - 10_000;
+        let waiting = started(&d, "w", "c-1", now);
+        v.apply("w", Some(&waiting));
+        v.apply("w", Some(&waiting));
+        let mut undoing = started(&d, "u", "c-2", now);
+        reply(
+            &d,
+            &mut undoing,
+            "ReserveInventory",
+            &Reply::Succeeded,
+            now + 10,
+        );
+        let declined = Reply::Failed {
+            reason: "card declined".into(),
+            retryable: false,
+        };
+        reply(&d, &mut undoing, "AuthorizePayment", &declined, now + 20);
+        v.apply("u", Some(&undoing));
+        let flow = v.flow();
+        let first = &d.steps[0].name;
+        assert_eq!(flow[first].get(&Where::InFlight), Some(&1), "{flow:?}");
+        assert_eq!(flow[first].get(&Where::Compensating), Some(&1), "{flow:?}");
+        reply(
+            &d,
+            &mut undoing,
+            "ReleaseInventory",
+            &Reply::Succeeded,
+            now + 30,
+        );
+        v.apply("u", Some(&undoing));
+        v.apply("u", Some(&undoing));
+        assert_eq!(v.flow()[first].get(&Where::Compensating), None, "it ended");
+
+        let samples = v.load(1);
+        let started: f64 = samples.iter().map(|s| s.started).sum();
+        let cancelled: f64 = samples.iter().map(|s| s.cancelled).sum();
+        assert!(
+            (started - 0.4).abs() < 1e-9,
+            "two starts over 5 s: {samples:?}"
+        );
+        assert!(
+            (cancelled - 0.2).abs() < 1e-9,
+            "one end, counted once: {samples:?}"
+        );
+        let took = samples.iter().find_map(|s| s.p50_ms).unwrap();
+        assert!((30..=40).contains(&took), "30 ms from start to end: {took}");
     }
 
     #[test]

@@ -65,6 +65,14 @@ pub(crate) enum Command {
             default_value = "http://127.0.0.1:8080"
         )]
         url: String,
+        /// The admin token that `cancel` and `retry` need (sent as `Authorization: Bearer`).
+        #[arg(
+            long,
+            global = true,
+            env = "SAGASHOP_ADMIN_TOKEN",
+            hide_env_values = true
+        )]
+        token: Option<String>,
         /// What to do.
         #[command(subcommand)]
         action: SagaAction,

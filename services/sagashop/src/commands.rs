@@ -63,7 +63,10 @@ pub(crate) async fn run(command: Command) -> Result<(), Failure> {
             timeout,
             action,
         } => crate::dlq::run(&kafka, topic, timeout, action).await,
-        Command::Saga { url, action } => crate::saga::run(&url, action).await,
+        Command::Saga { url, token, action } => {
+            let token = token.as_deref().map(str::trim).filter(|t| !t.is_empty());
+            crate::saga::run(&url, token, action).await
+        }
         Command::Dev(mut args) => {
             args.create_topics = true;
             crate::system::run(&Service::ALL, args).await

@@ -7,8 +7,17 @@ use serde_json::Value;
 use crate::cli::{EX_UNAVAILABLE, EX_USAGE, SagaAction};
 use crate::commands::{Failure, fail, output};
 
-pub(crate) async fn run(url: &str, action: SagaAction) -> Result<(), Failure> {
+pub(crate) async fn run(url: &str, token: Option<&str>, action: SagaAction) -> Result<(), Failure> {
     let base = url.trim_end_matches('/');
+    let ask = |verb: &'static str, id: String, reason: String, by: String, follows| Act {
+        base,
+        verb,
+        id,
+        reason,
+        requested_by: by,
+        follows,
+        token,
+    };
     match action {
         SagaAction::List {
             status,
@@ -31,86 +40,81 @@ pub(crate) async fn run(url: &str, action: SagaAction) -> Result<(), Failure> {
             .filter_map(|(name, value)| value.map(|v| (name, v)))
             .collect();
             let page = get(&format!("{base}/api/sagas"), &query).await?;
-            let mut out = std::io::stdout().lock();
-            output(if json {
-                writeln!(out, "{page:#}")
-            } else {
-                list(&mut out, &page)
-            })
+            print(&page, json, list)
         }
         SagaAction::Cancel {
             id,
             reason,
             requested_by,
         } => {
-            act(
-                base,
-                "cancel",
-                &id,
-                &reason,
-                &requested_by,
-                "its compensation",
-            )
-            .await
+            ask("cancel", id, reason, requested_by, "its compensation")
+                .send()
+                .await
         }
         SagaAction::Retry {
             id,
             reason,
             requested_by,
         } => {
-            act(
-                base,
-                "retry",
-                &id,
-                &reason,
-                &requested_by,
-                "the new attempt",
-            )
-            .await
+            ask("retry", id, reason, requested_by, "the new attempt")
+                .send()
+                .await
         }
         SagaAction::Versions { json } => {
             let answer = get(&format!("{base}/api/sagas/versions"), &[]).await?;
-            let mut out = std::io::stdout().lock();
-            output(if json {
-                writeln!(out, "{answer:#}")
-            } else {
-                versions(&mut out, &answer)
-            })
+            print(&answer, json, versions)
         }
         SagaAction::Show { id, json } => {
             let instance = get(&format!("{base}/api/sagas/{id}"), &[]).await?;
-            let mut out = std::io::stdout().lock();
-            output(if json {
-                writeln!(out, "{instance:#}")
-            } else {
-                show(&mut out, &instance)
-            })
+            print(&instance, json, show)
         }
     }
 }
 
-/// POSTs a `verb` (cancel, retry) request for saga `id`.
-async fn act(
-    base: &str,
-    verb: &str,
-    id: &str,
-    reason: &str,
-    requested_by: &str,
-    follows: &str,
+/// Prints `answer` as the API's JSON with `--json`, else as `lines` writes it.
+fn print(
+    answer: &Value,
+    json: bool,
+    lines: fn(&mut std::io::StdoutLock<'static>, &Value) -> std::io::Result<()>,
 ) -> Result<(), Failure> {
-    let body = serde_json::json!({ "requestedBy": requested_by, "reason": reason });
-    let answer = send(
-        reqwest::Method::POST,
-        &format!("{base}/api/sagas/{id}/{verb}"),
-        &[],
-        Some(&body),
-    )
-    .await?;
-    output(writeln!(
-        std::io::stdout().lock(),
-        "{verb} of {id} accepted (request {}): `sagashop saga show {id}` follows {follows}",
-        text(&answer, "requestId")
-    ))
+    let mut out = std::io::stdout().lock();
+    output(if json {
+        writeln!(out, "{answer:#}")
+    } else {
+        lines(&mut out, answer)
+    })
+}
+
+/// A `verb` (cancel, retry) request for saga `id`.
+struct Act<'a> {
+    base: &'a str,
+    verb: &'static str,
+    id: String,
+    reason: String,
+    requested_by: String,
+    /// What `saga show` follows once it is accepted.
+    follows: &'static str,
+    token: Option<&'a str>,
+}
+
+impl Act<'_> {
+    async fn send(self) -> Result<(), Failure> {
+        let Self { base, verb, id, .. } = self;
+        let body = serde_json::json!({ "requestedBy": self.requested_by, "reason": self.reason });
+        let answer = send(
+            reqwest::Method::POST,
+            &format!("{base}/api/sagas/{id}/{verb}"),
+            &[],
+            Some((&body, self.token)),
+        )
+        .await?;
+        output(writeln!(
+            std::io::stdout().lock(),
+            "{verb} of {id} accepted (request {}): `sagashop saga show {id}` follows {}",
+            text(&answer, "requestId"),
+            self.follows
+        ))
+    }
 }
 
 /// GETs `url` with `query`.
@@ -124,7 +128,7 @@ async fn send(
     method: reqwest::Method,
     url: &str,
     query: &[(&str, String)],
-    body: Option<&Value>,
+    body: Option<(&Value, Option<&str>)>,
 ) -> Result<Value, Failure> {
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
@@ -136,8 +140,11 @@ async fn send(
         address.query_pairs_mut().extend_pairs(query);
     }
     let mut request = client.request(method, address);
-    if let Some(body) = body {
+    if let Some((body, token)) = body {
         request = request.json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
     }
     let response = request.send().await.map_err(|e| {
         fail(EX_UNAVAILABLE)(anyhow::anyhow!(
@@ -158,7 +165,12 @@ async fn send(
     } else {
         EX_UNAVAILABLE
     };
-    Err(fail(code)(anyhow::anyhow!("{status}: {detail}")))
+    let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+        " (give it with --token or SAGASHOP_ADMIN_TOKEN)"
+    } else {
+        ""
+    };
+    Err(fail(code)(anyhow::anyhow!("{status}: {detail}{hint}")))
 }
 
 fn text<'v>(value: &'v Value, field: &str) -> &'v str {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use sagashop_kit::admin::TopicSpec;
+use sagashop_kit::http::ActionToken;
 use sagashop_kit::{Context, Figure, KafkaConfig, Monitor, Running, Stats, Wiring};
 use sagashop_saga::orchestrator;
 use sagashop_saga::participant::Faults;
@@ -111,6 +112,10 @@ pub(crate) struct SystemArgs {
     /// The most HTTP connections served at once; more wait in the listen backlog.
     #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
     pub(crate) max_connections: usize,
+    /// The token that allows actions over HTTP (retry and cancel a saga, replay a dead letter),
+    /// sent as `Authorization: Bearer <token>`. Unset: read-only, every action refused.
+    #[arg(long, env = "SAGASHOP_ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
     /// How often `sagashop dev` prints its one-line summary (0s: never).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub(crate) summary_every: Duration,
@@ -213,6 +218,7 @@ fn start<'a>(
             orchestrator::OrchestratorSettings {
                 definition: d.clone(),
                 tick: Duration::from_millis(200),
+                action_token: ActionToken::new(args.admin_token.as_deref()),
             },
         )),
         Service::Inventory => Box::pin(sagashop_inventory::start(
@@ -319,8 +325,15 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
         tracing::info!(service = service.name(), "started");
         running.push(started);
     }
-    let server = tokio::spawn(serve(listener, &context, &running, &args));
-    tracing::info!(address = %args.http, "serving HTTP: /api/orders, /api/sagas, /healthz, /readyz, /metrics, /wiring");
+    // The console goes with the orchestrator, whose read model its pages show.
+    let console = if services.contains(&Service::Orchestrator) {
+        let token = ActionToken::new(args.admin_token.as_deref());
+        Some(sagashop_console::routes(&context, topology.clone(), token).map_err(unavailable)?)
+    } else {
+        None
+    };
+    let server = tokio::spawn(serve(listener, &context, &running, console, &args));
+    tracing::info!(address = %args.http, "serving HTTP: /api/orders, /api/sagas, /console, /healthz, /readyz, /metrics, /wiring");
     let summary = (!args.summary_every.is_zero()).then(|| {
         tokio::spawn(summarise(
             Summary::of(&running),
@@ -367,12 +380,13 @@ async fn create_topics(
     Ok(())
 }
 
-/// The HTTP server: every service's routes, `/healthz` `/readyz` `/metrics`, and `/wiring`
-/// (what each service of this process runs on).
+/// The HTTP server: every service's routes, the console's where there is one, `/healthz`
+/// `/readyz` `/metrics`, and `/wiring` (what each service of this process runs on).
 fn serve(
     listener: tokio::net::TcpListener,
     context: &Context,
     running: &[Running],
+    console: Option<axum::Router>,
     args: &SystemArgs,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let wirings: Vec<Wiring> = running.iter().map(|r| r.wiring.clone()).collect();
@@ -383,7 +397,11 @@ fn serve(
             async move { axum::Json(wirings) }
         }),
     );
-    for routes in running.iter().filter_map(|r| r.routes.clone()) {
+    for routes in running
+        .iter()
+        .filter_map(|r| r.routes.clone())
+        .chain(console)
+    {
         app = app.merge(routes);
     }
     let limits = sagashop_kit::http::ServeLimits {

@@ -12,7 +12,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Dev, WAIT, finished, order, post};
+use common::{ADMIN_TOKEN, Dev, WAIT, finished, order, post};
 
 use reqwest::StatusCode;
 use sagashop_kit::reader::read_settled;
@@ -829,6 +829,7 @@ async fn a_failed_saga_retried_once_its_participant_is_fixed_compensates_and_end
     let cli = std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
         .args(["saga", "--url", &orchestrator.base, "retry", &id])
         .args(["--reason", "shipping fixed", "--by", "ops"])
+        .env("SAGASHOP_ADMIN_TOKEN", ADMIN_TOKEN)
         .output()
         .unwrap();
     assert!(
@@ -862,6 +863,7 @@ async fn a_failed_saga_retried_once_its_participant_is_fixed_compensates_and_end
     // An ended saga is not retried.
     let again = reqwest::Client::new()
         .post(format!("{saga_url}/retry"))
+        .bearer_auth(ADMIN_TOKEN)
         .json(&json!({"requestedBy": "ops", "reason": "again"}))
         .send()
         .await
@@ -899,35 +901,56 @@ async fn a_stuck_saga_is_cancelled_by_hand_and_fails_where_a_compensation_cannot
     })
     .await;
 
-    let cancel = |body: Value, id: String| {
+    let cancel_as = |token: Option<&'static str>, body: Value, id: String| {
         let url = format!("{}/api/sagas/{id}/cancel", dev.base);
         async move {
-            let response = reqwest::Client::new()
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let mut request = reqwest::Client::new().post(url).json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
             let status = response.status();
             (status, response.json::<Value>().await.unwrap())
         }
     };
+    let cancel = |body: Value, id: String| cancel_as(Some(ADMIN_TOKEN), body, id);
     let (status, refused) = cancel(json!({ "reason": "who?" }), id.clone()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
     assert_eq!(refused["field"], "requestedBy");
     let (status, _) = cancel(json!({ "requestedBy": "t", "reason": "r" }), "nope".into()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Without the admin token, or with another, nothing is done.
+    let asked = json!({ "requestedBy": "t", "reason": "r" });
+    for token in [None, Some("not-the-token")] {
+        let (status, refused) = cancel_as(token, asked.clone(), id.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{refused}");
+    }
     let (status, still) = saga(saga_url.clone())
         .await
         .map(|s| (s["status"].clone(), s))
         .unwrap();
     assert_eq!(status, "RUNNING", "refusals change nothing: {still}");
 
-    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
-        .args(["saga", "--url", &dev.base, "cancel", &id])
-        .args(["--reason", "customer called", "--by", "tester"])
-        .output()
-        .unwrap();
+    let cli = |token: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
+            .args(["saga", "--url", &dev.base, "cancel", &id])
+            .args(["--reason", "customer called", "--by", "tester"])
+            .env("SAGASHOP_ADMIN_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let refused = cli("");
+    assert_eq!(
+        refused.status.code(),
+        Some(64),
+        "a usage error without the token"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Authorization: Bearer"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let cli = cli(ADMIN_TOKEN);
     assert!(
         cli.status.success(),
         "{}",
@@ -1013,6 +1036,7 @@ async fn a_stuck_saga_is_cancelled_by_hand_and_fails_where_a_compensation_cannot
     let retried = std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
         .args(["saga", "--url", &dev.base, "retry", &id])
         .args(["--reason", "try once more", "--by", "tester"])
+        .env("SAGASHOP_ADMIN_TOKEN", ADMIN_TOKEN)
         .output()
         .unwrap();
     assert!(

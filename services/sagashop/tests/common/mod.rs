@@ -8,12 +8,18 @@
     reason = "test code: a panic is the failure report; not every test uses every helper"
 )]
 
+pub mod browser;
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use sagashop_testkit::{TestKafka, eventually};
 use serde_json::{Value, json};
+
+/// The admin token every process started here takes (an `env` entry overrides it; a blank
+/// one makes the process read-only).
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// How long any wait lasts.
 pub const WAIT: Duration = Duration::from_secs(120);
@@ -73,6 +79,7 @@ impl Dev {
             .args(["--http", &format!("127.0.0.1:{port}")])
             .args(extra)
             .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+            .env("SAGASHOP_ADMIN_TOKEN", ADMIN_TOKEN)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("LOG_FORMAT", "text")
             .env("RUST_LOG", "warn")
