@@ -27,6 +27,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::future::join_all;
 use sagashop_kit::dlq::{DeadLetter, header as dlq_header, read_dead_letters};
 use sagashop_kit::http::{ActionToken, problem};
 use sagashop_kit::{Context, KafkaConfig, Publisher, Wiring};
@@ -175,11 +176,9 @@ fn letter(l: &DeadLetter) -> Value {
 
 async fn dead_letters(State(console): State<Arc<Console>>) -> Response {
     let topics = dead_letter_topics(&console.wirings);
-    let reads = topics.keys().map(|topic| {
-        let kafka = console.kafka.clone();
-        let topic = topic.clone();
-        async move { read_dead_letters(&kafka, &topic, READ_TIMEOUT).await }
-    });
+    let reads = topics
+        .keys()
+        .map(|topic| read_dead_letters(&console.kafka, topic, READ_TIMEOUT));
     let mut answer = Vec::new();
     for ((topic, services), read) in topics.iter().zip(join_all(reads).await) {
         let letters = match read {
@@ -200,23 +199,6 @@ async fn dead_letters(State(console): State<Arc<Console>>) -> Response {
         }));
     }
     Json(json!({ "topics": answer })).into_response()
-}
-
-/// Runs `futures` at once and returns their outputs in order.
-async fn join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut outputs = Vec::with_capacity(handles.len());
-    for handle in handles {
-        match handle.await {
-            Ok(output) => outputs.push(output),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-    }
-    outputs
 }
 
 /// The body of a replay request.

@@ -195,17 +195,18 @@ async fn flow(State(Api { view, .. }): State<Api>) -> Response {
                 .iter()
                 .map(|step| {
                     let at = counts.get(&step.name);
-                    let count = |w: crate::view::Where| at.and_then(|a| a.get(&w)).copied();
+                    let count =
+                        |w: crate::view::Where| at.and_then(|a| a.get(&w)).copied().unwrap_or(0);
                     serde_json::json!({
                         "name": step.name,
                         "participant": step.participant,
                         "command": step.command,
                         "compensation": step.compensation,
                         "timeout": humantime::format_duration(step.timeout).to_string(),
-                        "inFlight": count(crate::view::Where::InFlight).unwrap_or(0),
-                        "timedOut": count(crate::view::Where::TimedOut).unwrap_or(0),
-                        "compensating": count(crate::view::Where::Compensating).unwrap_or(0),
-                        "failed": count(crate::view::Where::Failed).unwrap_or(0),
+                        "inFlight": count(crate::view::Where::InFlight),
+                        "timedOut": count(crate::view::Where::TimedOut),
+                        "compensating": count(crate::view::Where::Compensating),
+                        "failed": count(crate::view::Where::Failed),
                     })
                 })
                 .collect();
@@ -281,25 +282,22 @@ enum Verb {
     Retry,
 }
 
-/// What every action request carries: the saga, the caller's headers (the token) and body.
-type Asking = (State<Api>, Path<String>, HeaderMap, Body);
-
 async fn cancel(
     State(api): State<Api>,
-    id: Path<String>,
+    Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    act((State(api), id, headers, body), Verb::Cancel).await
+    act(&api, id, &headers, body, Verb::Cancel).await
 }
 
 async fn retry(
     State(api): State<Api>,
-    id: Path<String>,
+    Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    act((State(api), id, headers, body), Verb::Retry).await
+    act(&api, id, &headers, body, Verb::Retry).await
 }
 
 /// Why `verb` makes no sense for a saga in `status`, if it does not.
@@ -411,9 +409,8 @@ fn who_and_why(body: Body) -> Result<Asked, Box<Response>> {
 }
 
 /// Checks the token, then the body, then whether `verb` makes sense now; only then publishes.
-async fn act((State(api), Path(id), headers, body): Asking, verb: Verb) -> Response {
-    let api = &api;
-    if let Err(refused) = api.token.check(&headers) {
+async fn act(api: &Api, id: String, headers: &HeaderMap, body: Body, verb: Verb) -> Response {
+    if let Err(refused) = api.token.check(headers) {
         return refused;
     }
     let asked = match who_and_why(body) {
