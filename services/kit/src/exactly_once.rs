@@ -237,13 +237,17 @@ fn observe(shared: &Shared, phase: &'static str, since: tokio::time::Instant) {
         .observe(since.elapsed().as_secs_f64());
 }
 
+/// A send into the open transaction whose acknowledgement is still to come, with its topic.
+type Pending = (String, rdkafka::producer::DeliveryFuture);
+
 /// Handles one key's records of a batch in order, producing each record's outputs (or dead
-/// letter) into the open transaction as soon as it is done; waits for every send's answer.
+/// letter) into the open transaction as soon as it is done. Returns the sends unanswered: the
+/// batch waits for them while its offsets go to the coordinator.
 async fn handle_key(
     shared: Arc<Shared>,
     txn: FutureProducer,
     records: Vec<Record>,
-) -> Result<Vec<(Record, Disposition)>, TxnError> {
+) -> Result<(Vec<(Record, Disposition)>, Vec<Pending>), TxnError> {
     let mut done = Vec::with_capacity(records.len());
     let mut deliveries = Vec::new();
     for record in records {
@@ -276,10 +280,15 @@ async fn handle_key(
         }
         done.push((record, disposition));
     }
+    Ok((done, deliveries))
+}
+
+/// Waits for every send of a batch to be acknowledged; the first failure fails the batch.
+async fn answered(deliveries: Vec<Pending>) -> Result<(), TxnError> {
     for (topic, delivery) in deliveries {
         Publisher::answer(&topic, delivery.await)?;
     }
-    Ok(done)
+    Ok(())
 }
 
 /// One batch in one transaction.
@@ -319,10 +328,12 @@ async fn run_batch(
         tasks.spawn(handle_key(shared, txn, records));
     }
     let mut done = Vec::new();
+    let mut deliveries = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        let key_done =
+        let (key_done, key_sends) =
             joined.map_err(|e| TxnError::Internal(format!("a record task failed: {e}")))??;
         done.extend(key_done);
+        deliveries.extend(key_sends);
     }
     observe(shared, "handle", handling);
 
@@ -339,13 +350,20 @@ async fn run_batch(
             "the group rebalanced during the batch".into(),
         ));
     }
+    // The offsets go to the coordinator while the outputs are still being acknowledged: the
+    // two round trips overlap instead of adding up. Nothing commits until both are done, and
+    // a failed send fails the batch as before.
     // Two calls, each under its own watchdog: together they may take twice the timeout.
     let send = txn.clone();
     let sending = tokio::time::Instant::now();
-    blocking("send_offsets_to_transaction", timeout, move || {
-        send.send_offsets_to_transaction(&offsets, &group, timeout)
-    })
-    .await?;
+    let (offsets_sent, acknowledged) = tokio::join!(
+        blocking("send_offsets_to_transaction", timeout, move || {
+            send.send_offsets_to_transaction(&offsets, &group, timeout)
+        }),
+        answered(deliveries),
+    );
+    acknowledged?;
+    offsets_sent?;
     observe(shared, "offsets", sending);
     let commit = txn.clone();
     let committing = tokio::time::Instant::now();
