@@ -157,27 +157,31 @@ async fn http_status(address: &str, path: &str) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
-/// The sum of the end offsets of every topic whose name starts with `prefix`: records written
-/// plus transaction markers.
-async fn offsets(kafka: &KafkaConfig, prefix: &str) -> anyhow::Result<i64> {
+/// Offsets (records written plus transaction markers) of every topic whose name starts with
+/// `prefix`, by topic name without the prefix.
+async fn offsets(
+    kafka: &KafkaConfig,
+    prefix: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
     let consumer: BaseConsumer = kafka.consumer("bench", "sagashop-bench").create()?;
     let prefix = prefix.to_owned();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
+    tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(10);
         let metadata = consumer.fetch_metadata(None, timeout)?;
-        let mut total = 0;
-        for topic in metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name().starts_with(&prefix))
-        {
+        let mut by_topic = std::collections::BTreeMap::new();
+        for topic in metadata.topics() {
+            let Some(name) = topic.name().strip_prefix(&prefix) else {
+                continue;
+            };
+            let mut total = 0;
             for partition in topic.partitions() {
                 let (low, high) =
                     consumer.fetch_watermarks(topic.name(), partition.id(), timeout)?;
                 total += high - low;
             }
+            by_topic.insert(name.to_owned(), total);
         }
-        Ok(total)
+        Ok(by_topic)
     })
     .await?
 }
@@ -319,6 +323,20 @@ async fn end_to_end(kafka: &KafkaConfig, outcome: &str, tag: &str) -> anyhow::Re
 }
 
 /// CPU time (user + system) the process has used so far, from `/proc/<pid>/stat`.
+/// The process id of a Kafka broker running on this machine (`scripts/kafka`), if one does.
+fn local_broker() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains("kafka.Kafka")
+                .then_some(pid)
+        })
+}
+
 fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
@@ -432,6 +450,7 @@ async fn two_replicas(
             rate: args.replica_rate,
             cpu_ms_per_order: used
                 .map_or(0.0, |c| c.as_secs_f64() * 1000.0 / edge.accepted.max(1.0)),
+            broker_cpu_ms_per_order: None,
             edge,
             e2e,
         });
@@ -492,7 +511,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         runs,
         rates: args.rates.clone(),
         duration: args.duration,
-        offsets_per_order: (after - before) as f64 / accepted_total.max(1.0),
+        offsets_per_order: after
+            .iter()
+            .map(|(topic, n)| {
+                (
+                    topic.clone(),
+                    (n - before.get(topic).unwrap_or(&0)) as f64 / accepted_total.max(1.0),
+                )
+            })
+            .filter(|(_, per_order)| *per_order > 0.0)
+            .collect(),
         two_replicas,
         operator,
         profile,
@@ -548,10 +576,16 @@ async fn ladder(
             let profiling = (args.profile && rate == top && run == 0)
                 .then(|| perf_record(dev.id(), args.duration.as_secs(), &args.out))
                 .flatten();
+            let broker = local_broker();
             let cpu_before = cpu_time(dev.id());
+            let broker_before = broker.and_then(cpu_time);
             let summary = k6_load(args, address, rate, &tag, args.duration)?;
             let cpu = cpu_time(dev.id())
                 .zip(cpu_before)
+                .map(|(a, b)| a.saturating_sub(b));
+            let broker_cpu = broker
+                .and_then(cpu_time)
+                .zip(broker_before)
                 .map(|(a, b)| a.saturating_sub(b));
             if let Some(mut perf) = profiling {
                 let _ = perf.wait();
@@ -559,13 +593,13 @@ async fn ladder(
             let edge = edge_figures(&summary, args.duration);
             *accepted_total += edge.accepted;
             let e2e = end_to_end(&args.tools.kafka, outcome_topic, &tag).await?;
-            let cpu_ms_per_order =
-                cpu.map_or(0.0, |c| c.as_secs_f64() * 1000.0 / edge.accepted.max(1.0));
+            let per_order = |c: Duration| c.as_secs_f64() * 1000.0 / edge.accepted.max(1.0);
             runs.push(RunFigures {
                 rate,
                 edge,
                 e2e,
-                cpu_ms_per_order,
+                cpu_ms_per_order: cpu.map_or(0.0, per_order),
+                broker_cpu_ms_per_order: broker_cpu.map(per_order),
             });
         }
     }

@@ -67,6 +67,8 @@ pub(crate) struct RunFigures {
     pub(crate) e2e: EndToEnd,
     /// CPU time `sagashop dev` spent per accepted order during the run (and its drain).
     pub(crate) cpu_ms_per_order: f64,
+    /// CPU time the broker spent per accepted order, when it runs on this machine.
+    pub(crate) broker_cpu_ms_per_order: Option<f64>,
 }
 
 /// The rate whose orders completed fastest (median completed per second) with their outcome
@@ -98,6 +100,8 @@ pub(crate) struct Step {
     pub(crate) e2e_p95: Figure,
     pub(crate) e2e_p99: Figure,
     pub(crate) cpu_ms_per_order: Figure,
+    /// The broker's CPU per order (0 where it was not measured).
+    pub(crate) broker_cpu_ms_per_order: Figure,
 }
 
 /// Everything measured.
@@ -108,7 +112,8 @@ pub(crate) struct Report {
     pub(crate) runs: Vec<RunFigures>,
     pub(crate) rates: Vec<u32>,
     pub(crate) duration: Duration,
-    pub(crate) offsets_per_order: f64,
+    /// Kafka offsets per accepted order, by topic (without the run's prefix).
+    pub(crate) offsets_per_order: std::collections::BTreeMap<String, f64>,
     /// The replica rate measured with two replicas of every service.
     pub(crate) two_replicas: Vec<RunFigures>,
     pub(crate) operator: Option<String>,
@@ -117,6 +122,11 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    /// Kafka offsets per accepted order, every topic together.
+    fn offsets_total(&self) -> f64 {
+        self.offsets_per_order.values().sum()
+    }
+
     /// The runs of each rate, summarised.
     pub(crate) fn steps(&self) -> Vec<Step> {
         Self::summarise(&self.runs, &self.rates)
@@ -153,6 +163,7 @@ impl Report {
                     e2e_p95: of(&|r| r.e2e.p95_ms),
                     e2e_p99: of(&|r| r.e2e.p99_ms),
                     cpu_ms_per_order: of(&|r| r.cpu_ms_per_order),
+                    broker_cpu_ms_per_order: of(&|r| r.broker_cpu_ms_per_order.unwrap_or(0.0)),
                 }
             })
             .collect()
@@ -182,7 +193,7 @@ impl Report {
         );
         let _ = writeln!(
             t,
-            "{:>8} {:>11} {:>6} {:>9} {:>9} {:>9} {:>12} {:>10} {:>10}",
+            "{:>8} {:>11} {:>6} {:>9} {:>9} {:>9} {:>12} {:>10} {:>10} {:>11} {:>11}",
             "offered",
             "accepted/s",
             "errors",
@@ -191,12 +202,14 @@ impl Report {
             "p99 ms",
             "completed/s",
             "e2e p50",
-            "e2e p99"
+            "e2e p99",
+            "CPU ms/ord",
+            "broker ms"
         );
         for s in self.steps() {
             let _ = writeln!(
                 t,
-                "{:>8} {:>11.1} {:>6.0} {:>9.1} {:>9.1} {:>9.1} {:>12.1} {:>10.0} {:>10.0} {:>11.2}",
+                "{:>8} {:>11.1} {:>6.0} {:>9.1} {:>9.1} {:>9.1} {:>12.1} {:>10.0} {:>10.0} {:>11.2} {:>11.2}",
                 s.rate,
                 s.accepted_per_s.median,
                 s.errors,
@@ -206,7 +219,8 @@ impl Report {
                 s.completed_per_s.median,
                 s.e2e_p50.median,
                 s.e2e_p99.median,
-                s.cpu_ms_per_order.median
+                s.cpu_ms_per_order.median,
+                s.broker_cpu_ms_per_order.median
             );
         }
         if let Some(s) = self.two_replica_step() {
@@ -242,7 +256,7 @@ impl Report {
         let _ = write!(
             t,
             "highest offered rate with p99 < 50 ms and no errors: {best}; {:.1} Kafka offsets per order",
-            self.offsets_per_order
+            self.offsets_total()
         );
         t
     }
@@ -329,16 +343,16 @@ impl Report {
     fn end_to_end(&self, md: &mut String, steps: &[Step]) {
         let _ = writeln!(
             md,
-            "## End to end: from `202 Accepted` to the outcome event\n\nTimes are `completedAt` (or `cancelledAt`) minus `placedAt` from the outcome events; completed/s is completed sagas over the time from the first `placedAt` to the last outcome; CPU is what `sagashop dev` (every service in one process) used during the run and its drain, per accepted order.\n"
+            "## End to end: from `202 Accepted` to the outcome event\n\nTimes are `completedAt` (or `cancelledAt`) minus `placedAt` from the outcome events; completed/s is completed sagas over the time from the first `placedAt` to the last outcome; CPU is what `sagashop dev` (every service in one process) used during the run and its drain, per accepted order, and beside it what the broker used when it runs on this machine (0 when not).\n"
         );
         let _ = writeln!(
             md,
-            "| offered/s | completed/s | cancelled | unfinished | p50 ms | p95 ms | p99 ms | CPU ms per order |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| offered/s | completed/s | cancelled | unfinished | p50 ms | p95 ms | p99 ms | CPU ms per order | broker CPU ms per order |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for s in steps {
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} |",
+                "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
                 s.rate,
                 s.completed_per_s.show(1),
                 s.cancelled,
@@ -346,7 +360,8 @@ impl Report {
                 s.e2e_p50.show(0),
                 s.e2e_p95.show(0),
                 s.e2e_p99.show(0),
-                s.cpu_ms_per_order.show(2)
+                s.cpu_ms_per_order.show(2),
+                s.broker_cpu_ms_per_order.show(2)
             );
         }
         let _ = writeln!(
@@ -395,8 +410,15 @@ impl Report {
             md,
             "Each order cost **{:.1} Kafka offsets** (records plus transaction markers, summed \
              over every topic of the run, divided by accepted orders).\n",
-            self.offsets_per_order
+            self.offsets_total()
         );
+        let _ = writeln!(md, "| topic | offsets per order |\n| --- | ---: |");
+        let mut by_topic: Vec<_> = self.offsets_per_order.iter().collect();
+        by_topic.sort_by(|a, b| b.1.total_cmp(a.1));
+        for (topic, per_order) in by_topic {
+            let _ = writeln!(md, "| `{topic}` | {per_order:.2} |");
+        }
+        let _ = writeln!(md);
         let _ = writeln!(
             md,
             "| offered/s | edge ÷ produce ceiling | completed × offsets ÷ produce ceiling |\n| ---: | ---: | ---: |"
@@ -407,7 +429,7 @@ impl Report {
                 "| {} | {:.2} % | {:.1} % |",
                 s.rate,
                 100.0 * s.accepted_per_s.median / self.produce.median.max(1.0),
-                100.0 * s.completed_per_s.median * self.offsets_per_order
+                100.0 * s.completed_per_s.median * self.offsets_total()
                     / self.produce.median.max(1.0)
             );
         }
@@ -465,6 +487,7 @@ mod tests {
                 e2e_p95: f(p99),
                 e2e_p99: f(p99),
                 cpu_ms_per_order: f(1.0),
+                broker_cpu_ms_per_order: f(1.0),
             }
         };
         // 1,600 offered completes more, but takes 8 s: 800's 770/s is the sustained figure.
