@@ -205,8 +205,8 @@ pub fn summarise(windows: &Store<Window>) -> Summary {
 
 /// How long a batch of outcomes may gather before its transaction commits. Analytics is a read
 /// model off the order's path, and most of what it reads is the saga's progress events, which
-/// it skips: at the runtime's 20 ms it committed a transaction for every few of them, about as
-/// many transactions as the orchestrator, each costing the broker milliseconds of CPU that the
+/// it skips: with the runtime's defaults (a batch closes after 2 ms without a record) it committed
+/// a transaction for every few of them, about as many transactions as the orchestrator, each costing the broker milliseconds of CPU that the
 /// orders' own hops then waited for. A quarter of a second of delay on the summary is not
 /// noticed; the transactions saved are (docs/benchmarks.md, "Faster sagas").
 const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(250);

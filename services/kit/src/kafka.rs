@@ -150,7 +150,7 @@ impl KafkaConfig {
             .set("message.timeout.ms", millis(self.delivery_timeout))
             // A few milliseconds of batching buys throughput at a latency the edge can afford.
             // Measured for the transactional hops (docs/benchmarks.md, "Faster sagas"): 1 ms
-            // takes ~45 ms off an order's outcome at 20 orders/s but costs at 400-800/s, so 5 it
+            // takes ~40 ms off an order's outcome at 20 orders/s but costs at 800/s, so 5 it
             // stays; `--kafka-property linger.ms=1` suits a deployment that is mostly idle.
             .set("linger.ms", "5")
             .set("compression.type", "lz4");
