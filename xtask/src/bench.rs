@@ -322,7 +322,6 @@ async fn end_to_end(kafka: &KafkaConfig, outcome: &str, tag: &str) -> anyhow::Re
     })
 }
 
-/// CPU time (user + system) the process has used so far, from `/proc/<pid>/stat`.
 /// The process id of a Kafka broker running on this machine (`scripts/kafka`), if one does.
 fn local_broker() -> Option<u32> {
     std::fs::read_dir("/proc")
@@ -337,6 +336,7 @@ fn local_broker() -> Option<u32> {
         })
 }
 
+/// CPU time (user + system) the process has used so far, from `/proc/<pid>/stat`.
 fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
