@@ -28,6 +28,7 @@ use sagashop_contracts::Envelope;
 use sagashop_contracts::events::OrderPlaced;
 use sagashop_kit::{KafkaConfig, Monitor, Outgoing, Processor, ProcessorConfig, Publisher, Router};
 use sagashop_testkit::ceiling::{order, topic};
+use sagashop_testkit::cpu::{cpu_time, local_broker};
 use sagashop_testkit::{TestKafka, unique_name};
 use tokio_util::sync::CancellationToken;
 
@@ -39,21 +40,9 @@ fn env_list(name: &str, default: &str) -> Vec<usize> {
         .collect()
 }
 
-/// CPU time (user + system) the local broker has used, if it runs on this machine.
+/// CPU time the local broker has used, if it runs on this machine.
 fn broker_cpu() -> Option<Duration> {
-    let ticks_per_second = 100; // CLK_TCK on Linux
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmdline).contains("kafka.Kafka") {
-            continue;
-        }
-        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        return Some(Duration::from_millis(ticks * 1000 / ticks_per_second));
-    }
-    None
+    local_broker().and_then(cpu_time)
 }
 
 /// One exactly-once processor copying every record from `input` to `output`.

@@ -12,6 +12,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod ceiling;
+pub mod cpu;
 mod events;
 mod kafka;
 mod kube;
