@@ -14,6 +14,11 @@
 //! limit (`413`), a body that takes too long to arrive (`408`), more orders per second than the
 //! rate limit (`429` with `Retry-After`), too many orders waiting for Kafka (`503`). Refusals
 //! are `application/problem+json` naming the offending field.
+//!
+//! The edge also sheds load on the work behind it: when more orders it accepted are still
+//! waiting for their outcome than `max_pending`, a new order gets `503` with `Retry-After` and
+//! nothing is written, so sagas cannot pile up without bound when the system behind the edge
+//! falls behind (or stops). A keyed retry of an order already accepted still gets its `202`.
 
 pub mod limit;
 pub mod refusal;
@@ -62,6 +67,11 @@ pub struct OrderSettings {
     pub body_timeout: Duration,
     /// How long an order may wait for a Kafka transaction before `503`.
     pub queue_timeout: Duration,
+    /// The most orders accepted by this process that may wait for their outcome; more new
+    /// orders get `503` (`None`: no limit).
+    pub max_pending: Option<usize>,
+    /// What `Retry-After` says to an order shed for `max_pending`, in seconds.
+    pub shed_retry_after_secs: u32,
 }
 
 struct Edge {
@@ -73,6 +83,8 @@ struct Edge {
     orders_topic: String,
     config: OrderSettings,
     accepted: AtomicU64,
+    /// New orders refused for `max_pending`.
+    shed: AtomicU64,
     locks: KeyLocks,
 }
 
@@ -124,6 +136,7 @@ pub async fn start(
         orders_topic: wiring.topic("orders")?.to_owned(),
         config: settings,
         accepted: AtomicU64::new(0),
+        shed: AtomicU64::new(0),
         locks: KeyLocks::default(),
     });
     let api = axum::Router::new()
@@ -134,12 +147,14 @@ pub async fn start(
         let view = Arc::clone(&view);
         Arc::new(move || pick(view.counts()) as u64)
     };
+    let shed = Arc::clone(&edge);
     Ok(Running::new(wiring, stats, task)
         .with_routes(api)
         .with_figure(
             "accepted",
             Arc::new(move || edge.accepted.load(Ordering::Relaxed)),
         )
+        .with_figure("shed", Arc::new(move || shed.shed.load(Ordering::Relaxed)))
         .with_figure("completed", counts(|(_, completed, _)| completed))
         .with_figure("cancelled", counts(|(_, _, cancelled)| cancelled))
         .with_figure("in flight", counts(|(pending, _, _)| pending)))
@@ -246,6 +261,33 @@ fn admit(edge: &Edge) -> Result<(), ApiError> {
     }
 }
 
+/// Refuses a new order while too many this process accepted wait for their outcome.
+fn shed(edge: &Edge) -> Result<(), ApiError> {
+    let Some(limit) = edge.config.max_pending else {
+        return Ok(());
+    };
+    let pending = edge.view.pending_accepted();
+    if pending < limit {
+        return Ok(());
+    }
+    if edge
+        .shed
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(1000)
+    {
+        tracing::warn!(
+            pending,
+            limit,
+            "shedding new orders: too many accepted here are waiting for their outcome"
+        );
+    }
+    Err(ApiError::Overloaded {
+        pending,
+        limit,
+        retry_after_secs: edge.config.shed_retry_after_secs,
+    })
+}
+
 /// The whole body, within the size limit and the body timeout.
 async fn read_body(
     config: &OrderSettings,
@@ -277,6 +319,7 @@ async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Result<Respon
     if let Some(order_id) = key.as_deref().and_then(|k| edge.idempotency.get(k)) {
         return Ok(accepted_response(&order_id));
     }
+    shed(&edge)?;
     let order_id = key.as_deref().map_or_else(Uuid::now_v7, keyed_order_id);
     let event = OrderPlaced {
         order_id,
@@ -295,7 +338,7 @@ async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Result<Respon
         .commit(records)
         .await
         .map_err(|e| not_committed(&edge, e, order_id))?;
-    edge.view.placed(&envelope.payload);
+    edge.view.accepted(&envelope.payload);
     edge.accepted.fetch_add(1, Ordering::Relaxed);
     if let Some(key) = key {
         edge.idempotency.committed(&key, order_id.to_string());

@@ -21,6 +21,19 @@ pub enum ApiError {
         /// Seconds until a token is free.
         retry_after_secs: u32,
     },
+    /// Too many orders accepted here are still waiting for their outcome: `503` with
+    /// `Retry-After`, and nothing was written.
+    #[error(
+        "{pending} orders accepted here are still waiting for their outcome (at most {limit}); nothing was written, try again later"
+    )]
+    Overloaded {
+        /// Orders accepted here without an outcome.
+        pending: usize,
+        /// The most there may be.
+        limit: usize,
+        /// Seconds to wait before trying again.
+        retry_after_secs: u32,
+    },
     /// The `Idempotency-Key` header is empty, too long or not text: `400`.
     #[error("Idempotency-Key must be 1 to 128 visible ASCII characters")]
     BadIdempotencyKey,
@@ -92,7 +105,7 @@ impl ApiError {
             Self::BodyTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotEncoded(_) | Self::Rejected(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::OutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UnknownOrder(_) => StatusCode::NOT_FOUND,
         }
@@ -109,6 +122,7 @@ impl ApiError {
             Self::Invalid { .. } => "Invalid order",
             Self::NotEncoded(_) | Self::Rejected(_) => "Order not accepted",
             Self::Unavailable { .. } => "Kafka unavailable",
+            Self::Overloaded { .. } => "Too many orders in flight",
             Self::OutcomeUnknown { .. } => "Order outcome unknown",
             Self::UnknownOrder(_) => "Unknown order",
             Self::InvalidStatus => "Invalid status",
@@ -142,10 +156,11 @@ impl IntoResponse for ApiError {
         let mut response = problem(self.status(), self.title(), &self.to_string(), self.field());
         let headers = response.headers_mut();
         match self {
-            Self::RateLimited { retry_after_secs } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            }
-            Self::Unavailable { retry_after_secs } => {
+            Self::RateLimited { retry_after_secs }
+            | Self::Unavailable { retry_after_secs }
+            | Self::Overloaded {
+                retry_after_secs, ..
+            } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             // The rest of the body is not read: the connection cannot carry another request.
@@ -193,6 +208,16 @@ mod tests {
         .into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+
+        let response = ApiError::Overloaded {
+            pending: 2001,
+            limit: 2000,
+            retry_after_secs: 1,
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(body(response).await["title"], "Too many orders in flight");
 
         let response = ApiError::BodyTooLarge { limit: 10 }.into_response();
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);

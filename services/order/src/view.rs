@@ -8,8 +8,14 @@
 //! With a retention, an order is forgotten once its latest event is older than that, and an
 //! event older than that is not applied: the model holds the recent orders, so memory and the
 //! rebuild after a restart stay bounded by the rate times the retention.
+//!
+//! The view also counts the orders this process accepted that have no outcome yet
+//! ([`View::pending_accepted`]), kept as they change so the edge can read it on every request:
+//! the backlog it sheds load on.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -137,6 +143,15 @@ impl OrderView {
 struct Kept {
     view: OrderView,
     latest: DateTime<Utc>,
+    /// Accepted by this process (not only read from Kafka).
+    accepted_here: bool,
+}
+
+impl Kept {
+    /// Counts towards [`View::pending_accepted`].
+    fn pending_here(&self) -> bool {
+        self.accepted_here && self.view.status == OrderStatus::Pending
+    }
 }
 
 /// The orders, in memory: every one, or those with an event within the retention.
@@ -144,6 +159,8 @@ struct Kept {
 pub struct View {
     orders: RwLock<HashMap<Uuid, Kept>>,
     retention: Option<TimeDelta>,
+    /// How many orders accepted here are `PENDING`: changed under the write lock, read without.
+    pending_here: AtomicUsize,
 }
 
 impl View {
@@ -152,6 +169,7 @@ impl View {
         Self {
             orders: RwLock::default(),
             retention: Some(TimeDelta::from_std(retention).unwrap_or(TimeDelta::MAX)),
+            pending_here: AtomicUsize::new(0),
         }
     }
 
@@ -170,17 +188,50 @@ impl View {
     }
 
     fn with(&self, order_id: Uuid, at: DateTime<Utc>, change: impl FnOnce(&mut OrderView)) {
+        self.change(order_id, at, false, change);
+    }
+
+    /// Applies `change` to the order (made when new), marking it accepted here when
+    /// `accepted_here`, and keeps the count of pending orders accepted here.
+    fn change(
+        &self,
+        order_id: Uuid,
+        at: DateTime<Utc>,
+        accepted_here: bool,
+        change: impl FnOnce(&mut OrderView),
+    ) {
         if self.cutoff().is_some_and(|cutoff| at < cutoff) {
             // A replayed event of an order the view has already forgotten (or would at once).
             return;
         }
         let mut orders = self.write();
-        let kept = orders.entry(order_id).or_insert_with(|| Kept {
-            view: OrderView::empty(order_id),
-            latest: at,
-        });
+        let (kept, before) = match orders.entry(order_id) {
+            Entry::Occupied(entry) => {
+                let kept = entry.into_mut();
+                let before = kept.pending_here();
+                (kept, before)
+            }
+            Entry::Vacant(entry) => {
+                let kept = entry.insert(Kept {
+                    view: OrderView::empty(order_id),
+                    latest: at,
+                    accepted_here: false,
+                });
+                (kept, false)
+            }
+        };
         change(&mut kept.view);
         kept.latest = kept.latest.max(at);
+        kept.accepted_here |= accepted_here;
+        match (before, kept.pending_here()) {
+            (false, true) => {
+                self.pending_here.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.pending_here.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
     }
 
     /// Forgets the orders whose latest event is past the retention; returns how many.
@@ -190,8 +241,23 @@ impl View {
         };
         let mut orders = self.write();
         let before = orders.len();
-        orders.retain(|_, kept| kept.latest >= cutoff);
+        let mut pending_here = 0;
+        orders.retain(|_, kept| {
+            let keep = kept.latest >= cutoff;
+            if !keep && kept.pending_here() {
+                pending_here += 1;
+            }
+            keep
+        });
+        self.pending_here.fetch_sub(pending_here, Ordering::Relaxed);
         before - orders.len()
+    }
+
+    /// How many orders this process accepted ([`View::accepted`]) have no outcome yet: the
+    /// sagas it started that are still running (or stopped `FAILED`, until the retention
+    /// forgets them). Orders accepted before a restart, or by other replicas, are not counted.
+    pub fn pending_accepted(&self) -> usize {
+        self.pending_here.load(Ordering::Relaxed)
     }
 
     /// How many orders it holds.
@@ -238,15 +304,15 @@ impl View {
             })
     }
 
-    /// An order was placed.
+    /// An order was placed (read from Kafka).
     pub fn placed(&self, event: &OrderPlaced) {
-        self.with(event.order_id, event.placed_at, |o| {
-            o.customer_id = Some(event.customer_id.clone());
-            o.items.clone_from(&event.items);
-            o.total_minor = Some(event.total_minor);
-            o.currency = Some(event.currency.clone());
-            o.placed_at = Some(event.placed_at);
-        });
+        self.change(event.order_id, event.placed_at, false, |o| placed(o, event));
+    }
+
+    /// This process accepted an order (it is committed): like [`View::placed`], and it counts
+    /// in [`View::pending_accepted`] until its outcome is seen.
+    pub fn accepted(&self, event: &OrderPlaced) {
+        self.change(event.order_id, event.placed_at, true, |o| placed(o, event));
     }
 
     /// Its saga completed.
@@ -312,6 +378,14 @@ impl View {
     }
 }
 
+fn placed(order: &mut OrderView, event: &OrderPlaced) {
+    order.customer_id = Some(event.customer_id.clone());
+    order.items.clone_from(&event.items);
+    order.total_minor = Some(event.total_minor);
+    order.currency = Some(event.currency.clone());
+    order.placed_at = Some(event.placed_at);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,5 +444,51 @@ mod tests {
         unbounded.placed(&placed(order, Utc::now() - TimeDelta::days(400)));
         assert_eq!(unbounded.expire(), 0, "without a retention nothing expires");
         assert_eq!(unbounded.len(), 1);
+    }
+
+    #[test]
+    fn pending_accepted_counts_this_process_orders_until_their_outcome() {
+        let view = View::with_retention(Duration::from_secs(60));
+        let now = Utc::now();
+        let (mine, other, early) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        view.accepted(&placed(mine, now));
+        // Read back from Kafka after the edge accepted it: still one.
+        view.placed(&placed(mine, now));
+        // Another replica's order, read from Kafka: not counted.
+        view.placed(&placed(other, now));
+        assert_eq!(view.pending_accepted(), 1);
+        // An outcome read before the edge marked its order (it can come first): never counted.
+        view.completed(&completed(early, now));
+        view.accepted(&placed(early, now));
+        assert_eq!(view.pending_accepted(), 1);
+        // Progress changes nothing; the outcome ends it, and a replayed outcome ends it once.
+        view.step(&SagaStepChanged {
+            saga_id: mine.to_string(),
+            saga_name: "order-fulfilment".into(),
+            step: "reserve-inventory".into(),
+            phase: StepPhase::Started,
+            attempt: 1,
+            detail: None,
+            at: now,
+        });
+        assert_eq!(view.pending_accepted(), 1);
+        view.completed(&completed(mine, now));
+        view.completed(&completed(mine, now));
+        assert_eq!(view.pending_accepted(), 0);
+        assert_eq!(
+            view.counts(),
+            (1, 2, 0),
+            "the other replica's order is still pending"
+        );
+    }
+
+    #[test]
+    fn an_expired_pending_order_no_longer_counts() {
+        let view = View::with_retention(Duration::from_millis(200));
+        view.accepted(&placed(Uuid::new_v4(), Utc::now()));
+        assert_eq!(view.pending_accepted(), 1);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(view.expire(), 1);
+        assert_eq!(view.pending_accepted(), 0);
     }
 }

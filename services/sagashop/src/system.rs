@@ -100,6 +100,11 @@ pub(crate) struct SystemArgs {
     /// Orders that may arrive at once above the rate limit.
     #[arg(long, env = "ORDER_RATE_BURST", default_value_t = 500)]
     pub(crate) rate_burst: u32,
+    /// The most orders this process accepted that may wait for their outcome (the sagas it
+    /// started that still run); more new orders get `503` with `Retry-After` and nothing is
+    /// written. 0 turns it off. Per replica, like the rate limit.
+    #[arg(long, env = "ORDER_MAX_PENDING", default_value_t = 2000)]
+    pub(crate) max_pending_orders: usize,
     /// How long an order body may take to arrive (slower: `408`).
     #[arg(long, env = "ORDER_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) body_timeout: Duration,
@@ -272,6 +277,8 @@ fn start<'a>(
                 rate_burst: args.rate_burst,
                 body_timeout: args.body_timeout,
                 queue_timeout: args.queue_timeout,
+                max_pending: (args.max_pending_orders > 0).then_some(args.max_pending_orders),
+                shed_retry_after_secs: 1,
             },
         )),
     }

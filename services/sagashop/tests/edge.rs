@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Dev, WAIT, finished};
+use common::{Dev, WAIT, finished, post};
 use reqwest::StatusCode;
 use sagashop_kit::reader::read_settled;
 use sagashop_kit::{Outgoing, Publisher};
@@ -321,6 +321,77 @@ async fn the_edge_limits_rate_slow_bodies_and_slow_headers() {
         "the connection stayed open {took:?}: {answer}"
     );
     dev.terminate();
+}
+
+/// The edge sheds load on the work behind it: with no orchestrator running, nothing it accepts
+/// finishes, so after `--max-pending-orders` orders a new one gets `503` with `Retry-After` and
+/// nothing is written, while a keyed retry of an accepted order still gets its `202`. Once
+/// the rest of the system runs and those sagas finish, the edge takes orders again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_sheds_new_orders_while_too_many_wait_for_their_outcome() {
+    let kafka = TestKafka::connect().await;
+    let prefix = format!("{}.", unique_name("edge-shed"));
+    let edge = Dev::service(
+        &kafka,
+        "order",
+        &prefix,
+        &[
+            "--create-topics",
+            "--instance",
+            "edge",
+            "--max-pending-orders",
+            "3",
+        ],
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let key = (i == 0).then_some("key-0");
+        let (status, body) = post(&edge.base, &good_order(&format!("c-{i}")), key)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        ids.push(body["orderId"].as_str().unwrap().to_owned());
+    }
+    let client = reqwest::Client::new();
+    let refused = client
+        .post(format!("{}/api/orders", edge.base))
+        .json(&good_order("c-3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["title"], "Too many orders in flight", "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was written"),
+        "{problem}"
+    );
+    // A retry of an accepted order is not new work: its 202 and its first id.
+    let (status, body) = post(&edge.base, &good_order("c-0"), Some("key-0"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["orderId"], ids[0].as_str());
+    let written = read_settled(&kafka.config, "test", &edge.topic("orders.v1"), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(written.len(), 3, "a shed order was written");
+
+    // The rest of the system starts; the three sagas finish and the edge takes orders again.
+    let rest = Dev::start(&kafka, &prefix, &["--instance", "rest"]).await;
+    for id in &ids {
+        let order = finished(&edge.base, id).await;
+        assert_eq!(order["status"], "COMPLETED", "{order}");
+    }
+    let (status, body) = post(&edge.base, &good_order("c-4"), None).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    rest.terminate();
+    edge.terminate();
 }
 
 /// Reads until the peer closes or answers (at most `limit`).
