@@ -275,7 +275,21 @@ EOF
 }
 
 # node_down: every pod stopped, every mount, chain, sysctl, bridge and folder put back.
+# node_leftover: the node's bridge exists although no node runs here (no node folder, no
+# containerd or kubelet): what a run cut during `scripts/kube up` leaves behind.
+node_leftover() {
+  [[ ! -d "$node_dir" ]] && ip link show "$bridge" >/dev/null 2>&1 &&
+    ! pgrep -x containerd >/dev/null && ! pgrep -x kubelet >/dev/null
+}
+
 node_down() {
+  if node_leftover; then
+    say "removing the bridge $bridge and its iptables chains, left behind by a node whose folder is gone"
+    node_chains_down iptables
+    node_chains_down ip6tables
+    ip link del "$bridge" 2>/dev/null || say "could not remove the bridge $bridge"
+    return 0
+  fi
   [[ -d "$node_dir" ]] || return 0
   local name pid
   for name in kubelet kube-proxy kube-scheduler coredns; do
