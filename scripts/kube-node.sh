@@ -274,7 +274,6 @@ sys.exit(0 if struct.unpack(">H", r[6:8])[0] > 0 else 1)
 EOF
 }
 
-# node_down: every pod stopped, every mount, chain, sysctl, bridge and folder put back.
 # node_leftover: the node's bridge exists although no node runs here (no node folder, no
 # containerd or kubelet): what a run cut during `scripts/kube up` leaves behind.
 node_leftover() {
@@ -282,12 +281,19 @@ node_leftover() {
     ! pgrep -x containerd >/dev/null && ! pgrep -x kubelet >/dev/null
 }
 
+# node_network_down: the chains the node made and its bridge, removed.
+node_network_down() {
+  node_chains_down iptables
+  node_chains_down ip6tables
+  ip link del "$bridge" 2>/dev/null || true
+}
+
+# node_down: every pod stopped, every mount, chain, sysctl, bridge and folder put back.
 node_down() {
   if node_leftover; then
     say "removing the bridge $bridge and its iptables chains, left behind by a node whose folder is gone"
-    node_chains_down iptables
-    node_chains_down ip6tables
-    ip link del "$bridge" 2>/dev/null || say "could not remove the bridge $bridge"
+    node_network_down
+    ! ip link show "$bridge" >/dev/null 2>&1 || say "could not remove the bridge $bridge"
     return 0
   fi
   [[ -d "$node_dir" ]] || return 0
@@ -331,9 +337,7 @@ node_down() {
     [[ -d "$c" ]] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null
   done
   "$bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
-  node_chains_down iptables
-  node_chains_down ip6tables
-  ip link del "$bridge" 2>/dev/null || true
+  node_network_down
   if [[ -f "$node_dir/undo.sysctl" ]]; then
     while IFS= read -r line; do sysctl -qw "$line" 2>/dev/null || say "could not restore $line"; done <"$node_dir/undo.sysctl"
   fi
