@@ -322,7 +322,18 @@ async fn handle_record(shared: &Shared, record: &Record) -> Disposition {
 async fn handle_in_span(shared: &Shared, record: &Record) -> Disposition {
     let (error, attempts) = match shared.router.route(record.clone()) {
         Err(decode) => (decode.to_string(), 0),
-        Ok(Route::Unknown { event_type }) => {
+        Ok(Route::Unknown {
+            event_type,
+            strict: true,
+        }) => (
+            format!(
+                "no handler for event type `{event_type}` on `{}`: every record there must be one \
+                 this service handles (forged, mistyped, or from a newer version?)",
+                record.topic
+            ),
+            0,
+        ),
+        Ok(Route::Unknown { event_type, .. }) => {
             tracing::debug!(topic = %record.topic, offset = record.offset, %event_type, "no handler; acknowledged");
             return Disposition::Unknown;
         }

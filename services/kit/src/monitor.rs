@@ -106,6 +106,7 @@ pub(crate) struct RuntimeMetrics {
     pub(crate) consumer_lag: Family<PartitionLabels, Gauge>,
     pub(crate) store_entries: Family<StoreLabels, Gauge>,
     pub(crate) store_expired: Family<StoreLabels, Counter>,
+    pub(crate) store_quarantined: Family<StoreLabels, Counter>,
     pub(crate) http: HttpMetrics,
 }
 
@@ -160,6 +161,7 @@ impl Monitor {
             consumer_lag: Family::default(),
             store_entries: Family::default(),
             store_expired: Family::default(),
+            store_quarantined: Family::default(),
             http: HttpMetrics {
                 requests: Family::default(),
                 duration: Family::new_with_constructor(LatencyBuckets),
@@ -351,6 +353,13 @@ fn register_others(
         "store_expired",
         "Entries a state store forgot after their retention",
         runtime.store_expired.clone(),
+    );
+    declare(
+        registry,
+        declared,
+        "store_quarantined",
+        "Changelog records a state store could not read on restore and skipped (the key keeps its previous value)",
+        runtime.store_quarantined.clone(),
     );
     declare(
         registry,

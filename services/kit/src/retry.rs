@@ -47,6 +47,14 @@ impl RetryPolicy {
             .min(self.max_backoff)
     }
 
+    /// The longest a record can spend retrying in place: every backoff at its ceiling, from
+    /// the first failure to the last attempt.
+    pub fn budget(&self) -> Duration {
+        (1..self.max_attempts)
+            .map(|attempt| self.ceiling(attempt))
+            .sum()
+    }
+
     /// The wait after failed attempt `attempt`: uniformly random in `[ceiling/2, ceiling]`, so
     /// that many consumers failing together do not retry in lock-step against a recovering
     /// dependency, while the wait still grows with every attempt.
@@ -60,6 +68,22 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_adds_every_backoff_at_its_ceiling() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+        };
+        // 100 + 200 + 400 + 500 (capped): four waits between five attempts.
+        assert_eq!(policy.budget(), Duration::from_millis(1200));
+        let once = RetryPolicy {
+            max_attempts: 1,
+            ..policy
+        };
+        assert_eq!(once.budget(), Duration::ZERO);
+    }
 
     #[test]
     fn ceiling_doubles_then_caps() {

@@ -50,10 +50,13 @@ type ErasedHandler = Arc<dyn Fn(Record, Metadata) -> BoxFuture + Send + Sync>;
 pub enum Route {
     /// A handler: call it.
     Handler(Box<RouteCall>),
-    /// No handler for this topic and event type: acknowledge and count it.
+    /// No handler for this topic and event type: acknowledge and count it, or, on a
+    /// [strict](Router::strict) topic, dead-letter it.
     Unknown {
         /// The record's `event-type`.
         event_type: String,
+        /// Whether the topic is strict: every record on it is meant for a handler here.
+        strict: bool,
     },
 }
 
@@ -91,6 +94,8 @@ impl RouteCall {
 #[derive(Default, Clone)]
 pub struct Router {
     routes: HashMap<String, HashMap<String, (ErasedHandler, FailurePolicy)>>,
+    /// Topics whose every record is meant for a handler here (a participant's commands).
+    strict: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for Router {
@@ -186,6 +191,16 @@ impl Router {
         self
     }
 
+    /// Makes `topic` strict: a record on it whose event type has no handler is a poison
+    /// message (a forged or mistyped command, or a command from a newer version than this
+    /// process), dead-lettered where people look, not acknowledged and dropped. Topics that
+    /// others share (an outcome topic read for some of its events) stay lenient.
+    #[must_use]
+    pub fn strict(mut self, topic: &str) -> Self {
+        self.strict.insert(topic.to_owned());
+        self
+    }
+
     /// The topics with at least one handler, sorted.
     pub fn topics(&self) -> Vec<String> {
         let mut topics: Vec<_> = self.routes.keys().cloned().collect();
@@ -210,6 +225,7 @@ impl Router {
             })),
             None => Route::Unknown {
                 event_type: metadata.event_type,
+                strict: self.strict.contains(&record.topic),
             },
         })
     }

@@ -132,6 +132,8 @@ pub struct Store<V> {
     held_keys: Gauge,
     /// `sagashop_store_expired_total`: the keys forgot by [`Store::expire`].
     expired: Counter,
+    /// `sagashop_store_quarantined_total`: unreadable changelog records skipped on restore.
+    quarantined: Counter,
 }
 
 impl<V> Clone for Store<V> {
@@ -146,6 +148,7 @@ impl<V> Clone for Store<V> {
             scope: self.scope,
             held_keys: self.held_keys.clone(),
             expired: self.expired.clone(),
+            quarantined: self.quarantined.clone(),
         }
     }
 }
@@ -171,6 +174,11 @@ where
         Self {
             held_keys: monitor.runtime.store_entries.get_or_create(&labels).clone(),
             expired: monitor.runtime.store_expired.get_or_create(&labels).clone(),
+            quarantined: monitor
+                .runtime
+                .store_quarantined
+                .get_or_create(&labels)
+                .clone(),
             name: name.to_owned(),
             topic: topic.to_owned(),
             kafka: kafka.clone(),
@@ -237,6 +245,7 @@ where
             now: now_ms(),
             parts: HashMap::new(),
             records: 0,
+            quarantined: 0,
         };
         // Folded record by record: memory holds the state being rebuilt, never the changelog.
         let restored = match partitions {
@@ -266,6 +275,7 @@ where
                 .await?
             }
         };
+        self.quarantined.inc_by(restored.quarantined);
         let parts = restored.parts;
         let keys: usize = parts.values().map(HashMap::len).sum();
         tracing::info!(store = %self.name, topic = %self.topic, partitions = ?partitions, records = restored.records, keys, elapsed = ?started.elapsed(), "store restored");
@@ -470,28 +480,39 @@ struct Restoring<V> {
     now: i64,
     parts: HashMap<i32, HashMap<String, Kept<V>>>,
     records: usize,
+    /// Unreadable records skipped.
+    quarantined: u64,
 }
 
 impl<V: DeserializeOwned> Restoring<V> {
-    /// One changelog record: a value sets its key, a tombstone removes it.
+    /// One changelog record: a value sets its key, a tombstone removes it. An unreadable
+    /// record (no UTF-8 key, a value that is not a `V`: a foreign write, a bug, bit rot) is
+    /// quarantined: logged with its place, counted in `sagashop_store_quarantined_total`, and
+    /// skipped, so its key keeps the value before it. One bad record stops neither the restore
+    /// nor the service that owns the store; the alert on the counter says to look.
     fn apply(&mut self, record: Record) -> Result<(), Error> {
         self.records += 1;
-        let corrupt = |why: &str| {
-            Error::Internal(format!(
-                "store `{}`: changelog `{}` partition {} offset {} is unreadable: {why}",
-                self.store, self.topic, record.partition, record.offset
-            ))
+        let mut quarantine = |why: &str| {
+            self.quarantined += 1;
+            tracing::error!(store = %self.store, topic = %self.topic, partition = record.partition, offset = record.offset, why, "unreadable changelog record quarantined: skipped, its key keeps its previous value");
         };
-        let key = record
+        let Some(key) = record
             .key
             .as_deref()
             .and_then(|k| std::str::from_utf8(k).ok())
-            .ok_or_else(|| corrupt("no UTF-8 key"))?;
+        else {
+            quarantine("no UTF-8 key");
+            return Ok(());
+        };
         let value = match &record.payload {
             None => None,
-            Some(bytes) => {
-                Some(serde_json::from_slice::<V>(bytes).map_err(|e| corrupt(&e.to_string()))?)
-            }
+            Some(bytes) => match serde_json::from_slice::<V>(bytes) {
+                Ok(value) => Some(value),
+                Err(e) => {
+                    quarantine(&e.to_string());
+                    return Ok(());
+                }
+            },
         };
         let entries = self.parts.entry(record.partition).or_default();
         match value {

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -153,6 +154,30 @@ impl Wiring {
         Ok(())
     }
 
+    /// Refuses an exactly-once wiring whose in-place retries can outlast `transaction_timeout`
+    /// (the broker's bound on an open transaction): a record retried that long sees its
+    /// transaction aborted under it, is handled again from the start, and loops for ever.
+    pub fn fits_transaction(&self, transaction_timeout: Duration) -> Result<(), Error> {
+        if self.processing != Processing::ExactlyOnce {
+            return Ok(());
+        }
+        let budget = self.retry.policy().map(|p| p.budget()).unwrap_or_default();
+        if budget < transaction_timeout {
+            return Ok(());
+        }
+        Err(Error::InvalidConfig {
+            setting: "wiring",
+            reason: format!(
+                "`{}`: its in-place retries can wait {} in all, which reaches the {} transaction \
+                 timeout (a record retried that long has its transaction aborted under it and \
+                 starts again, for ever); lower retry.maxAttempts or retry.maxBackoff",
+                self.service,
+                humantime::format_duration(budget),
+                humantime::format_duration(transaction_timeout)
+            ),
+        })
+    }
+
     /// The processor settings it implies for replica `instance`; the rest are the defaults.
     pub fn processor_config(&self, instance: &str) -> Result<ProcessorConfig, Error> {
         self.validate()?;
@@ -221,6 +246,26 @@ mod tests {
             retry: RetryPolicy::default().into(),
             transactional_id: Some("payment".into()),
         }
+    }
+
+    #[test]
+    fn a_retry_budget_that_reaches_the_transaction_timeout_is_refused() {
+        let mut wiring = payment();
+        let timeout = Duration::from_secs(10);
+        assert!(wiring.fits_transaction(timeout).is_ok(), "the default fits");
+        wiring.retry = RetrySettings {
+            max_attempts: 4,
+            initial_backoff: "2s".into(),
+            max_backoff: "5s".into(),
+        };
+        // 2 + 4 + 5 s of waits reach the 10 s transaction timeout.
+        let err = wiring.fits_transaction(timeout).unwrap_err().to_string();
+        assert!(err.contains("11s") && err.contains("10s"), "{err}");
+        wiring.processing = Processing::AtLeastOnce;
+        assert!(
+            wiring.fits_transaction(timeout).is_ok(),
+            "no transaction to outlast"
+        );
     }
 
     #[test]

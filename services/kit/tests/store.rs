@@ -126,32 +126,44 @@ async fn finished_entries_expire_after_the_retention_counted_from_their_last_wri
 }
 
 #[tokio::test]
-async fn a_corrupt_changelog_fails_the_restore_and_names_the_record() {
+async fn a_corrupt_changelog_record_is_quarantined_and_its_key_keeps_its_previous_value() {
     let kafka = TestKafka::connect().await;
     let topic = changelog(&kafka, "store-corrupt").await;
-    let garbage = Outgoing {
+    let record = |key: &[u8], payload: &[u8]| Outgoing {
         topic: topic.clone(),
-        key: Some(b"sku-1".to_vec()),
+        key: Some(key.to_vec()),
         partition: None,
-        payload: Some(b"not a number".to_vec()),
+        payload: Some(payload.to_vec()),
         headers: vec![],
     };
+    let writes = [
+        record(b"sku-1", b"5"),
+        record(b"sku-1", b"not a number"),
+        record(b"sku-2", b"7"),
+        record(&[0xff, 0xfe], b"1"),
+    ];
     Publisher::new(&kafka.config, "test")
         .unwrap()
-        .send(&garbage)
+        .send_all(&writes)
         .await
         .unwrap();
     let monitor = Monitor::new();
-    let err = Store::<u32>::open(&kafka.config, "stock", &topic, &monitor)
+    let store = Store::<u32>::open(&kafka.config, "stock", &topic, &monitor)
         .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(&format!(
-            "changelog `{topic}` partition 0 offset 0 is unreadable"
-        )),
-        "{err}"
+        .expect("a bad record does not stop the restore");
+    let mut entries = store.entries();
+    entries.sort();
+    assert_eq!(
+        entries,
+        [("sku-1".to_owned(), 5), ("sku-2".to_owned(), 7)],
+        "the unreadable value is skipped, the key keeps the one before it"
     );
+    let metrics = monitor.encode();
+    assert!(
+        metrics.contains(r#"sagashop_store_quarantined_total{store="stock"} 2"#),
+        "{metrics}"
+    );
+    assert!(monitor.not_ready().is_empty(), "the store is ready");
 }
 
 /// Counts inputs per key in a store; hangs on `hang_at` (a member dying mid-transaction).
