@@ -5,6 +5,7 @@
 //! | the topic does not exist | created; `Ready=True`, reason `Created` |
 //! | it exists (made outside the operator) | adopted and brought to the spec; reason `Adopted` on first sight |
 //! | more partitions declared | raised; reason `PartitionsIncreased` |
+//! | more partitions declared on a keyed topic (a changelog, a Saga's topic, annotation `sagashop.dev/partitioning: keyed`) | `Ready=False`, reason `PartitionsFixed`; nothing changed (keys would move away from their state) |
 //! | configuration differs (also drift made outside) | the spec's set replaces the topic's own (undeclared keys reset); reason `ConfigUpdated` |
 //! | fewer partitions or another replication factor than Kafka has | `Ready=False`, reason `PartitionDecrease` / `ReplicationFactorMismatch`; nothing changed, no retry storm |
 //! | another resource claimed the topic name first | `Ready=False`, reason `ResourceConflict` |
@@ -102,8 +103,27 @@ pub enum Decision {
     },
 }
 
-/// Decides what to do with the topic `spec` declares when Kafka has it as `kafka`.
-pub fn decide(spec: &KafkaTopicSpec, kafka: Option<&TopicState>) -> Decision {
+/// The annotation that marks a topic whose records are keyed to state held per partition;
+/// `keyed` makes the operator refuse to raise its partitions.
+pub const PARTITIONING: &str = "sagashop.dev/partitioning";
+
+/// Whether `resource`'s topic is keyed to state held per partition, so that more partitions
+/// would move keys away from their state: a changelog (`cleanup.policy` with `compact`), a
+/// topic of a Saga (its trigger, commands, replies and state are co-partitioned by key), or
+/// one annotated `sagashop.dev/partitioning: keyed` (the chart's service topics).
+pub fn keyed(resource: &KafkaTopic) -> bool {
+    resource.annotations().get(PARTITIONING).map(String::as_str) == Some("keyed")
+        || resource.owner_references().iter().any(|o| o.kind == "Saga")
+        || resource
+            .spec
+            .config
+            .get("cleanup.policy")
+            .is_some_and(|policy| policy.contains("compact"))
+}
+
+/// Decides what to do with the topic `spec` declares when Kafka has it as `kafka`; `keyed`
+/// says whether the topic's partitions are fixed ([`keyed`]).
+pub fn decide(spec: &KafkaTopicSpec, kafka: Option<&TopicState>, keyed: bool) -> Decision {
     let Some(state) = kafka else {
         return Decision::Create;
     };
@@ -123,6 +143,18 @@ pub fn decide(spec: &KafkaTopicSpec, kafka: Option<&TopicState>) -> Decision {
             message: format!(
                 "the topic has {} partitions and Kafka cannot remove partitions; declare at least {}",
                 state.partitions, state.partitions
+            ),
+        };
+    }
+    if keyed && state.partitions < spec.partitions {
+        return Decision::Refuse {
+            reason: "PartitionsFixed",
+            message: format!(
+                "the topic's records are keyed to state kept per partition (a changelog or a \
+                 co-partitioned input): raising {} to {} partitions would move keys away from \
+                 their state; declare {}, or grow the system as docs/operations.md (\"Growing \
+                 partitions\") says",
+                state.partitions, spec.partitions, state.partitions
             ),
         };
     }
@@ -238,7 +270,7 @@ async fn apply(resource: Arc<KafkaTopic>, ctx: &Context) -> Result<Action, Error
     let spec = &resource.spec;
     let admin = &ctx.shared.admin;
     let existing = admin.describe(&name).await?;
-    match decide(spec, existing.as_ref()) {
+    match decide(spec, existing.as_ref(), keyed(&resource)) {
         Decision::Create => {
             let topic = TopicSpec {
                 replicas: spec.replicas,
@@ -566,13 +598,13 @@ mod tests {
 
     #[test]
     fn a_missing_topic_is_created() {
-        assert_eq!(decide(&spec(3, 1, &[]), None), Decision::Create);
+        assert_eq!(decide(&spec(3, 1, &[]), None, false), Decision::Create);
     }
 
     #[test]
     fn fewer_partitions_than_kafka_has_is_refused_with_the_number_to_declare() {
         let Decision::Refuse { reason, message } =
-            decide(&spec(2, 1, &[]), Some(&kafka(6, 1, &[])))
+            decide(&spec(2, 1, &[]), Some(&kafka(6, 1, &[])), false)
         else {
             panic!("not refused");
         };
@@ -583,7 +615,7 @@ mod tests {
     #[test]
     fn another_replication_factor_is_refused_before_anything_changes() {
         // Partitions would also be raised: nothing happens while the refusal stands.
-        let decision = decide(&spec(8, 3, &[]), Some(&kafka(4, 1, &[])));
+        let decision = decide(&spec(8, 3, &[]), Some(&kafka(4, 1, &[])), false);
         assert!(
             matches!(
                 decision,
@@ -601,6 +633,7 @@ mod tests {
         let decision = decide(
             &spec(8, 1, &[("retention.ms", "1000")]),
             Some(&kafka(4, 1, &[("cleanup.policy", "compact")])),
+            false,
         );
         assert_eq!(
             decision,
@@ -616,6 +649,7 @@ mod tests {
         let decision = decide(
             &spec(4, 1, &[("cleanup.policy", "compact")]),
             Some(&kafka(4, 1, &[("cleanup.policy", "compact")])),
+            true,
         );
         assert_eq!(
             decision,
@@ -624,6 +658,51 @@ mod tests {
                 replace_config: false
             }
         );
+    }
+
+    #[test]
+    fn a_keyed_topic_refuses_more_partitions_and_names_what_to_declare() {
+        let decision = decide(&spec(8, 1, &[]), Some(&kafka(4, 1, &[])), true);
+        match decision {
+            Decision::Refuse { reason, message } => {
+                assert_eq!(reason, "PartitionsFixed");
+                assert!(message.contains("raising 4 to 8 partitions"), "{message}");
+                assert!(message.contains("declare 4"), "{message}");
+            }
+            other => panic!("a keyed topic was grown: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn changelogs_saga_topics_and_annotated_topics_are_keyed_others_are_not() {
+        let topic = |annotations: serde_json::Value,
+                     owners: serde_json::Value,
+                     config: serde_json::Value| {
+            serde_json::from_value::<KafkaTopic>(json!({
+                "apiVersion": "sagashop.dev/v1alpha1", "kind": "KafkaTopic",
+                "metadata": {"name": "t", "namespace": "ns", "annotations": annotations,
+                             "ownerReferences": owners},
+                "spec": {"partitions": 4, "config": config},
+            }))
+            .unwrap()
+        };
+        let saga = json!([{"apiVersion": "sagashop.dev/v1alpha1", "kind": "Saga", "name": "s", "uid": "u"}]);
+        assert!(keyed(&topic(
+            json!({}),
+            json!([]),
+            json!({"cleanup.policy": "compact,delete"})
+        )));
+        assert!(keyed(&topic(json!({}), saga, json!({}))));
+        assert!(keyed(&topic(
+            json!({PARTITIONING: "keyed"}),
+            json!([]),
+            json!({})
+        )));
+        assert!(!keyed(&topic(
+            json!({}),
+            json!([]),
+            json!({"cleanup.policy": "delete"})
+        )));
     }
 
     #[test]

@@ -317,6 +317,20 @@ async fn every_container_runs_non_root_with_resources_and_every_service_is_the_o
                 Value::Bool(false),
                 "{what}"
             );
+            assert_eq!(
+                c["securityContext"]["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{what}: capabilities kept"
+            );
+            let seccomp = if c["securityContext"]["seccompProfile"].is_object() {
+                &c["securityContext"]["seccompProfile"]
+            } else {
+                &pod["seccompProfile"]
+            };
+            assert_eq!(
+                seccomp["type"], "RuntimeDefault",
+                "{what}: no seccomp profile"
+            );
             if kind == "Deployment" {
                 assert_eq!(c["image"], image, "{what}: not the one image");
                 assert!(
@@ -565,6 +579,26 @@ async fn the_installed_chart_and_plain_topics_are_reconciled_by_the_operator_und
         lease.trim().is_empty().then_some(())
     })
     .await;
+    // An upgrade that would grow the partitions under the installed state is refused, and
+    // changes nothing (helm renders against the cluster: `lookup` finds the running Saga).
+    let grow = Command::new(tool("helm"))
+        .args(["upgrade", "sagashop", &chart(), "-n", &ns, "--reuse-values"])
+        .args(["--set", "saga.partitions=8", "--set", "topics.partitions=8"])
+        .env("KUBECONFIG", &kube.kubeconfig)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&grow.stderr);
+    assert!(!grow.status.success(), "helm grew the partitions: {said}");
+    assert!(
+        said.contains("cannot change from 4 to 8 on a running release"),
+        "{said}"
+    );
+    let revision = helm(&kube, &["history", "sagashop", "-n", &ns, "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Vec<Value>>(&revision).unwrap().len(),
+        1,
+        "the refused upgrade left a revision: {revision}"
+    );
     helm(&kube, &["uninstall", "sagashop", "-n", &ns]);
     delete_namespace(&kube, &ns).await;
 }
@@ -592,7 +626,7 @@ fn promtool(args: &[&str]) -> String {
 #[test]
 fn the_alert_rules_pass_promtool_and_their_unit_tests_and_the_chart_ships_them() {
     // Valid PromQL and templates, and each alert fires (and stays quiet) when its unit tests say.
-    assert!(promtool(&["check", "rules", "alerts.yaml"]).contains("SUCCESS: 5 rules found"));
+    assert!(promtool(&["check", "rules", "alerts.yaml"]).contains("SUCCESS: 6 rules found"));
     assert!(promtool(&["test", "rules", "alerts.test.yaml"]).contains("SUCCESS"));
 
     // The chart's PrometheusRule is that file: the same groups, rule for rule.

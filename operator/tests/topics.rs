@@ -91,6 +91,24 @@ async fn existing_topics_are_adopted_and_what_kafka_cannot_do_is_reported_not_re
     wider.replicas = 3;
     op.create("wider", wider).await;
     op.reason("wider", "ReplicationFactorMismatch").await;
+    // Reported, not retried: a refusal is an answer, not a failure with backoff. Two resyncs
+    // (3 s each here) later, no KafkaTopic reconciliation has failed.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let metrics = op.monitor.encode();
+    let failed: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("sagashop_operator_reconcile_failures_total{") && l.contains("KafkaTopic")
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "refusals were retried as failures: {failed:?}"
+    );
+    assert!(
+        metrics.contains(r#"sagashop_operator_reconciliations_total{kind="KafkaTopic"}"#),
+        "the reconciliations are counted where the failures would be: {metrics}"
+    );
 
     // Only Delete puts the finalizer on: a Retain resource goes without the operator (helm
     // uninstall removes the operator and the Saga's KafkaTopics at once).
@@ -105,6 +123,49 @@ async fn existing_topics_are_adopted_and_what_kafka_cannot_do_is_reported_not_re
         in_kafka(&kafka, &existing).await.is_some(),
         "Retain deleted the topic"
     );
+    op.stop(&kube).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_partitions_on_a_changelog_or_a_keyed_topic_are_refused_and_kafka_is_left_as_it_was() {
+    let (kube, kafka) = (TestKube::connect().await, TestKafka::connect().await);
+    let op = operator(&kube, &kafka).await;
+    let changelog = unique_name("op-changelog");
+    let mut compacted = spec(&changelog, 2, DeletionPolicy::Delete);
+    compacted
+        .config
+        .insert("cleanup.policy".into(), "compact".into());
+    op.create("changelog", compacted).await;
+    op.reason("changelog", "Created").await;
+    let keyed = unique_name("op-keyed");
+    let mut annotated =
+        sagashop_operator::KafkaTopic::new("keyed", spec(&keyed, 2, DeletionPolicy::Delete));
+    annotated.metadata.annotations = Some(BTreeMap::from([(
+        "sagashop.dev/partitioning".to_owned(),
+        "keyed".to_owned(),
+    )]));
+    op.api
+        .create(&kube::api::PostParams::default(), &annotated)
+        .await
+        .unwrap();
+    op.reason("keyed", "Created").await;
+
+    // What `helm upgrade --set saga.partitions=8 --set topics.partitions=8` does to them.
+    let more = serde_json::json!({"spec": {"partitions": 8}});
+    for name in ["changelog", "keyed"] {
+        op.api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&more))
+            .await
+            .unwrap();
+        let refused = op.reason(name, "PartitionsFixed").await;
+        let ready = &refused.status.unwrap().conditions[0];
+        assert_eq!(ready.status, "False");
+        assert!(ready.message.contains("declare 2"), "{}", ready.message);
+    }
+    assert_eq!(in_kafka(&kafka, &changelog).await.unwrap().partitions, 2);
+    assert_eq!(in_kafka(&kafka, &keyed).await.unwrap().partitions, 2);
+    op.delete("changelog").await;
+    op.delete("keyed").await;
     op.stop(&kube).await;
 }
 

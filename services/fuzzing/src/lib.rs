@@ -32,7 +32,7 @@ use sagashop_kit::Record;
 use sagashop_kit::admin::TopicState;
 use sagashop_kit::dlq::{DeadLetter, dead_letter as to_dead_letter, header};
 use sagashop_operator::sagas::resource_name;
-use sagashop_operator::topics::{Decision, decide, topic_name};
+use sagashop_operator::topics::{Decision, decide, keyed, topic_name};
 use sagashop_operator::{KafkaTopic, KafkaTopicSpec};
 use sagashop_order::request::{CheckedOrder, Refusal, parse};
 use sagashop_saga::{Definition, Saga, SagaSpec};
@@ -248,7 +248,7 @@ pub fn kafka_topic(data: &[u8]) {
     );
     valid_object_name(&resource_name(&topic));
     assert_eq!(
-        decide(&spec, None),
+        decide(&spec, None, keyed(&resource)),
         Decision::Create,
         "a missing topic is created"
     );
@@ -263,10 +263,16 @@ pub fn kafka_topic(data: &[u8]) {
         replicas: int(4),
         config: BTreeMap::new(),
     };
-    match decide(&spec, Some(&state)) {
+    // A changelog (compacted) keeps its partitions: keys would move away from their state.
+    let fixed = keyed(&resource);
+    match decide(&spec, Some(&state), fixed) {
         Decision::Create => panic!("an existing topic is never created again"),
         Decision::Refuse { reason, message } => {
-            assert!(state.replicas != spec.replicas || state.partitions > spec.partitions);
+            assert!(
+                state.replicas != spec.replicas
+                    || state.partitions > spec.partitions
+                    || (fixed && state.partitions < spec.partitions)
+            );
             assert!(!reason.is_empty() && !message.is_empty());
         }
         Decision::Update {
@@ -274,6 +280,10 @@ pub fn kafka_topic(data: &[u8]) {
             replace_config,
         } => {
             assert!(state.replicas == spec.replicas && state.partitions <= spec.partitions);
+            assert!(
+                !(fixed && state.partitions < spec.partitions),
+                "a keyed topic was grown"
+            );
             assert_eq!(
                 raise_partitions,
                 (state.partitions < spec.partitions).then_some(spec.partitions),
