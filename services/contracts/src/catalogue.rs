@@ -7,8 +7,8 @@ use schemars::{Schema, SchemaGenerator};
 use crate::Contract;
 use crate::commands::{
     AuthorizePayment, CancelShipment, CreateShipment, RefundPayment, ReleaseInventory,
-    ReserveInventory, SagaCancelRequested, SagaRetryRequested, StepFailed, StepSucceeded,
-    StepTimedOut,
+    ReserveInventory, SagaCancelRequested, SagaEnded, SagaRetryRequested, StepFailed,
+    StepSucceeded, StepTimedOut,
 };
 use crate::events::{
     AnalyticsSnapshot, OrderCancelled, OrderCompleted, OrderDelivered, OrderPlaced, OrderShipped,
@@ -78,6 +78,7 @@ pub fn catalogue() -> Vec<SchemaEntry> {
         SchemaEntry::of::<StepTimedOut>(),
         SchemaEntry::of::<SagaCancelRequested>(),
         SchemaEntry::of::<SagaRetryRequested>(),
+        SchemaEntry::of::<SagaEnded>(),
     ]
 }
 

@@ -24,6 +24,11 @@ pub struct StepContext {
     /// Which attempt (1 for the first); a retried command has the next number.
     #[schemars(range(min = 1))]
     pub attempt: u32,
+    /// Set on a compensation whose step's command was answered "done": the participant must
+    /// hold a record of what it did, and finding none (state lost, or forgotten by an older
+    /// version's age-based expiry) is an error to report, not "nothing to undo".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub succeeded_before: bool,
 }
 
 /// Reserve stock for every item, all or nothing.
@@ -195,3 +200,36 @@ pub struct SagaRetryRequested {
     pub reason: String,
 }
 contract!(SagaRetryRequested, "SagaRetryRequested", 1);
+
+/// How a saga ended, as its participants are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SagaOutcome {
+    /// Every step succeeded: what the participants did stays done (stock taken, money charged).
+    Completed,
+    /// Compensated: what the participants did was undone.
+    Cancelled,
+}
+
+/// The saga a participant took part in has ended: what the participant keeps of it (a hold, a
+/// payment) is finished work from now on, and may go after a grace. Sent by the orchestrator in
+/// the transaction that ends the saga, to every step it sent a command, keyed like that step's
+/// commands so that it reaches the records it concerns. A `FAILED` saga has not ended: its
+/// participants keep everything until a retry ends it. The business fields are the trigger's,
+/// as in the commands; they are optional, since another saga's trigger may lack them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SagaEnded {
+    /// The saga and the step whose participant is told.
+    #[serde(flatten)]
+    pub context: StepContext,
+    /// How it ended.
+    pub outcome: SagaOutcome,
+    /// The customer (payment's commands are keyed by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    /// The order's items (inventory's holds are per product).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<OrderItem>,
+}
+contract!(SagaEnded, "SagaEnded", 1);

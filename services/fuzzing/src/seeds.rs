@@ -102,6 +102,7 @@ fn envelopes() -> Vec<Seed> {
         saga_name: "order-fulfilment".into(),
         step: "authorize-payment".into(),
         attempt: 2,
+        succeeded_before: false,
     };
     let succeeded = Envelope::caused_by(
         &placed.metadata,

@@ -14,7 +14,7 @@ pub mod slip;
 
 use std::sync::Arc;
 
-use sagashop_contracts::commands::{ReleaseInventory, ReserveInventory};
+use sagashop_contracts::commands::{ReleaseInventory, ReserveInventory, SagaEnded, SagaOutcome};
 use sagashop_contracts::{Contract, Metadata};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::{
@@ -69,6 +69,15 @@ impl Inventory {
         )
     }
 
+    /// The saga ended: its holds on every product become finished work (kept for the retention,
+    /// then forgotten). Until then they are kept however long the saga takes, `FAILED`
+    /// included, so a retried release always finds what to give back.
+    fn ended(&self, notice: &Command<SagaEnded>) -> HandlerResult {
+        let n = &notice.envelope.payload;
+        let mode = Mode::End { outcome: n.outcome };
+        self.start(notice, mode, SagaEnded::EVENT_TYPE, &n.context, &n.items)
+    }
+
     /// Sends the command's slip to its first product (answers at once when there is none).
     fn start<T: Contract>(
         &self,
@@ -88,6 +97,9 @@ impl Inventory {
             refused: None,
         };
         if slip.lines.is_empty() {
+            if matches!(mode, Mode::End { .. }) {
+                return Ok(Vec::new());
+            }
             return Ok(vec![command.succeeded(context, Some("no items".into()))?]);
         }
         // Keyed by one of its products (the saga step's `key`), the command arrived on that
@@ -143,11 +155,23 @@ impl Inventory {
         let after = match slip.mode {
             Mode::Reserve => match self.holds.get(&key) {
                 // An earlier copy of this reservation took it.
-                Some(Hold::Reserved { .. }) => slip.advance(),
+                Some(Hold::Reserved { .. } | Hold::Committed { .. }) => slip.advance(),
+                Some(Hold::Closed) => slip.refuse("the saga has ended".into()),
                 Some(Hold::Released) => slip.refuse("released before it was reserved".into()),
                 Some(Hold::Refused { reason }) => slip.refuse(reason),
                 None => {
-                    let stock = self.stock.get(product).unwrap_or(0);
+                    // A product this process seeds but whose seed has not arrived yet (the
+                    // seeds travel on the slip topic, the commands on theirs: a saga started
+                    // before inventory may overtake them) is not out of stock: try again.
+                    let stock = match self.stock.get(product) {
+                        Some(stock) => stock,
+                        None if self.config.seed.iter().any(|(p, _)| p == product) => {
+                            return Err(HandlerError::Transient(format!(
+                                "the stock of {product} is not seeded yet"
+                            )));
+                        }
+                        None => 0,
+                    };
                     if self.config.out_of_stock.as_deref() == Some(product.as_str())
                         || stock < line.quantity
                     {
@@ -175,15 +199,57 @@ impl Inventory {
                         outputs.push(self.stock.put(product, back)?);
                         outputs.push(self.holds.put(&key, Hold::Released)?);
                     }
+                    // The reservation succeeded, so every product holds it: this one's is lost.
+                    None if slip.context.succeeded_before => {
+                        let reason = participant::lost_record(
+                            &slip.context.saga_id,
+                            &format!("hold on {product}"),
+                        );
+                        return Ok(vec![participant::failed(
+                            metadata,
+                            &slip.reply_to,
+                            &slip.context,
+                            &slip.command,
+                            reason,
+                            false,
+                        )?]);
+                    }
                     // Nothing was taken; remember, so that a late reservation is refused.
                     None => outputs.push(self.holds.put(&key, Hold::Released)?),
-                    Some(Hold::Released | Hold::Refused { .. }) => {}
+                    // Committed: the saga completed, and what it took stays taken.
+                    Some(
+                        Hold::Released
+                        | Hold::Refused { .. }
+                        | Hold::Committed { .. }
+                        | Hold::Closed,
+                    ) => {}
+                }
+                slip.advance()
+            }
+            Mode::End { outcome } => {
+                let closed = match (self.holds.get(&key), outcome) {
+                    (Some(Hold::Reserved { quantity }), SagaOutcome::Completed) => {
+                        Some(Hold::Committed { quantity })
+                    }
+                    // A cancelled saga releases before it ends; stock still held here was
+                    // never given back, and stays held where people look.
+                    (Some(Hold::Reserved { .. }), SagaOutcome::Cancelled) => {
+                        tracing::error!(saga = %slip.context.saga_id, %product, "a cancelled saga left stock held; kept");
+                        None
+                    }
+                    (Some(Hold::Released | Hold::Refused { .. }), _) => Some(Hold::Closed),
+                    (Some(Hold::Committed { .. } | Hold::Closed) | None, _) => None,
+                };
+                if let Some(closed) = closed {
+                    outputs.push(self.holds.put(&key, closed)?);
                 }
                 slip.advance()
             }
         };
         outputs.push(match after {
             After::Forward(next) => self.forward(&next, metadata)?,
+            // Nobody waits for the end of a saga's end.
+            After::Succeeded(done) if matches!(done.mode, Mode::End { .. }) => return Ok(outputs),
             After::Succeeded(done) => participant::succeeded(
                 metadata,
                 &done.reply_to,
@@ -232,8 +298,8 @@ fn keyed_by(record: &Record, product: &str) -> Result<(), HandlerError> {
 }
 
 /// Seeds the stock, restores stock and holds, then serves commands and slips until shutdown.
-/// A saga's hold on a product is kept for the context's retention after its last change, then
-/// forgotten: a compensation that arrives later finds nothing to undo.
+/// A saga's hold on a product is kept until the saga has ended ([`SagaEnded`]) and for the
+/// context's retention after that, then forgotten; a `FAILED` saga keeps it.
 pub async fn start(
     context: &Context,
     wiring: Wiring,
@@ -277,7 +343,7 @@ pub async fn start(
         .await?
         .reloads(stock)
         .reloads(holds.clone())
-        .expires(Expiry::new().of(&holds, context.retention, |_| true));
+        .expires(Expiry::new().of(&holds, context.retention, Hold::is_closed));
     Ok(Running::spawn(context, wiring, processor))
 }
 
@@ -295,6 +361,11 @@ fn routes(inventory: &Arc<Inventory>, commands: &str, slips: &str) -> Router {
     let router = on_command(router, commands, move |c: Command<ReleaseInventory>| {
         let inventory = Arc::clone(&release);
         async move { inventory.release(&c) }
+    });
+    let ended = Arc::clone(inventory);
+    let router = on_command(router, commands, move |c: Command<SagaEnded>| {
+        let inventory = Arc::clone(&ended);
+        async move { inventory.ended(&c) }
     });
     let (slipped, seeded) = (Arc::clone(inventory), Arc::clone(inventory));
     let policy = FailurePolicy::default();

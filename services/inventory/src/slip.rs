@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use sagashop_contracts::Metadata;
-use sagashop_contracts::commands::StepContext;
+use sagashop_contracts::commands::{SagaOutcome, StepContext};
 use sagashop_contracts::events::OrderItem;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,11 @@ pub enum Mode {
     Undo,
     /// The compensation: give back whatever the saga holds, forwards, then answer "done".
     Release,
+    /// The saga ended: mark each product's hold as finished work, forwards, and answer no one.
+    End {
+        /// How the saga ended.
+        outcome: SagaOutcome,
+    },
 }
 
 /// One product's share of a reservation.
@@ -89,12 +94,24 @@ impl Slip {
     /// Passes the slip on in its mode: to the next line, or done.
     pub fn advance(mut self) -> After {
         match self.mode {
-            Mode::Reserve | Mode::Release => {
+            Mode::Reserve => {
                 self.at += 1;
                 if self.at < self.lines.len() {
                     After::Forward(self)
                 } else {
                     After::Succeeded(self)
+                }
+            }
+            // Nothing walks back over a release or an end: the slip drops the lines behind
+            // it, so each hop carries only what is still to do.
+            Mode::Release | Mode::End { .. } => {
+                self.lines
+                    .drain(..=self.at.min(self.lines.len().saturating_sub(1)));
+                self.at = 0;
+                if self.lines.is_empty() {
+                    After::Succeeded(self)
+                } else {
+                    After::Forward(self)
                 }
             }
             Mode::Undo => match self.at.checked_sub(1) {
@@ -146,6 +163,20 @@ pub enum Hold {
         /// Why.
         reason: String,
     },
+    /// Taken, and the saga completed: the stock stays taken. Finished work.
+    Committed {
+        /// Units.
+        quantity: i64,
+    },
+    /// Given back or refused, and the saga ended. Finished work.
+    Closed,
+}
+
+impl Hold {
+    /// Whether the saga has ended, so that the hold is finished work.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Self::Committed { .. } | Self::Closed)
+    }
 }
 
 /// The key of a saga's hold on a product.
@@ -196,6 +227,7 @@ mod tests {
                 saga_name: "order".into(),
                 step: "reserve-inventory".into(),
                 attempt: 1,
+                succeeded_before: false,
             },
             command: "ReserveInventory".into(),
             reply_to: "replies".into(),
@@ -265,11 +297,20 @@ mod tests {
     }
 
     #[test]
-    fn a_release_walks_every_product_and_succeeds() {
-        let s = slip(Mode::Release, Slip::lines(&[item("a", 1), item("b", 1)]));
+    fn a_release_walks_every_product_carrying_only_what_is_left_and_succeeds() {
+        let s = slip(
+            Mode::Release,
+            Slip::lines(&[item("a", 1), item("b", 1), item("c", 1)]),
+        );
         let After::Forward(s) = s.advance() else {
             panic!("b is next")
         };
+        assert_eq!(s.line().unwrap().product_id, "b");
+        assert_eq!(s.lines.len(), 2, "a is done and no longer carried");
+        let After::Forward(s) = s.advance() else {
+            panic!("c is next")
+        };
+        assert_eq!(s.lines.len(), 1);
         assert!(matches!(s.advance(), After::Succeeded(_)));
     }
 }

@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use sagashop_contracts::commands::{AuthorizePayment, RefundPayment};
+use sagashop_contracts::commands::{AuthorizePayment, RefundPayment, SagaEnded, SagaOutcome};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::{Context, Error, Expiry, HandlerError, Router, Running, Store, Wiring};
-use sagashop_saga::participant::{Command, Faults, on_command};
+use sagashop_saga::participant::{Command, Faults, lost_record, on_command};
 use serde::{Deserialize, Serialize};
 
 /// Payment's own settings (its topics and group come from its [`Wiring`]).
@@ -44,6 +44,24 @@ pub enum Payment {
         /// Why.
         reason: String,
     },
+    /// Charged, and the saga completed: the charge stands. Finished work, forgotten after the
+    /// retention.
+    Captured {
+        /// Who.
+        customer_id: String,
+        /// How much, in minor units.
+        amount_minor: i64,
+    },
+    /// Refunded or declined, and the saga ended: nothing is owed either way. Finished work,
+    /// forgotten after the retention.
+    Closed,
+}
+
+impl Payment {
+    /// Whether the saga has ended, so that the record is finished work.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Self::Captured { .. } | Self::Closed)
+    }
 }
 
 /// No lock: commands are keyed by customer, so one customer's commands run one after another,
@@ -81,6 +99,13 @@ impl Payments {
             }
             Some(Payment::Declined { reason }) => {
                 return Ok(vec![command.failed(&c.context, reason, false)?]);
+            }
+            Some(Payment::Captured { .. } | Payment::Closed) => {
+                return Ok(vec![command.failed(
+                    &c.context,
+                    "the saga has ended",
+                    false,
+                )?]);
             }
             None => {}
         }
@@ -132,11 +157,55 @@ impl Payments {
                 outputs.push(self.balances.put(&customer_id, back)?);
                 outputs.push(self.payments.put(saga, Payment::Refunded)?);
             }
+            // The authorisation succeeded, yet its record is gone: refunding "nothing" would
+            // keep the money without a trace.
+            None if c.context.succeeded_before => {
+                return Ok(vec![command.failed(
+                    &c.context,
+                    lost_record(saga, "payment"),
+                    false,
+                )?]);
+            }
             None => outputs.push(self.payments.put(saga, Payment::Refunded)?),
-            Some(Payment::Refunded | Payment::Declined { .. }) => {}
+            Some(Payment::Refunded | Payment::Declined { .. } | Payment::Closed) => {}
+            // Only a saga that ended compensates nothing more; a charge it kept stands.
+            Some(Payment::Captured { .. }) => {
+                return Ok(vec![command.failed(
+                    &c.context,
+                    "the saga completed and its payment was captured: nothing to refund",
+                    false,
+                )?]);
+            }
         }
         outputs.push(command.succeeded(&c.context, None)?);
         Ok(outputs)
+    }
+
+    /// The saga ended: its payment is finished work from now on (kept for the retention, then
+    /// forgotten). Until then it is kept however long the saga takes, `FAILED` included, so a
+    /// retried compensation always finds what to give back.
+    fn ended(&self, notice: &Command<SagaEnded>) -> HandlerResult {
+        let saga = &notice.envelope.payload.context.saga_id;
+        let closed = match self.payments.get(saga) {
+            Some(Payment::Authorized {
+                customer_id,
+                amount_minor,
+            }) => match notice.envelope.payload.outcome {
+                SagaOutcome::Completed => Payment::Captured {
+                    customer_id,
+                    amount_minor,
+                },
+                // A cancelled saga refunds before it ends; an authorisation still standing
+                // here was never compensated, and stays on the books where people look.
+                SagaOutcome::Cancelled => {
+                    tracing::error!(%saga, "a cancelled saga left its payment authorised; kept");
+                    return Ok(Vec::new());
+                }
+            },
+            Some(Payment::Refunded | Payment::Declined { .. }) => Payment::Closed,
+            Some(Payment::Captured { .. } | Payment::Closed) | None => return Ok(Vec::new()),
+        };
+        Ok(vec![self.payments.put(saga, closed)?])
     }
 }
 
@@ -153,9 +222,8 @@ fn keyed_by_customer(key: &str, customer_id: &str) -> Result<(), HandlerError> {
 }
 
 /// Restores balances and payments, then serves commands until shutdown. A saga's payment is
-/// kept for the context's retention after its last change, then forgotten (memory and
-/// changelog): a compensation that arrives later finds nothing to undo, so keep it longer than
-/// any saga runs.
+/// kept until the saga has ended ([`SagaEnded`]) and for the context's retention after that,
+/// then forgotten (memory and changelog); a `FAILED` saga keeps it.
 pub async fn start(
     context: &Context,
     wiring: Wiring,
@@ -184,12 +252,17 @@ pub async fn start(
         let service = Arc::clone(&refund);
         async move { service.refund(&c) }
     });
+    let ended = Arc::clone(&service);
+    let router = on_command(router, commands, move |c: Command<SagaEnded>| {
+        let service = Arc::clone(&ended);
+        async move { service.ended(&c) }
+    });
     let publisher = context.publisher(&wiring)?;
     let processor = context
         .processor(&wiring, router, publisher)
         .await?
         .reloads(balances)
         .reloads(payments.clone())
-        .expires(Expiry::new().of(&payments, context.retention, |_| true));
+        .expires(Expiry::new().of(&payments, context.retention, Payment::is_closed));
     Ok(Running::spawn(context, wiring, processor))
 }

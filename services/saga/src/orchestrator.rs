@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sagashop_contracts::commands::{
-    SagaCancelRequested, SagaRetryRequested, StepContext, StepFailed, StepSucceeded, StepTimedOut,
+    SagaCancelRequested, SagaEnded, SagaOutcome, SagaRetryRequested, StepContext, StepFailed,
+    StepSucceeded, StepTimedOut,
 };
-use sagashop_contracts::events::SagaStepChanged;
+use sagashop_contracts::events::{SagaStepChanged, StepPhase};
 use sagashop_contracts::{Contract, Envelope, Metadata};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::{
@@ -25,11 +26,15 @@ use sagashop_kit::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::definition::Definition;
+use crate::definition::{Definition, StepDefinition};
 use crate::machine::{Action, Instance, Reply, Status, Transition};
 use crate::metrics::{Direction, SagaMetrics, StepOutcome};
 use crate::versions::{Learned, Versions};
 use crate::view::SagaView;
+
+/// Encodes a message of an event type from its JSON fields.
+type Encode<'a> =
+    dyn Fn(&str, serde_json::Map<String, serde_json::Value>) -> Result<Outgoing, HandlerError> + 'a;
 
 /// The header on every command naming the topic its reply goes to.
 pub const REPLY_TO: &str = "reply-to";
@@ -253,6 +258,39 @@ impl Orchestrator {
             .map_err(|e| HandlerError::Permanent(e.to_string()))
     }
 
+    /// [`SagaEnded`] for every step `instance` sent a command, to that step's command topic and
+    /// keyed like its commands: each participant learns that what it keeps of the saga is
+    /// finished work, and forgets it after a grace. Sent in the transaction that ends the saga,
+    /// so a participant is never told before the saga's outcome is written.
+    fn ended(
+        d: &Definition,
+        instance: &Instance,
+        outcome: SagaOutcome,
+        raw: &Encode<'_>,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
+        let outcome = serde_json::to_value(outcome)
+            .map_err(|e| HandlerError::Permanent(format!("encoding an outcome: {e}")))?;
+        d.steps
+            .iter()
+            .filter(|step| {
+                instance
+                    .history
+                    .iter()
+                    .any(|e| e.step == step.name && e.phase == StepPhase::Started)
+            })
+            .map(|step| {
+                let mut payload = step_payload(d, instance, step, 1);
+                payload.insert("outcome".into(), outcome.clone());
+                Ok(to_step(
+                    d,
+                    instance,
+                    step,
+                    raw(SagaEnded::EVENT_TYPE, payload)?,
+                ))
+            })
+            .collect()
+    }
+
     /// The messages for `actions` of an instance running on `d`, and the instance's new
     /// state, caused by `parent`.
     fn outputs(
@@ -281,17 +319,16 @@ impl Orchestrator {
                     attempt,
                 } => {
                     let step = &d.steps[*step];
-                    let mut payload = instance.trigger.clone();
-                    payload.insert("sagaId".into(), instance.saga_id.clone().into());
-                    payload.insert("sagaName".into(), d.name.clone().into());
-                    payload.insert("step".into(), step.name.clone().into());
-                    payload.insert("attempt".into(), (*attempt).into());
-                    let mut out = raw(command, payload)?.with_header(REPLY_TO, &d.reply_topic);
-                    out.topic = step.command_topic.clone();
-                    if let Some(field) = &step.key {
-                        out.key = Some(command_key(&instance, field).into_bytes());
+                    let mut payload = step_payload(d, &instance, step, *attempt);
+                    if step.compensation.as_deref() == Some(command.as_str())
+                        && instance
+                            .history
+                            .iter()
+                            .any(|e| e.step == step.name && e.phase == StepPhase::Succeeded)
+                    {
+                        payload.insert("succeededBefore".into(), true.into());
                     }
-                    outputs.push(out);
+                    outputs.push(to_step(d, &instance, step, raw(command, payload)?));
                 }
                 Action::Progress(entry) => {
                     if d.outcome.progress.is_some() {
@@ -306,6 +343,7 @@ impl Orchestrator {
                     out.topic = d.outcome.topic.clone();
                     tracing::info!(saga_id = %instance.saga_id, "saga completed");
                     outputs.push(out);
+                    outputs.extend(Self::ended(d, &instance, SagaOutcome::Completed, &raw)?);
                 }
                 Action::Failed(incident) => {
                     tracing::error!(saga_id = %instance.saga_id, incident = %incident, "saga FAILED: a compensation gave up; it waits for `sagashop saga retry`");
@@ -320,6 +358,7 @@ impl Orchestrator {
                     out.topic = d.outcome.topic.clone();
                     tracing::info!(saga_id = %instance.saga_id, reason = %failure.reason, step = %failure.failed_step, "saga cancelled");
                     outputs.push(out);
+                    outputs.extend(Self::ended(d, &instance, SagaOutcome::Cancelled, &raw)?);
                 }
             }
         }
@@ -331,6 +370,32 @@ impl Orchestrator {
         );
         Ok(outputs)
     }
+}
+
+/// A message for `step`'s participant: the trigger's fields and the step context.
+fn step_payload(
+    d: &Definition,
+    instance: &Instance,
+    step: &StepDefinition,
+    attempt: u32,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut payload = instance.trigger.clone();
+    payload.insert("sagaId".into(), instance.saga_id.clone().into());
+    payload.insert("sagaName".into(), d.name.clone().into());
+    payload.insert("step".into(), step.name.clone().into());
+    payload.insert("attempt".into(), attempt.into());
+    payload
+}
+
+/// `out` addressed to `step`'s participant: its command topic, keyed like its commands, with
+/// the saga's reply topic in the `reply-to` header.
+fn to_step(d: &Definition, instance: &Instance, step: &StepDefinition, out: Outgoing) -> Outgoing {
+    let mut out = out.with_header(REPLY_TO, &d.reply_topic);
+    out.topic = step.command_topic.clone();
+    if let Some(field) = &step.key {
+        out.key = Some(command_key(instance, field).into_bytes());
+    }
+    out
 }
 
 /// The value of the trigger's `field` (a name, or a JSON pointer such as `/items/0/productId`),
@@ -712,6 +777,7 @@ async fn tick(
                 saga_name: d.name.clone(),
                 step: d.steps[instance.step].name.clone(),
                 attempt: instance.attempt,
+                succeeded_before: false,
             };
             let event = StepTimedOut {
                 context,

@@ -107,7 +107,8 @@ fn answer<R: Contract>(
     Outgoing::event(reply_to, &envelope).map_err(|e| HandlerError::Permanent(e.to_string()))
 }
 
-/// Routes commands of type `T` on `topic` to `handler`, with their reply address.
+/// Routes commands of type `T` on `topic` to `handler`, with their reply address. The topic
+/// becomes [strict](Router::strict): a record of a type no handler takes is dead-lettered.
 pub fn on_command<T, F, Fut>(router: Router, topic: &str, handler: F) -> Router
 where
     T: Contract + Send + Sync + 'static,
@@ -115,7 +116,8 @@ where
     Fut: Future<Output = HandlerResult> + Send + 'static,
 {
     let handler = Arc::new(handler);
-    router.on_raw(
+    // A command topic carries only this participant's commands: anything else is poison.
+    router.strict(topic).on_raw(
         topic,
         T::EVENT_TYPE,
         FailurePolicy::default(),
@@ -159,6 +161,16 @@ fn default_reply_topic<T: Contract>(payload: &T) -> Result<String, HandlerError>
                 T::EVENT_TYPE
             ))
         })
+}
+
+/// Why a compensation is refused whose step succeeded but whose record of it is gone (see
+/// [`StepContext::succeeded_before`]): undoing "nothing" would keep what the step took without
+/// a trace, so the saga stays `FAILED` with this incident for someone to settle.
+pub fn lost_record(saga_id: &str, what: &str) -> String {
+    format!(
+        "no record of saga {saga_id}'s {what}, though its step succeeded: the state was lost and \
+         nothing was given back; settle it by hand, then retry the saga"
+    )
 }
 
 /// Faults a participant injects on purpose, so that retries, compensation and dead letters can

@@ -769,9 +769,25 @@ async fn a_saga_whose_orchestrator_goes_away_times_out_and_compensates_on_the_ne
     edge.terminate();
 }
 
+/// `sagashop_store_entries` of `store` on the process at `base`.
+async fn store_entries(base: &str, store: &str) -> i64 {
+    let page = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("sagashop_store_entries{{store=\"{store}\"}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
 /// A compensation that gives up puts the saga in FAILED; once the participant is fixed, a
 /// retry by hand sends it again, the saga goes on compensating and ends CANCELLED, with the
-/// stock and money given back. Every service its own process, so shipping can be fixed.
+/// stock and money given back exactly — also when the retry comes long after the retention of
+/// finished work, since a FAILED saga's holds and payments are kept until it ends — and only
+/// then are they forgotten. Every service its own process, so shipping can be fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_saga_retried_once_its_participant_is_fixed_compensates_and_ends_cancelled() {
     let kafka = TestKafka::connect().await;
@@ -787,7 +803,8 @@ async fn a_failed_saga_retried_once_its_participant_is_fixed_compensates_and_end
         let kafka = &kafka;
         let prefix = prefix.clone();
         async move {
-            let mut args = vec!["--saga", saga, "--instance", name];
+            // Finished work is forgotten 2 s after it ends: the retry below comes later.
+            let mut args = vec!["--saga", saga, "--instance", name, "--retention", "2s"];
             args.extend_from_slice(extra);
             Dev::service(kafka, name, &prefix, &args).await
         }
@@ -822,6 +839,22 @@ async fn a_failed_saga_retried_once_its_participant_is_fixed_compensates_and_end
             .contains("CancelShipment gave up after 1 attempt"),
         "{failed}"
     );
+
+    // Stock and money are taken, and stay taken while the saga is FAILED, however long past
+    // the retention: the holds and the payment are its participants' only record of them.
+    let taken = (
+        latest(&kafka.config, &format!("{prefix}inventory.stock.v1")).await["sku-1"].clone(),
+        latest(&kafka.config, &format!("{prefix}payment.balances.v1")).await["c-retry"].clone(),
+    );
+    assert_eq!(
+        taken,
+        (json!(999_999), json!(10_000_000 - 700)),
+        "the order took its stock and money"
+    );
+    // Time itself is the condition here: three retentions pass with the saga FAILED.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(store_entries(&payment.base, "payment-payments").await, 1);
+    assert_eq!(store_entries(&inventory.base, "inventory-holds").await, 1);
 
     // Shipping is fixed (restarted without the fault); someone retries the saga.
     broken.terminate();
@@ -869,6 +902,30 @@ async fn a_failed_saga_retried_once_its_participant_is_fixed_compensates_and_end
         .await
         .unwrap();
     assert_eq!(again.status(), StatusCode::CONFLICT);
+    // Exactly what was taken is given back.
+    let books = (
+        latest(&kafka.config, &format!("{prefix}inventory.stock.v1")).await["sku-1"].clone(),
+        latest(&kafka.config, &format!("{prefix}payment.balances.v1")).await["c-retry"].clone(),
+    );
+    assert_eq!(
+        books,
+        (json!(1_000_000), json!(10_000_000)),
+        "stock and money given back"
+    );
+    // Now that the saga has ended, its participants forget it after the retention.
+    eventually(
+        "the ended saga's hold and payment to be forgotten",
+        WAIT,
+        || {
+            let (payment, inventory) = (payment.base.clone(), inventory.base.clone());
+            async move {
+                let held = store_entries(&payment, "payment-payments").await
+                    + store_entries(&inventory, "inventory-holds").await;
+                (held == 0).then_some(())
+            }
+        },
+    )
+    .await;
     for p in [shipping, payment, inventory, orchestrator, edge] {
         p.terminate();
     }

@@ -58,6 +58,7 @@ async fn authorize(kafka: &TestKafka, topology: &Topology, customer: &str) {
             saga_name: topology.definition().name.clone(),
             step: "authorize-payment".into(),
             attempt: 1,
+            succeeded_before: false,
         },
         order_id: order,
         customer_id: customer.to_owned(),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sagashop_contracts::Envelope;
-use sagashop_contracts::commands::{CancelShipment, CreateShipment};
+use sagashop_contracts::commands::{CancelShipment, CreateShipment, SagaEnded};
 use sagashop_contracts::events::{OrderDelivered, OrderShipped};
 use sagashop_kit::router::HandlerResult;
 use sagashop_kit::store::Reload;
@@ -66,6 +66,16 @@ pub enum Shipment {
     },
     /// Cancelled (or cancelled before it was ever created).
     Cancelled,
+    /// Cancelled, and the saga ended. Finished work, forgotten after the retention.
+    Closed,
+}
+
+impl Shipment {
+    /// Whether nothing more will happen to it: delivered, or cancelled under a saga that ended.
+    /// A cancelled shipment under a saga that has not ended (`FAILED`) is kept.
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Self::Delivered { .. } | Self::Closed)
+    }
 }
 
 struct Shipping {
@@ -83,7 +93,7 @@ impl Shipping {
         let saga = &c.context.saga_id;
         let _held = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
         match self.shipments.get(saga) {
-            Some(Shipment::Cancelled) => {
+            Some(Shipment::Cancelled | Shipment::Closed) => {
                 return Ok(vec![command.failed(
                     &c.context,
                     "cancelled before it was created",
@@ -117,7 +127,7 @@ impl Shipping {
         let _held = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
         let (change, detail) = match self.shipments.get(saga) {
             None | Some(Shipment::Created { .. }) => (Some(Shipment::Cancelled), None),
-            Some(Shipment::Cancelled) => (None, None),
+            Some(Shipment::Cancelled | Shipment::Closed) => (None, None),
             Some(Shipment::Shipped { .. } | Shipment::Delivered { .. }) => {
                 (None, Some("already shipped; nothing to cancel".to_owned()))
             }
@@ -128,6 +138,17 @@ impl Shipping {
         }
         outputs.push(command.succeeded(&c.context, detail)?);
         Ok(outputs)
+    }
+
+    /// The saga ended: a cancelled shipment is finished work from now on. Shipments on their
+    /// way finish when they arrive, whatever the saga.
+    fn ended(&self, notice: &Command<SagaEnded>) -> HandlerResult {
+        let saga = &notice.envelope.payload.context.saga_id;
+        let _held = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
+        match self.shipments.get(saga) {
+            Some(Shipment::Cancelled) => Ok(vec![self.shipments.put(saga, Shipment::Closed)?]),
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// The shipments due to move on now, with the events and state changes that move them.
@@ -205,8 +226,9 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// Restores shipments, then serves commands and moves shipments on until shutdown. A
-/// delivered or cancelled shipment is kept for the context's retention after its last change,
-/// then forgotten; shipments on their way are kept until they arrive.
+/// delivered shipment, or a cancelled one whose saga has ended, is kept for the context's
+/// retention after its last change, then forgotten; shipments on their way are kept until they
+/// arrive.
 pub async fn start(
     context: &Context,
     wiring: Wiring,
@@ -234,14 +256,17 @@ pub async fn start(
         let service = Arc::clone(&cancel);
         async move { service.cancel(&c) }
     });
+    let ended = Arc::clone(&service);
+    let router = on_command(router, commands, move |c: Command<SagaEnded>| {
+        let service = Arc::clone(&ended);
+        async move { service.ended(&c) }
+    });
     let publisher = context.publisher(&wiring)?;
     let processor = context
         .processor(&wiring, router, publisher.clone())
         .await?
         .reloads(shipments.clone())
-        .expires(Expiry::new().of(&shipments, context.retention, |s| {
-            matches!(s, Shipment::Delivered { .. } | Shipment::Cancelled)
-        }));
+        .expires(Expiry::new().of(&shipments, context.retention, Shipment::is_finished));
     let stats = processor.stats();
     let mover = tokio::spawn(move_on(service, publisher, context.shutdown.clone()));
     let shutdown = context.shutdown.clone();
