@@ -21,12 +21,16 @@ export function orderBody(n, product) {
   });
 }
 
+/** With IDEMPOTENCY_KEYS=1 every order carries a key of its own (what the edge keeps for its window). */
+const KEYED = __ENV.IDEMPOTENCY_KEYS === '1';
+
 /** `POST /api/orders`; the response, tagged `place` for thresholds. */
 export function place(body) {
-  return http.post(`${BASE_URL}/api/orders`, body, {
-    headers: { 'content-type': 'application/json' },
-    tags: { name: 'place' },
-  });
+  const headers = { 'content-type': 'application/json' };
+  if (KEYED) {
+    headers['Idempotency-Key'] = `${__ENV.RUN_TAG || 'k6'}-${__VU}-${__ITER}-${Date.now()}`;
+  }
+  return http.post(`${BASE_URL}/api/orders`, body, { headers, tags: { name: 'place' } });
 }
 
 /** Polls `GET /api/orders/{id}` until it is COMPLETED or CANCELLED; the last view, or null. */

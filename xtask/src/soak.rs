@@ -201,10 +201,19 @@ async fn restarted(
 
 fn report(args: &SoakArgs, samples: &[Sample], restarts: &[Restart], took: Duration) -> String {
     let mut md = String::new();
+    // k6 inherits the environment: IDEMPOTENCY_KEYS=1 gives every order a key of its own.
+    let keyed = std::env::var("IDEMPOTENCY_KEYS").is_ok_and(|v| v == "1");
     let _ = writeln!(
         md,
-        "# Soak: {} orders at {}/s, `--retention {}`\n",
-        args.orders, args.rate, args.retention
+        "# Soak: {} orders at {}/s, `--retention {}`{}\n",
+        args.orders,
+        args.rate,
+        args.retention,
+        if keyed {
+            ", every order with its own `Idempotency-Key`"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         md,

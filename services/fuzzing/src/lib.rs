@@ -34,7 +34,7 @@ use sagashop_kit::dlq::{DeadLetter, dead_letter as to_dead_letter, header};
 use sagashop_operator::sagas::resource_name;
 use sagashop_operator::topics::{Decision, decide, keyed, topic_name};
 use sagashop_operator::{KafkaTopic, KafkaTopicSpec};
-use sagashop_order::request::{CheckedOrder, Refusal, parse};
+use sagashop_order::request::{CheckedOrder, Limits, Refusal, parse};
 use sagashop_saga::{Definition, Saga, SagaSpec};
 
 /// A property over a fuzzer's input: panics when broken.
@@ -83,7 +83,7 @@ pub const MAX_ITEMS: usize = 100;
 
 /// `POST /api/orders` bodies.
 pub fn order_request(data: &[u8]) {
-    match parse(data, MAX_ITEMS) {
+    match parse(data, Limits::items(MAX_ITEMS)) {
         Ok(order) => {
             obeys_every_rule(&order);
             let body = serde_json::json!({
@@ -95,7 +95,7 @@ pub fn order_request(data: &[u8]) {
                     "unitPrice": i.unit_price_minor,
                 })).collect::<Vec<_>>(),
             });
-            let again = parse(body.to_string().as_bytes(), MAX_ITEMS);
+            let again = parse(body.to_string().as_bytes(), Limits::items(MAX_ITEMS));
             assert_eq!(
                 again.as_ref(),
                 Ok(&order),

@@ -55,8 +55,12 @@ use crate::view::{OrderStatus, View};
 pub struct OrderSettings {
     /// The largest body accepted, in bytes.
     pub body_limit: usize,
-    /// The most items in one order.
-    pub max_items: usize,
+    /// The most lines and distinct products in one order (more: `422`).
+    pub limits: request::Limits,
+    /// How long an `Idempotency-Key` names its first order: a keyed retry within it gets the
+    /// first `202` and writes nothing. Its own window, independent of the retention of finished
+    /// work (payment providers keep keys for 24 hours).
+    pub idempotency_window: Duration,
     /// What `Retry-After` says when Kafka is unavailable, in seconds.
     pub retry_after_secs: u32,
     /// New orders per second this process takes; more get `429` (`None`: no limit).
@@ -89,9 +93,10 @@ struct Edge {
 }
 
 /// Restores the idempotency keys, starts rebuilding the read model, and serves the API. An
-/// idempotency key is honoured, and the read model keeps an order after its latest event, for
-/// the context's retention: no longer than the orchestrator keeps finished sagas, so a keyed
-/// duplicate inside the window never starts a second saga.
+/// idempotency key is honoured for its own window (`idempotency_window`, a day by default):
+/// a keyed retry inside it is answered from the key and writes nothing, so it never starts a
+/// second saga, however long ago the orchestrator forgot the first one. The read model keeps
+/// an order after its latest event for the context's retention.
 pub async fn start(
     context: &Context,
     wiring: Wiring,
@@ -111,15 +116,14 @@ pub async fn start(
     let stats = processor.stats();
     let shutdown = context.shutdown.clone();
     let (committer, writer) = committer(context, &wiring, settings.queue_timeout).await?;
-    // Keys and orders past the retention are forgotten (the keys by tombstones, so every
-    // edge's next restore forgets them too).
-    let expiry =
-        Expiry::new()
-            .of(&idempotency, retention, |_| true)
-            .also("read-model orders", retention, {
-                let view = Arc::clone(&view);
-                move || view.expire()
-            });
+    // Keys past their window and orders past the retention are forgotten (the keys by
+    // tombstones, so every edge's next restore forgets them too).
+    let expiry = Expiry::new()
+        .of(&idempotency, settings.idempotency_window, |_| true)
+        .also("read-model orders", retention, {
+            let view = Arc::clone(&view);
+            move || view.expire()
+        });
     tokio::spawn(expiry.run(publisher, shutdown.clone()));
     let task = Task::spawn("the order service", async move {
         let read_model = processor.run(shutdown).await;
@@ -308,7 +312,7 @@ async fn place(State(edge): State<Arc<Edge>>, request: Request) -> Result<Respon
     admit(&edge)?;
     let key = idempotency_key(request.headers())?;
     let body = read_body(&edge.config, request).await?;
-    let order = request::parse(&body, edge.config.max_items)?;
+    let order = request::parse(&body, edge.config.limits)?;
     // A key is the customer's own: another customer's identical key is another order.
     let key = key.map(|key| format!("{}/{key}", order.customer_id));
     // One request per key at a time, so a retry racing its original still gets one order.

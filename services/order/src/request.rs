@@ -62,8 +62,28 @@ fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Refusal {
     }
 }
 
-/// Parses and checks a body; `max_items` bounds the number of lines.
-pub fn parse(body: &[u8], max_items: usize) -> Result<CheckedOrder, Refusal> {
+/// How large an order may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The most lines in one order.
+    pub max_items: usize,
+    /// The most distinct products in one order: each is one hop of inventory's routing slip,
+    /// all of them inside one step's timeout.
+    pub max_products: usize,
+}
+
+impl Limits {
+    /// `max_items` lines, as many distinct products.
+    pub const fn items(max_items: usize) -> Self {
+        Self {
+            max_items,
+            max_products: max_items,
+        }
+    }
+}
+
+/// Parses and checks a body against `limits`.
+pub fn parse(body: &[u8], limits: Limits) -> Result<CheckedOrder, Refusal> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => return Err(Refusal::Malformed("the body is empty".to_owned())),
         Some(b'{') => {}
@@ -88,10 +108,11 @@ pub fn parse(body: &[u8], max_items: usize) -> Result<CheckedOrder, Refusal> {
     deserializer
         .end()
         .map_err(|e| Refusal::Malformed(format!("the body is not valid JSON: {e}")))?;
-    check(order, max_items)
+    check(order, limits)
 }
 
-fn check(order: PlaceOrder, max_items: usize) -> Result<CheckedOrder, Refusal> {
+fn check(order: PlaceOrder, limits: Limits) -> Result<CheckedOrder, Refusal> {
+    let max_items = limits.max_items;
     let customer = order.customer_id.trim();
     if customer.is_empty() || customer.chars().count() > 128 {
         return Err(invalid("customerId", "must be 1 to 128 characters"));
@@ -144,6 +165,18 @@ fn check(order: PlaceOrder, max_items: usize) -> Result<CheckedOrder, Refusal> {
             unit_price_minor: item.unit_price,
         });
     }
+    let products: std::collections::BTreeSet<&str> =
+        items.iter().map(|i| i.product_id.as_str()).collect();
+    if products.len() > limits.max_products {
+        return Err(invalid(
+            "items",
+            format!(
+                "at most {} distinct products per order ({} given): split the order",
+                limits.max_products,
+                products.len()
+            ),
+        ));
+    }
     Ok(CheckedOrder {
         customer_id: customer.to_owned(),
         items,
@@ -159,7 +192,7 @@ mod tests {
     use super::*;
 
     fn field_of(body: &str) -> String {
-        match parse(body.as_bytes(), 100).unwrap_err() {
+        match parse(body.as_bytes(), Limits::items(100)).unwrap_err() {
             Refusal::Invalid { field, .. } => field,
             Refusal::Malformed(m) => panic!("malformed: {m}"),
         }
@@ -169,7 +202,7 @@ mod tests {
     fn a_good_order_sums_its_lines() {
         let order = parse(
             br#"{"customerId":"c-1","currency":"EUR","items":[{"productId":"p","quantity":2,"unitPrice":250},{"productId":"q","quantity":1,"unitPrice":100}]}"#,
-            100,
+            Limits::items(100),
         )
         .unwrap();
         assert_eq!(order.total_minor, 600);
@@ -185,7 +218,10 @@ mod tests {
             r#"{"customerId":"c","currency":"EUR","items":[{"productId":"p","quantity":1,"unitPrice":1}]} trailing"#,
         ] {
             assert!(
-                matches!(parse(body.as_bytes(), 10), Err(Refusal::Malformed(_))),
+                matches!(
+                    parse(body.as_bytes(), Limits::items(10)),
+                    Err(Refusal::Malformed(_))
+                ),
                 "{body}"
             );
         }
@@ -217,12 +253,39 @@ mod tests {
     fn unicode_is_kept_and_too_many_items_are_refused() {
         let order = parse(
             r#"{"customerId":"Zoë 🚀","currency":"EUR","items":[{"productId":"tée","quantity":1,"unitPrice":1}]}"#.as_bytes(),
-            10,
+            Limits::items(10),
         )
         .unwrap();
         assert_eq!(order.customer_id, "Zoë 🚀");
         let items = [r#"{"productId":"p","quantity":1,"unitPrice":1}"#; 101].join(",");
         let body = format!(r#"{{"customerId":"c","currency":"EUR","items":[{items}]}}"#);
         assert_eq!(field_of(&body), "items");
+    }
+
+    #[test]
+    fn too_many_distinct_products_are_refused_while_lines_of_one_product_add_up() {
+        let limits = Limits {
+            max_items: 100,
+            max_products: 3,
+        };
+        let body = |products: &[&str]| {
+            let items: Vec<String> = products
+                .iter()
+                .map(|p| format!(r#"{{"productId":"{p}","quantity":1,"unitPrice":1}}"#))
+                .collect();
+            format!(
+                r#"{{"customerId":"c","currency":"EUR","items":[{}]}}"#,
+                items.join(",")
+            )
+        };
+        let same = body(&["a", "b", "c", "a", "b", "c", "a"]);
+        assert_eq!(parse(same.as_bytes(), limits).unwrap().items.len(), 7);
+        match parse(body(&["a", "b", "c", "d"]).as_bytes(), limits) {
+            Err(Refusal::Invalid { field, detail }) => {
+                assert_eq!(field, "items");
+                assert!(detail.contains("at most 3 distinct products"), "{detail}");
+            }
+            other => panic!("four products accepted: {other:?}"),
+        }
     }
 }

@@ -9,7 +9,7 @@
 )]
 
 use proptest::prelude::*;
-use sagashop_order::request::{Refusal, parse};
+use sagashop_order::request::{Limits, Refusal, parse};
 use serde_json::{Value, json};
 
 const MAX_ITEMS: usize = 100;
@@ -63,7 +63,7 @@ fn order() -> impl Strategy<Value = Value> {
 
 /// The rules an accepted order must obey, checked against what was sent.
 fn obeys_the_rules(sent: &Value, body: &[u8]) {
-    let order = parse(body, MAX_ITEMS).unwrap();
+    let order = parse(body, Limits::items(MAX_ITEMS)).unwrap();
     assert!(!order.customer_id.is_empty() && order.customer_id.chars().count() <= 128);
     assert_eq!(order.currency.len(), 3);
     assert!((1..=MAX_ITEMS).contains(&order.items.len()));
@@ -82,7 +82,7 @@ proptest! {
 
     #[test]
     fn any_bytes_get_an_answer(body in prop::collection::vec(any::<u8>(), 0..512)) {
-        match parse(&body, MAX_ITEMS) {
+        match parse(&body, Limits::items(MAX_ITEMS)) {
             Ok(_) => {}
             Err(Refusal::Malformed(detail)) => prop_assert!(!detail.is_empty()),
             Err(Refusal::Invalid { field, detail }) => {
@@ -95,7 +95,7 @@ proptest! {
     fn any_json_is_an_order_or_names_its_field(value in any_json()) {
         let body = serde_json::to_vec(&value).unwrap();
         // Valid JSON is never "malformed": the refusal says which part is not an order.
-        if let Err(Refusal::Malformed(detail)) = parse(&body, MAX_ITEMS) {
+        if let Err(Refusal::Malformed(detail)) = parse(&body, Limits::items(MAX_ITEMS)) {
             prop_assert!(false, "valid JSON called malformed: {detail}: {value}");
         }
     }
@@ -103,7 +103,7 @@ proptest! {
     #[test]
     fn near_orders_are_accepted_only_when_every_rule_holds(sent in order()) {
         let body = serde_json::to_vec(&sent).unwrap();
-        match parse(&body, MAX_ITEMS) {
+        match parse(&body, Limits::items(MAX_ITEMS)) {
             Ok(_) => obeys_the_rules(&sent, &body),
             Err(Refusal::Invalid { field, .. }) => {
                 let known = ["body", "customerId", "currency", "items"];
@@ -122,7 +122,7 @@ proptest! {
     fn a_truncated_order_is_malformed(cut in 1usize..120) {
         let body = br#"{"customerId":"c-1","currency":"EUR","items":[{"productId":"p","quantity":2,"unitPrice":250}]}"#;
         let cut = cut.min(body.len() - 1);
-        prop_assert!(matches!(parse(&body[..cut], MAX_ITEMS), Err(Refusal::Malformed(_))));
+        prop_assert!(matches!(parse(&body[..cut], Limits::items(MAX_ITEMS)), Err(Refusal::Malformed(_))));
     }
 }
 
@@ -131,7 +131,7 @@ fn ten_thousand_items_are_refused_by_count() {
     let items = vec![json!({"productId": "p", "quantity": 1, "unitPrice": 1}); 10_000];
     let body =
         serde_json::to_vec(&json!({"customerId": "c", "currency": "EUR", "items": items})).unwrap();
-    match parse(&body, MAX_ITEMS) {
+    match parse(&body, Limits::items(MAX_ITEMS)) {
         Err(Refusal::Invalid { field, detail }) => {
             assert_eq!(field, "items");
             assert!(detail.contains("at most 100"), "{detail}");
@@ -147,6 +147,6 @@ fn deep_nesting_is_refused_without_exhausting_the_stack() {
         format!(r#"{{"customerId":{}"#, "[".repeat(100_000)),
         format!(r#"{{"extra":{}1{}}}"#, "[".repeat(5_000), "]".repeat(5_000)),
     ] {
-        assert!(parse(body.as_bytes(), MAX_ITEMS).is_err());
+        assert!(parse(body.as_bytes(), Limits::items(MAX_ITEMS)).is_err());
     }
 }

@@ -53,8 +53,9 @@ pub(crate) struct SystemArgs {
     #[arg(long, env = "SAGASHOP_CREATE_TOPICS")]
     pub(crate) create_topics: bool,
     /// How long finished work is kept after its last change: finished sagas, participants'
-    /// records, notified message ids, idempotency keys and the order read model. Memory holds
-    /// about `orders per second × retention` orders (docs/operations.md, "Bounded state").
+    /// records once their saga's outcome is known, notified message ids and the order read
+    /// model. Memory holds about `orders per second × retention` orders (docs/operations.md,
+    /// "Bounded state").
     #[arg(long, env = "SAGASHOP_RETENTION", default_value = "5m", value_parser = parse_retention)]
     pub(crate) retention: Duration,
     /// Inventory: stock given to products it does not know yet, as `product=quantity,…`.
@@ -105,6 +106,15 @@ pub(crate) struct SystemArgs {
     /// written. 0 turns it off. Per replica, like the rate limit.
     #[arg(long, env = "ORDER_MAX_PENDING", default_value_t = 2000)]
     pub(crate) max_pending_orders: usize,
+    /// How long an `Idempotency-Key` names its first order: a keyed retry within it gets the
+    /// first `202` and writes nothing (no second saga, no second charge). Its own window,
+    /// independent of the retention; each key costs memory on every edge for this long.
+    #[arg(long, env = "ORDER_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_retention)]
+    pub(crate) idempotency_window: Duration,
+    /// The most distinct products in one order (more: `422`): each is one hop of inventory's
+    /// routing slip, all inside the reservation step's timeout.
+    #[arg(long, env = "ORDER_MAX_PRODUCTS", default_value_t = 100, value_parser = parse_max_products)]
+    pub(crate) max_products: usize,
     /// How long an order body may take to arrive (slower: `408`).
     #[arg(long, env = "ORDER_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) body_timeout: Duration,
@@ -147,6 +157,13 @@ fn parse_retention(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(retention)
+}
+
+fn parse_max_products(text: &str) -> Result<usize, String> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| format!("`{text}` is not a number of products from 1 to 1000"))
 }
 
 fn parse_limit(text: &str) -> Result<f64, String> {
@@ -271,7 +288,11 @@ fn start<'a>(
             wiring,
             sagashop_order::OrderSettings {
                 body_limit: args.body_limit,
-                max_items: 1000,
+                limits: sagashop_order::request::Limits {
+                    max_items: 1000,
+                    max_products: args.max_products,
+                },
+                idempotency_window: args.idempotency_window,
                 retry_after_secs: 5,
                 rate_limit: (args.rate_limit > 0.0).then_some(args.rate_limit),
                 rate_burst: args.rate_burst,
@@ -304,6 +325,12 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
         .map(|&service| args.wiring(service, &topology))
         .collect::<anyhow::Result<Vec<_>>>()
         .map_err(fail(EX_USAGE))?;
+    let transaction_timeout = args.kafka.transaction_timeout();
+    for wiring in &wirings {
+        wiring
+            .fits_transaction(transaction_timeout)
+            .map_err(|e| fail(EX_USAGE)(e.into()))?;
+    }
     args.kafka
         .probe(Duration::from_secs(15))
         .await

@@ -159,6 +159,54 @@ async fn hostile_bodies_get_clear_refusals_and_the_edge_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_idempotency_record_is_quarantined_and_the_edge_starts_and_keeps_its_keys() {
+    let kafka = TestKafka::connect().await;
+    let prefix = format!("{}.", unique_name("edge-corrupt"));
+    let dev = Dev::start(&kafka, &prefix, &[]).await;
+    let body = good_order("c-corrupt");
+    let (status, first) = post(&dev.base, &body, Some("k-1")).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    dev.terminate();
+    // Someone (a tool, a bug) wrote a record the edge cannot read into its key store.
+    let garbage = Outgoing {
+        topic: format!("{prefix}orders.idempotency.v1"),
+        key: Some(b"c-other/k-9".to_vec()),
+        partition: None,
+        payload: Some(b"{not json".to_vec()),
+        headers: vec![],
+    };
+    Publisher::new(&kafka.config, "test")
+        .unwrap()
+        .send(&garbage)
+        .await
+        .unwrap();
+
+    // The edge starts anyway, says what it skipped, and still knows the good key.
+    let dev = Dev::start(&kafka, &prefix, &[]).await;
+    let metrics = reqwest::get(format!("{}/metrics", dev.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"sagashop_store_quarantined_total{store="order-idempotency"} 1"#),
+        "{metrics}"
+    );
+    let (status, again) = post(&dev.base, &body, Some("k-1")).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        again["orderId"], first["orderId"],
+        "the key survived beside the bad record"
+    );
+    assert!(
+        dev.logs()
+            .contains("unreadable changelog record quarantined")
+    );
+    dev.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_are_dead_lettered_and_their_partitions_move_on() {
     let kafka = TestKafka::connect().await;
     let prefix = format!("{}.", unique_name("edge-poison"));
@@ -168,9 +216,10 @@ async fn poison_records_are_dead_lettered_and_their_partitions_move_on() {
         vec![
             ("event-type".to_owned(), event.as_bytes().to_vec()),
             ("schema-version".to_owned(), version.as_bytes().to_vec()),
+            // A real id, so that only what each kind breaks is wrong with it.
             (
                 "message-id".to_owned(),
-                uuid_like(event, version).into_bytes(),
+                uuid::Uuid::now_v7().to_string().into_bytes(),
             ),
             ("correlation-id".to_owned(), b"poison".to_vec()),
         ]
@@ -234,12 +283,31 @@ async fn poison_records_are_dead_lettered_and_their_partitions_move_on() {
         poison.len(),
         "every poison record is dead-lettered once"
     );
+    // Each kind was refused for what is wrong with it, not all for one shared flaw.
+    let expected = [
+        "missing header `event-type`",
+        "invalid `ReserveInventory` payload",
+        "invalid `ReserveInventory` payload",
+        "schema version 99 is not supported",
+        "no handler for event type `NoSuchCommand`",
+    ];
+    for letter in &dead {
+        let key = String::from_utf8(letter.key.clone().unwrap()).unwrap();
+        let i: usize = key.strip_prefix("poison-").unwrap().parse().unwrap();
+        let error = letter
+            .headers
+            .iter()
+            .find(|(name, _)| name == "dlq-error")
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        assert!(
+            error.contains(expected[i % 5]),
+            "{key} (kind {}) was dead-lettered for `{error}`",
+            i % 5
+        );
+    }
     dev.terminate();
-}
-
-/// A message id unique per poison record kind (the consumer dedupes on it).
-fn uuid_like(event: &str, version: &str) -> String {
-    format!("{event}-{version}-{}", unique_name("m"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

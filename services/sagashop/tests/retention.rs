@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Dev, WAIT, finished};
+use common::{Dev, WAIT, finished, order, post};
 
 use reqwest::StatusCode;
 use sagashop_kit::reader::read_settled;
@@ -72,6 +72,8 @@ async fn finished_work_is_forgotten_after_the_retention_and_stays_forgotten_afte
     let prefix = unique_name("retention");
     let args = [
         "--retention",
+        "4s",
+        "--idempotency-window",
         "4s",
         "--ship-after",
         "200ms",
@@ -158,5 +160,86 @@ async fn finished_work_is_forgotten_after_the_retention_and_stays_forgotten_afte
             .status();
         assert_eq!(status, StatusCode::NOT_FOUND, "order {id} came back");
     }
+    dev.terminate();
+}
+
+/// `sagashop_saga_started_total` of the order saga.
+async fn sagas_started(base: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(r#"sagashop_saga_started_total{saga="order-fulfilment"} "#))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_keyed_retry_after_the_retention_but_inside_the_idempotency_window_starts_no_second_saga()
+{
+    let kafka = TestKafka::connect().await;
+    let prefix = unique_name("idem-window");
+    // Everything finished is forgotten after 2 s; the keys keep their default window (a day).
+    let args = [
+        "--retention",
+        "2s",
+        "--ship-after",
+        "100ms",
+        "--deliver-after",
+        "100ms",
+    ];
+    let dev = Dev::start(&kafka, &format!("{prefix}."), &args).await;
+    let body = order("c-window", "sku-1", 1, 700);
+    let (status, first) = post(&dev.base, &body, Some("pay-once")).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let order_id = first["orderId"].as_str().unwrap().to_owned();
+    assert_eq!(finished(&dev.base, &order_id).await["status"], "COMPLETED");
+
+    // The orchestrator forgets the finished saga and the read model the order: what a retry
+    // used to meet five minutes (the default retention) after its order.
+    eventually("the finished saga to be forgotten", WAIT, || {
+        let base = dev.base.clone();
+        async move {
+            let held = entries(&base).await;
+            (held.get("saga:order-fulfilment").copied().unwrap_or(0) == 0).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(entries(&dev.base).await.get("order-idempotency"), Some(&1));
+
+    let (status, retry) = post(&dev.base, &body, Some("pay-once")).await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "the retry is answered as the first"
+    );
+    assert_eq!(retry["orderId"], order_id.as_str(), "the first order's id");
+
+    // Nothing was written for the retry: one OrderPlaced in Kafka, one saga ever started, and
+    // still after a restart (the key is restored from its changelog).
+    let orders = read_settled(&kafka.config, "test-window", &dev.topic("orders.v1"), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(orders.len(), 1, "one OrderPlaced for one key");
+    assert_eq!(sagas_started(&dev.base).await, 1);
+    dev.terminate();
+    let dev = Dev::start(&kafka, &format!("{prefix}."), &args).await;
+    let (_, again) = post(&dev.base, &body, Some("pay-once")).await.unwrap();
+    assert_eq!(again["orderId"], order_id.as_str());
+    let orders = read_settled(&kafka.config, "test-window", &dev.topic("orders.v1"), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        orders.len(),
+        1,
+        "a restarted edge still writes nothing for the key"
+    );
+    assert_eq!(
+        sagas_started(&dev.base).await,
+        0,
+        "no saga started after the restart"
+    );
     dev.terminate();
 }
