@@ -22,7 +22,7 @@ use sagashop_topology::Service;
 use crate::names::{participants, topic};
 
 use crate::fleet::{
-    Answer, Attempt, Broker, Ledger, Proc, client, done, latest, offer, order_body, post,
+    Answer, Attempt, Broker, Ledger, Placed, Proc, client, done, latest, offer, order_body, post,
     system_args,
 };
 
@@ -110,6 +110,18 @@ pub(crate) struct Row {
     /// HTTP answer).
     pub(crate) unannounced: usize,
     pub(crate) finished_twice: usize,
+    /// Requests answered `503` whose idempotency record Kafka holds: a 503 that wrote.
+    pub(crate) wrote_on_503: usize,
+    /// Order ids given in a `202` to more than one request.
+    pub(crate) shared_ids: usize,
+    /// Accepted orders whose `OrderPlaced` is not what the client sent.
+    pub(crate) altered: usize,
+    /// Orders with more than one `OrderPlaced` record, or records that differ.
+    pub(crate) written_twice: usize,
+    /// Orders whose saga started more than once.
+    pub(crate) started_twice: usize,
+    /// Records the scenario left in the dead-letter topics.
+    pub(crate) dead_letters: usize,
     pub(crate) books: Vec<String>,
     pub(crate) notes: Vec<String>,
     pub(crate) elapsed: Duration,
@@ -204,12 +216,32 @@ fn broken(row: &Row) -> Vec<String> {
             row.other
         ));
     }
-    // Where every request got an HTTP answer, Kafka holds exactly the accepted orders.
-    if row.no_answer == 0 && row.unannounced > 0 {
+    // Kafka holds exactly the orders the clients were given, and those whose request got no
+    // answer (each request's own key tells which those are).
+    if row.unannounced > 0 {
         broken.push(format!(
-            "{} orders written that no client was given (a 503 wrote something)",
+            "{} orders written that no client was given",
             row.unannounced
         ));
+    }
+    let counts = [
+        (row.wrote_on_503, "requests answered 503 wrote an order"),
+        (
+            row.shared_ids,
+            "order ids were given to more than one request",
+        ),
+        (
+            row.altered,
+            "orders were written with other contents than the client sent",
+        ),
+        (row.written_twice, "orders were written more than once"),
+        (row.started_twice, "sagas started more than once"),
+        (row.dead_letters, "records were dead-lettered"),
+    ];
+    for (n, what) in counts {
+        if n > 0 {
+            broken.push(format!("{n} {what}"));
+        }
     }
     broken.extend(row.books.iter().cloned());
     broken.extend(
@@ -233,18 +265,37 @@ fn verdict(row: &Row) -> String {
     }
 }
 
-/// Counts the answers and checks them against the ledger.
-fn account(row: &mut Row, attempts: &[Attempt], ledger: &Ledger) {
+/// Counts the answers and checks them, request by request, against the ledger; `two_edges`
+/// are ids two edges were asked for at once on purpose (each may write it once).
+fn account(row: &mut Row, attempts: &[Attempt], ledger: &Ledger, two_edges: &[String]) {
     row.offered += attempts.len();
-    let mut accepted = std::collections::HashSet::new();
+    let mut accepted: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    // Orders whose request got no answer: Kafka may hold them, unannounced but not broken.
+    let mut unanswered = std::collections::HashSet::new();
     for attempt in attempts {
+        let written = attempt.key_record().and_then(|k| ledger.keys.get(&k));
         match &attempt.answer {
             Answer::Accepted(id) => {
-                accepted.insert(id.clone());
+                *accepted.entry(id.clone()).or_default() += 1;
+                let sent = attempt
+                    .sent
+                    .as_ref()
+                    .map(|(body, _)| Placed::of_request(body));
+                if let (Some(sent), Some(held)) = (sent, ledger.placed.get(id))
+                    && sent != *held
+                {
+                    row.altered += 1;
+                }
             }
-            Answer::Unavailable => row.refused += 1,
+            Answer::Unavailable => {
+                row.refused += 1;
+                if written.is_some() {
+                    row.wrote_on_503 += 1;
+                }
+            }
             Answer::Silent(why) => {
                 row.no_answer += 1;
+                unanswered.extend(written.cloned());
                 if row.no_answer == 1 {
                     row.notes
                         .push(format!("the first request without an answer: {why}"));
@@ -259,16 +310,19 @@ fn account(row: &mut Row, attempts: &[Attempt], ledger: &Ledger) {
         }
     }
     row.accepted += accepted.len();
+    row.shared_ids += accepted.values().filter(|n| **n > 1).count();
     row.lost += accepted
-        .iter()
+        .keys()
         .filter(|id| !ledger.placed.contains_key(*id) || !ledger.outcomes.contains_key(*id))
         .count();
     row.unannounced += ledger
         .placed
         .keys()
-        .filter(|id| !accepted.contains(*id))
+        .filter(|id| !accepted.contains_key(*id) && !unanswered.contains(*id))
         .count();
     row.finished_twice = ledger.finished_twice();
+    row.written_twice = ledger.written_twice(two_edges) + ledger.rewritten;
+    row.started_twice = ledger.started_twice();
     (row.completed, row.cancelled) = ledger.counts();
 }
 
@@ -279,6 +333,7 @@ pub(crate) async fn conclude(
     prefix: &str,
     mut row: Row,
     attempts: &[Attempt],
+    two_edges: &[String],
 ) -> anyhow::Result<(Row, Ledger)> {
     step(&format!(
         "{}: waiting for every saga to finish",
@@ -286,9 +341,24 @@ pub(crate) async fn conclude(
     ));
     let kafka = broker.config();
     let ledger = Ledger::settle(&kafka, prefix, args.settle).await?;
-    account(&mut row, attempts, &ledger);
+    account(&mut row, attempts, &ledger, two_edges);
     row.books = ledger.books(&kafka, prefix).await?;
+    row.dead_letters = dead_letters(&kafka, prefix).await?;
     Ok((row, ledger))
+}
+
+/// Every record in the system's dead-letter topics.
+pub(crate) async fn dead_letters(
+    kafka: &sagashop_kit::KafkaConfig,
+    prefix: &str,
+) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for topic in crate::names::dead_letter_topics(prefix) {
+        n += read_to_end(kafka, "chaos", &topic, Duration::from_secs(60))
+            .await?
+            .len();
+    }
+    Ok(n)
 }
 
 /// `sagashop dev` for one scenario.
@@ -357,7 +427,7 @@ async fn broker_restart(
         ),
         ..Row::default()
     };
-    let (mut row, _) = conclude(args, broker, prefix, row, &attempts).await?;
+    let (mut row, _) = conclude(args, broker, prefix, row, &attempts, &[]).await?;
     recovery(&mut row, &attempts, stopped_at, back_at);
     if row.refused == 0 {
         row.notes.push(
@@ -488,7 +558,7 @@ async fn process_kills(
         notes,
         ..Row::default()
     };
-    let (mut row, ledger) = conclude(args, broker, prefix, row, &attempts).await?;
+    let (mut row, ledger) = conclude(args, broker, prefix, row, &attempts, &[]).await?;
     if row.no_answer > 0 {
         row.notes.push(format!(
             "{} requests had no answer (the edge was down); {} orders were written without the client hearing (they finished like the others)",
@@ -533,14 +603,30 @@ async fn duplicates(
     step("duplicates: waiting for every saga to finish");
     let before = Ledger::settle(&kafka, prefix, args.settle).await?;
     let books_before = snapshot(&kafka, prefix).await?;
-    let copies = publish_copies(&kafka, prefix).await?;
+    // Every consumer of a copied topic: what it had finished before the copies.
+    let mut readers = participants(prefix);
+    readers.push(crate::names::orchestrator(prefix));
+    let mut finished_before = Vec::new();
+    for (group, _) in &readers {
+        finished_before.push(dev.settled(group).await.unwrap_or(0));
+    }
+    let copied = publish_copies(&kafka, prefix).await?;
+    let copies: usize = copied.iter().map(|(_, n)| n).sum();
     step(&format!(
         "duplicates: published {copies} copies of commands and replies"
     ));
-    // Let them be handled, then reset the participants to the beginning of their topics.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    for (group, _) in participants(prefix) {
-        wait_settled(&dev, &group, 0, Duration::from_secs(60)).await;
+    // Wait until each consumer has taken every copy of its topic, then reset the
+    // participants to the beginning of their topics.
+    for ((group, topic), before) in readers.iter().zip(finished_before) {
+        let n = copied
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map_or(0, |(_, n)| *n);
+        if !wait_settled(&dev, group, before + n as u64, Duration::from_secs(60)).await {
+            row.notes.push(format!(
+                "BROKEN: {group} did not take the {n} copies of {topic}"
+            ));
+        }
     }
     dev.terminate()?;
     let rewound = rewind_participants(&kafka, prefix).await?;
@@ -558,7 +644,10 @@ async fn duplicates(
             load.remembered.len()
         ));
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Whatever the retries and the replay caused has reached the orchestrator before the
+    // ledger is read.
+    let (orchestrator, _) = crate::names::orchestrator(prefix);
+    wait_settled(&dev, &orchestrator, 0, Duration::from_secs(60)).await;
     let after = Ledger::read(&kafka, prefix).await?;
     if snapshot(&kafka, prefix).await? != books_before {
         row.notes
@@ -575,8 +664,9 @@ async fn duplicates(
         "{copies} duplicate commands and replies and {rewound} replayed commands changed nothing: stock, balances and the {outcomes_after} outcomes are as before; {} keyed requests retried after a restart got their first order id",
         load.remembered.len() - forgotten
     ));
-    account(&mut row, &load.attempts, &after);
+    account(&mut row, &load.attempts, &after, &[]);
     row.books = after.books(&kafka, prefix).await?;
+    row.dead_letters = dead_letters(&kafka, prefix).await?;
     dev.terminate()?;
     Ok(row)
 }
@@ -642,21 +732,26 @@ async fn keyed_load(args: &ChaosArgs, address: &str, prefix: &str) -> anyhow::Re
             load.diverged += 1;
         }
         load.retries += 2; // the first try is counted as an attempt
-        load.attempts.push(Attempt {
-            at: Duration::ZERO,
-            answer: a,
-        });
+        // The three tries share a key: counted once, as the first that was accepted.
+        let answer = [a, b, c]
+            .into_iter()
+            .find(|x| matches!(x, Answer::Accepted(_)))
+            .unwrap_or_else(|| Answer::Silent("no try of the key was accepted".into()));
+        load.attempts.push(Attempt::unchecked(answer));
     }
     Ok(load)
 }
 
 /// Publishes every command and reply twice more: same key, payload and headers (so the same
-/// message id). Returns how many copies.
-async fn publish_copies(kafka: &sagashop_kit::KafkaConfig, prefix: &str) -> anyhow::Result<usize> {
+/// message id). Returns how many copies went to each topic.
+async fn publish_copies(
+    kafka: &sagashop_kit::KafkaConfig,
+    prefix: &str,
+) -> anyhow::Result<Vec<(String, usize)>> {
     let mut topics: Vec<String> = participants(prefix).into_iter().map(|(_, t)| t).collect();
     topics.push(topic(prefix, Service::Orchestrator, "replies"));
     let publisher = Publisher::new(kafka, "chaos")?;
-    let mut copies = 0;
+    let mut copies = Vec::new();
     for topic in topics {
         let records = read_to_end(kafka, "chaos", &topic, Duration::from_secs(60)).await?;
         let outgoing: Vec<Outgoing> = records
@@ -675,8 +770,8 @@ async fn publish_copies(kafka: &sagashop_kit::KafkaConfig, prefix: &str) -> anyh
             .collect();
         for _ in 0..2 {
             publisher.send_all(&outgoing).await?;
-            copies += outgoing.len();
         }
+        copies.push((topic, 2 * outgoing.len()));
     }
     Ok(copies)
 }
@@ -842,4 +937,106 @@ fn report(args: &ChaosArgs, rows: &[Row]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+
+    fn sent(i: usize) -> Option<(serde_json::Value, Option<String>)> {
+        Some((order_body(i), Some(format!("k-{i}"))))
+    }
+
+    fn attempt(i: usize, answer: Answer) -> Attempt {
+        Attempt {
+            at: Duration::ZERO,
+            answer,
+            sent: sent(i),
+        }
+    }
+
+    /// Kafka as it holds order `i` of [`order_body`] under id `id`, written `writes` times.
+    fn hold(ledger: &mut Ledger, i: usize, id: &str, writes: usize) {
+        let customer = order_body(i)["customerId"].as_str().unwrap().to_owned();
+        ledger
+            .placed
+            .insert(id.into(), Placed::of_request(&order_body(i)));
+        ledger.writes.insert(id.into(), writes);
+        ledger.keys.insert(format!("{customer}/k-{i}"), id.into());
+        ledger
+            .outcomes
+            .insert(id.into(), vec!["OrderCompleted".into()]);
+        let steps = std::collections::HashMap::from([("reserve-inventory".to_owned(), 1)]);
+        ledger.starts.insert(id.into(), steps);
+    }
+
+    fn broken_by(attempts: &[Attempt], ledger: &Ledger) -> Vec<String> {
+        let mut row = Row::default();
+        account(&mut row, attempts, ledger, &[]);
+        broken(&row)
+    }
+
+    #[test]
+    fn an_honest_ledger_breaks_no_promise() {
+        let mut ledger = Ledger::default();
+        hold(&mut ledger, 0, "a", 1);
+        let attempts = [
+            attempt(0, Answer::Accepted("a".into())),
+            attempt(1, Answer::Unavailable),
+        ];
+        assert_eq!(broken_by(&attempts, &ledger), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_broken_promise_is_named_request_by_request() {
+        let mut ledger = Ledger::default();
+        hold(&mut ledger, 0, "a", 2); // written twice
+        hold(&mut ledger, 1, "b", 1); // written for a 503
+        hold(&mut ledger, 2, "c", 1); // given to two requests
+        hold(&mut ledger, 3, "d", 1); // other contents than sent
+        ledger
+            .placed
+            .insert("d".into(), Placed::of_request(&order_body(8)));
+        hold(&mut ledger, 4, "e", 1); // its saga started twice
+        ledger
+            .starts
+            .get_mut("e")
+            .unwrap()
+            .insert("reserve-inventory".into(), 2);
+        hold(&mut ledger, 5, "f", 1); // nobody was told
+        let attempts = [
+            attempt(0, Answer::Accepted("a".into())),
+            attempt(1, Answer::Unavailable),
+            attempt(2, Answer::Accepted("c".into())),
+            attempt(2, Answer::Accepted("c".into())),
+            attempt(3, Answer::Accepted("d".into())),
+            attempt(4, Answer::Accepted("e".into())),
+            attempt(5, Answer::Unavailable),
+        ];
+        let said = broken_by(&attempts, &ledger).join("; ");
+        for promise in [
+            "2 requests answered 503 wrote an order",
+            "1 order ids were given to more than one request",
+            "1 orders were written with other contents",
+            "1 orders were written more than once",
+            "1 sagas started more than once",
+        ] {
+            assert!(said.contains(promise), "`{promise}` not in: {said}");
+        }
+        // "b" and "f" are each written for a 503: written, but not unannounced twice over.
+        assert!(
+            said.contains("2 orders written that no client was given"),
+            "{said}"
+        );
+    }
+
+    #[test]
+    fn an_order_whose_request_got_no_answer_may_be_in_kafka() {
+        let mut ledger = Ledger::default();
+        hold(&mut ledger, 0, "a", 1);
+        let attempts = [attempt(0, Answer::Silent("reset".into()))];
+        assert_eq!(broken_by(&attempts, &ledger), Vec::<String>::new());
+    }
 }

@@ -348,6 +348,30 @@ pub(crate) struct Attempt {
     /// When it was sent, from the start of the load.
     pub(crate) at: Duration,
     pub(crate) answer: Answer,
+    /// What was sent, when the ledger should check it: the body, and the `Idempotency-Key`
+    /// if this request alone used it (then Kafka's key record says whether it wrote anything).
+    pub(crate) sent: Option<(Value, Option<String>)>,
+}
+
+impl Attempt {
+    /// An answer whose request the ledger does not check (its key is shared with others).
+    pub(crate) fn unchecked(answer: Answer) -> Self {
+        Self {
+            at: Duration::ZERO,
+            answer,
+            sent: None,
+        }
+    }
+
+    /// The idempotency record's key of this request: `<customerId>/<key>`.
+    pub(crate) fn key_record(&self) -> Option<String> {
+        let (body, key) = self.sent.as_ref()?;
+        Some(format!(
+            "{}/{}",
+            body["customerId"].as_str()?,
+            key.as_deref()?
+        ))
+    }
 }
 
 /// The body of the `i`-th order: a mix of customers, products and sizes.
@@ -420,13 +444,21 @@ pub(crate) async fn offer(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tasks = tokio::task::JoinSet::new();
     let mut i = 0;
+    // A key of its own on every request: Kafka's idempotency record then says, for each
+    // request, whether it wrote an order, whatever answer (or none) the client got.
+    let run = sagashop_testkit::unique_name("load");
     while started.elapsed() < duration || !until.load(Ordering::SeqCst) {
         ticker.tick().await;
         let (client, base, at) = (client.clone(), base(), started.elapsed());
         let body = order_body(i);
+        let key = format!("{run}-{i}");
         tasks.spawn(async move {
-            let answer = post(&client, &base, &body, None).await;
-            Attempt { at, answer }
+            let answer = post(&client, &base, &body, Some(&key)).await;
+            Attempt {
+                at,
+                answer,
+                sent: Some((body, Some(key))),
+            }
         });
         i += 1;
     }
@@ -441,17 +473,55 @@ pub(crate) async fn offer(
 }
 
 /// An order as Kafka holds it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Placed {
     customer: String,
+    /// (product, quantity), sorted.
     items: Vec<(String, i64)>,
     total: i64,
 }
 
-/// What Kafka holds for one system: every `OrderPlaced`, and the outcomes per order.
+impl Placed {
+    /// What a client's order body asks for.
+    pub(crate) fn of_request(body: &Value) -> Self {
+        let lines = body["items"].as_array().cloned().unwrap_or_default();
+        let mut items: Vec<(String, i64)> = lines
+            .iter()
+            .map(|i| {
+                let product = i["productId"].as_str().unwrap_or_default().to_owned();
+                (product, i["quantity"].as_i64().unwrap_or_default())
+            })
+            .collect();
+        items.sort();
+        let total = lines
+            .iter()
+            .map(|i| {
+                i["quantity"].as_i64().unwrap_or_default()
+                    * i["unitPrice"].as_i64().unwrap_or_default()
+            })
+            .sum();
+        Self {
+            customer: body["customerId"].as_str().unwrap_or_default().to_owned(),
+            items,
+            total,
+        }
+    }
+}
+
+/// What Kafka holds for one system: every `OrderPlaced` (each record, not only each id), the
+/// idempotency records, the sagas' first steps and the outcomes per order.
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
+    /// Order id → the first `OrderPlaced` written for it.
     pub(crate) placed: HashMap<String, Placed>,
+    /// Order id → how many `OrderPlaced` records hold it (1 unless something wrote it twice).
+    pub(crate) writes: HashMap<String, usize>,
+    /// Order ids whose `OrderPlaced` records differ from each other.
+    pub(crate) rewritten: usize,
+    /// `<customerId>/<Idempotency-Key>` → the order id written for it.
+    pub(crate) keys: HashMap<String, String>,
+    /// Order id → first attempts of its saga's steps (a saga started twice has two of a step).
+    pub(crate) starts: HashMap<String, HashMap<String, usize>>,
     /// Order id → the outcome events seen (`OrderCompleted` / `OrderCancelled`).
     pub(crate) outcomes: HashMap<String, Vec<String>>,
 }
@@ -476,7 +546,7 @@ impl Ledger {
             let id = order["orderId"]
                 .as_str()
                 .context("OrderPlaced without orderId")?;
-            let items = order["items"]
+            let mut items: Vec<(String, i64)> = order["items"]
                 .as_array()
                 .context("OrderPlaced without items")?
                 .iter()
@@ -487,14 +557,34 @@ impl Ledger {
                     )
                 })
                 .collect();
-            ledger.placed.insert(
-                id.to_owned(),
-                Placed {
-                    customer: order["customerId"].as_str().unwrap_or_default().to_owned(),
-                    items,
-                    total: order["totalMinor"].as_i64().unwrap_or_default(),
-                },
-            );
+            items.sort();
+            let placed = Placed {
+                customer: order["customerId"].as_str().unwrap_or_default().to_owned(),
+                items,
+                total: order["totalMinor"].as_i64().unwrap_or_default(),
+            };
+            *ledger.writes.entry(id.to_owned()).or_default() += 1;
+            match ledger.placed.get(id) {
+                Some(first) if *first != placed => ledger.rewritten += 1,
+                Some(_) => {}
+                None => {
+                    ledger.placed.insert(id.to_owned(), placed);
+                }
+            }
+        }
+        let keys = topic(prefix, Service::Order, "idempotency");
+        for record in read_settled(kafka, "chaos", &keys, timeout).await? {
+            let key =
+                String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
+            match record.payload {
+                Some(bytes) => {
+                    let id: String = serde_json::from_slice(&bytes)?;
+                    ledger.keys.insert(key, id);
+                }
+                None => {
+                    ledger.keys.remove(&key);
+                }
+            }
         }
         let outcome_topic = topic(prefix, Service::Order, "outcome");
         for record in read_settled(kafka, "chaos", &outcome_topic, timeout).await? {
@@ -505,6 +595,21 @@ impl Ledger {
                 .and_then(|(_, v)| v.as_deref())
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default();
+            if kind == "SagaStepChanged"
+                && let Some(payload) = &record.payload
+            {
+                let change: Value = serde_json::from_slice(payload)?;
+                if change["phase"] == "STARTED" && change["attempt"] == 1 {
+                    let saga = change["sagaId"].as_str().unwrap_or_default().to_owned();
+                    let step = change["step"].as_str().unwrap_or_default().to_owned();
+                    *ledger
+                        .starts
+                        .entry(saga)
+                        .or_default()
+                        .entry(step)
+                        .or_default() += 1;
+                }
+            }
             if kind != "OrderCompleted" && kind != "OrderCancelled" {
                 continue;
             }
@@ -529,6 +634,23 @@ impl Ledger {
     /// Orders with more than one outcome: a saga finished twice.
     pub(crate) fn finished_twice(&self) -> usize {
         self.outcomes.values().filter(|o| o.len() > 1).count()
+    }
+
+    /// Orders written more than once (`OrderPlaced` records beyond the first), except `allowed`:
+    /// ids that two edges were asked for at once on purpose.
+    pub(crate) fn written_twice(&self, allowed: &[String]) -> usize {
+        self.writes
+            .iter()
+            .filter(|(id, n)| **n > 1 && !allowed.contains(*id))
+            .count()
+    }
+
+    /// Orders whose saga started more than once (a first attempt of one step seen twice).
+    pub(crate) fn started_twice(&self) -> usize {
+        self.starts
+            .values()
+            .filter(|steps| steps.values().any(|n| *n > 1))
+            .count()
     }
 
     /// The first outcome of an order, if it has one.

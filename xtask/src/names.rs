@@ -42,3 +42,24 @@ pub(crate) fn participants(prefix: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Every service's dead-letter topic, prefixed.
+pub(crate) fn dead_letter_topics(prefix: &str) -> Vec<String> {
+    let mut topics: Vec<String> = Service::ALL
+        .into_iter()
+        .map(|service| wiring(prefix, service).dead_letter_topic)
+        .collect();
+    topics.sort();
+    topics.dedup();
+    topics
+}
+
+/// The orchestrator's consumer group and reply topic, prefixed.
+pub(crate) fn orchestrator(prefix: &str) -> (String, String) {
+    let wiring = wiring(prefix, Service::Orchestrator);
+    let replies = wiring
+        .topic("replies")
+        .unwrap_or_else(|e| panic!("the topology: {e}"))
+        .to_owned();
+    (wiring.group_id, replies)
+}

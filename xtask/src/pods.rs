@@ -188,7 +188,7 @@ pub(crate) async fn run(
         notes,
         ..Row::default()
     };
-    let (mut row, ledger) = conclude(args, broker, prefix, row, &attempts).await?;
+    let (mut row, ledger) = conclude(args, broker, prefix, row, &attempts, &[]).await?;
     if ledger.unfinished() > 0 {
         row.notes.push(format!(
             "BROKEN: {} orders never finished",

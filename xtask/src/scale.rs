@@ -212,7 +212,7 @@ pub(crate) async fn run(
         notes,
         ..Row::default()
     };
-    let (mut row, ledger) = conclude(args, broker, prefix, row, &attempts).await?;
+    let (mut row, ledger) = conclude(args, broker, prefix, row, &attempts, &keyed_ids).await?;
     row.notes.push(format!(
         "every accepted order final {:.1?} after the last scaling step",
         last_step.elapsed()
@@ -258,17 +258,16 @@ async fn two_edges(services: &[Service], prefix: &str) -> (Vec<Attempt>, Vec<Str
     let (keyed, diverged, keyed_ids) = same_key_on_two_edges(services, prefix, 40).await;
     let attempts = keyed_ids
         .iter()
-        .map(|id| Attempt {
-            at: Duration::ZERO,
-            answer: Answer::Accepted(id.clone()),
-        })
+        .map(|id| Attempt::unchecked(Answer::Accepted(id.clone())))
         .collect();
     let note = if diverged > 0 {
         format!(
             "BROKEN: {diverged} of {keyed} keys sent to two edges at once were given two order ids"
         )
     } else {
-        format!("{keyed} keys each sent to two edges at once: one order id per key")
+        format!(
+            "{keyed} keys each sent to two edges at once: one order id per key, each saga started once"
+        )
     };
     (attempts, keyed_ids, note)
 }
@@ -317,6 +316,18 @@ async fn check(
             row.notes.push(format!(
                 "BROKEN: keyed order {id} finished {} times",
                 ledger.outcomes.get(id).map_or(0, Vec::len)
+            ));
+        }
+        // The id is derived from the key, so both edges name the same order whatever they
+        // do: what can break is the saga behind it starting twice.
+        let started = ledger
+            .starts
+            .get(id)
+            .and_then(|steps| steps.values().max().copied())
+            .unwrap_or(0);
+        if started != 1 {
+            row.notes.push(format!(
+                "BROKEN: the saga of keyed order {id} started {started} times"
             ));
         }
     }
