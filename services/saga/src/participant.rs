@@ -169,7 +169,7 @@ fn default_reply_topic<T: Contract>(payload: &T) -> Result<String, HandlerError>
 pub fn lost_record(saga_id: &str, what: &str) -> String {
     format!(
         "no record of saga {saga_id}'s {what}, though its step succeeded: the state was lost and \
-         nothing was given back; settle it by hand, then retry the saga"
+         nothing was given back; settle it by hand (the saga stays FAILED to say so)"
     )
 }
 
