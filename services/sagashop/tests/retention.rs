@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Dev, WAIT, finished, order, post};
+use common::{Dev, WAIT, finished, metrics_page, order, post, sample};
 
 use reqwest::StatusCode;
 use sagashop_kit::reader::read_settled;
@@ -31,13 +31,9 @@ const FORGETTING: [&str; 6] = [
 
 /// `sagashop_store_entries` per store.
 async fn entries(base: &str) -> BTreeMap<String, i64> {
-    let text = reqwest::get(format!("{base}/metrics"))
+    metrics_page(base)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter_map(|line| line.strip_prefix("sagashop_store_entries{store=\""))
         .filter_map(|rest| {
             let (store, value) = rest.split_once("\"} ")?;
@@ -164,16 +160,9 @@ async fn finished_work_is_forgotten_after_the_retention_and_stays_forgotten_afte
 }
 
 /// `sagashop_saga_started_total` of the order saga.
-async fn sagas_started(base: &str) -> u64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(r#"sagashop_saga_started_total{saga="order-fulfilment"} "#))
-        .map_or(0, |n| n.trim().parse().unwrap())
+async fn sagas_started(base: &str) -> f64 {
+    let series = r#"sagashop_saga_started_total{saga="order-fulfilment"}"#;
+    sample(&metrics_page(base).await, series).unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -223,7 +212,7 @@ async fn a_keyed_retry_after_the_retention_but_inside_the_idempotency_window_sta
         .await
         .unwrap();
     assert_eq!(orders.len(), 1, "one OrderPlaced for one key");
-    assert_eq!(sagas_started(&dev.base).await, 1);
+    assert_eq!(sagas_started(&dev.base).await, 1.0);
     dev.terminate();
     let dev = Dev::start(&kafka, &format!("{prefix}."), &args).await;
     let (_, again) = post(&dev.base, &body, Some("pay-once")).await.unwrap();
@@ -238,7 +227,7 @@ async fn a_keyed_retry_after_the_retention_but_inside_the_idempotency_window_sta
     );
     assert_eq!(
         sagas_started(&dev.base).await,
-        0,
+        0.0,
         "no saga started after the restart"
     );
     dev.terminate();

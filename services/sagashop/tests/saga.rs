@@ -12,7 +12,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{ADMIN_TOKEN, Dev, WAIT, finished, order, post};
+use common::{ADMIN_TOKEN, Dev, WAIT, finished, metrics_page, order, post, sample};
 
 use reqwest::StatusCode;
 use sagashop_kit::reader::read_settled;
@@ -465,12 +465,6 @@ async fn sagas_are_found_and_inspected(
 }
 
 /// The value of the sample `series` (name and labels exactly as exposed) on a metrics page.
-fn sample(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_process_resumes_every_saga_and_a_replay_changes_nothing() {
     let kafka = TestKafka::connect().await;
@@ -770,17 +764,9 @@ async fn a_saga_whose_orchestrator_goes_away_times_out_and_compensates_on_the_ne
 }
 
 /// `sagashop_store_entries` of `store` on the process at `base`.
-async fn store_entries(base: &str, store: &str) -> i64 {
-    let page = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let series = format!("sagashop_store_entries{{store=\"{store}\"}} ");
-    page.lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .map_or(0, |n| n.trim().parse().unwrap())
+async fn store_entries(base: &str, store: &str) -> f64 {
+    let series = format!("sagashop_store_entries{{store=\"{store}\"}}");
+    sample(&metrics_page(base).await, &series).unwrap_or(0.0)
 }
 
 /// A compensation that gives up puts the saga in FAILED; once the participant is fixed, a
@@ -853,8 +839,8 @@ async fn a_failed_saga_retried_once_its_participant_is_fixed_compensates_and_end
     );
     // Time itself is the condition here: three retentions pass with the saga FAILED.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(store_entries(&payment.base, "payment-payments").await, 1);
-    assert_eq!(store_entries(&inventory.base, "inventory-holds").await, 1);
+    assert_eq!(store_entries(&payment.base, "payment-payments").await, 1.0);
+    assert_eq!(store_entries(&inventory.base, "inventory-holds").await, 1.0);
 
     // Shipping is fixed (restarted without the fault); someone retries the saga.
     broken.terminate();
@@ -921,7 +907,7 @@ async fn a_failed_saga_retried_once_its_participant_is_fixed_compensates_and_end
             async move {
                 let held = store_entries(&payment, "payment-payments").await
                     + store_entries(&inventory, "inventory-holds").await;
-                (held == 0).then_some(())
+                (held == 0.0).then_some(())
             }
         },
     )
