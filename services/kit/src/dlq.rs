@@ -31,6 +31,19 @@ pub mod header {
     pub const CONSUMER_GROUP: &str = "dlq-consumer-group";
 }
 
+/// Dead letters for changelog records a store quarantined on restore
+/// ([`crate::Store::take_quarantined`]), bound for `topic` in the name of `group`: their bytes
+/// and place kept where people look.
+pub fn quarantined(records: &[(Record, String)], topic: &str, group: &str) -> Vec<Outgoing> {
+    records
+        .iter()
+        .map(|(record, why)| {
+            let error = format!("unreadable changelog record, quarantined on restore: {why}");
+            dead_letter(record, topic, group, &error, 0)
+        })
+        .collect()
+}
+
 /// The dead letter for `record`: original key, payload and headers, then the `dlq-*` headers.
 pub fn dead_letter(
     record: &Record,

@@ -67,6 +67,7 @@ pub(crate) async fn run(
                 Some(now) => owned = now,
                 None => break,
             }
+            crate::handling::dead_letter_quarantined(&shared, &stores).await;
         }
         // Records fetched before a rebalance took their partition away: its new owner has them.
         batch.retain(|r| owned.contains(&(r.topic.clone(), r.partition)));

@@ -399,6 +399,27 @@ async fn handle_in_span(shared: &Shared, record: &Record) -> Disposition {
     Disposition::DeadLetter(letter(shared, record, &error, attempts))
 }
 
+/// Dead-letters the changelog records the stores' restores quarantined, so their bytes and
+/// place are where people look (`sagashop dlq list`); called after every restore of an
+/// assignment. Published outside any transaction; a failed publish is logged, and the record,
+/// still in its changelog, is quarantined again by the next restore.
+pub(crate) async fn dead_letter_quarantined(shared: &Shared, stores: &[Arc<dyn Reload>]) {
+    let config = &shared.config;
+    for store in stores {
+        let letters = crate::dlq::quarantined(
+            &store.take_quarantined(),
+            &config.dead_letter_topic,
+            &config.group_id,
+        );
+        if letters.is_empty() {
+            continue;
+        }
+        if let Err(e) = shared.publisher.send_all(&letters).await {
+            tracing::warn!(error = %e, letters = letters.len(), "could not dead-letter quarantined changelog records");
+        }
+    }
+}
+
 pub(crate) fn letter(shared: &Shared, record: &Record, error: &str, attempts: u32) -> Outgoing {
     tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, attempts, %error, "dead-lettering record");
     dead_letter(

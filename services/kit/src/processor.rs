@@ -253,6 +253,7 @@ impl Processor {
                 }
             }
             let restored = assign_when_reachable(&self.consumer, &self.stores, shutdown).await?;
+            crate::handling::dead_letter_quarantined(&self.shared, &self.stores).await;
             return Ok(restored.is_some());
         }
         Ok(true)

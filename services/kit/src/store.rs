@@ -53,6 +53,9 @@ fn handling_partition() -> Option<i32> {
     HANDLING.try_with(|p| *p).ok()
 }
 
+/// The most quarantined records a store keeps for dead-lettering between two takes.
+pub const QUARANTINE_KEPT: usize = 100;
+
 /// Memory's bucket for keys a global store wrote before Kafka chose their partition.
 const UNPLACED: i32 = -1;
 
@@ -134,6 +137,9 @@ pub struct Store<V> {
     expired: Counter,
     /// `sagashop_store_quarantined_total`: unreadable changelog records skipped on restore.
     quarantined: Counter,
+    /// The unreadable records of the last restores and why, until their owner dead-letters
+    /// them ([`Store::take_quarantined`]).
+    quarantine: Arc<Mutex<Vec<(Record, String)>>>,
 }
 
 impl<V> Clone for Store<V> {
@@ -149,6 +155,7 @@ impl<V> Clone for Store<V> {
             held_keys: self.held_keys.clone(),
             expired: self.expired.clone(),
             quarantined: self.quarantined.clone(),
+            quarantine: Arc::clone(&self.quarantine),
         }
     }
 }
@@ -179,6 +186,7 @@ where
                 .store_quarantined
                 .get_or_create(&labels)
                 .clone(),
+            quarantine: Arc::default(),
             name: name.to_owned(),
             topic: topic.to_owned(),
             kafka: kafka.clone(),
@@ -245,7 +253,7 @@ where
             now: now_ms(),
             parts: HashMap::new(),
             records: 0,
-            quarantined: 0,
+            quarantined: Vec::new(),
         };
         // Folded record by record: memory holds the state being rebuilt, never the changelog.
         let restored = match partitions {
@@ -275,7 +283,16 @@ where
                 .await?
             }
         };
-        self.quarantined.inc_by(restored.quarantined);
+        self.quarantined.inc_by(restored.quarantined.len() as u64);
+        {
+            let mut kept = self
+                .quarantine
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Bounded: a changelog full of garbage is a bug to fix, not letters to keep.
+            let room = QUARANTINE_KEPT.saturating_sub(kept.len());
+            kept.extend(restored.quarantined.into_iter().take(room));
+        }
         let parts = restored.parts;
         let keys: usize = parts.values().map(HashMap::len).sum();
         tracing::info!(store = %self.name, topic = %self.topic, partitions = ?partitions, records = restored.records, keys, elapsed = ?started.elapsed(), "store restored");
@@ -328,6 +345,17 @@ where
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The unreadable changelog records the restores since the last call skipped, and why
+    /// (at most [`QUARANTINE_KEPT`]): for the store's owner to dead-letter.
+    pub fn take_quarantined(&self) -> Vec<(Record, String)> {
+        std::mem::take(
+            &mut *self
+                .quarantine
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// The changelog partitions an owned store holds (empty for a global store).
@@ -480,21 +508,22 @@ struct Restoring<V> {
     now: i64,
     parts: HashMap<i32, HashMap<String, Kept<V>>>,
     records: usize,
-    /// Unreadable records skipped.
-    quarantined: u64,
+    /// Unreadable records skipped, and why.
+    quarantined: Vec<(Record, String)>,
 }
 
 impl<V: DeserializeOwned> Restoring<V> {
     /// One changelog record: a value sets its key, a tombstone removes it. An unreadable
     /// record (no UTF-8 key, a value that is not a `V`: a foreign write, a bug, bit rot) is
-    /// quarantined: logged with its place, counted in `sagashop_store_quarantined_total`, and
-    /// skipped, so its key keeps the value before it. One bad record stops neither the restore
-    /// nor the service that owns the store; the alert on the counter says to look.
+    /// quarantined: logged with its place, counted in `sagashop_store_quarantined_total`,
+    /// kept for its owner to dead-letter ([`Store::take_quarantined`]) and skipped, so its key
+    /// keeps the value before it. One bad record stops neither the restore nor the service
+    /// that owns the store; the alert on the counter says to look.
     fn apply(&mut self, record: Record) -> Result<(), Error> {
         self.records += 1;
         let mut quarantine = |why: &str| {
-            self.quarantined += 1;
             tracing::error!(store = %self.store, topic = %self.topic, partition = record.partition, offset = record.offset, why, "unreadable changelog record quarantined: skipped, its key keeps its previous value");
+            self.quarantined.push((record.clone(), why.to_owned()));
         };
         let Some(key) = record
             .key
@@ -543,6 +572,11 @@ pub trait Reload: Send + Sync {
     /// Whether the store holds only its processor's partitions.
     fn is_owned(&self) -> bool;
 
+    /// The unreadable changelog records its restores skipped since the last call, and why.
+    fn take_quarantined(&self) -> Vec<(Record, String)> {
+        Vec::new()
+    }
+
     /// When `out` is a record of this store's changelog, hands `enqueue` a copy carrying the
     /// store's *current* value for its key (a tombstone if it was deleted), while holding the
     /// store's lock, and returns `true`; otherwise returns `false` and does nothing.
@@ -571,6 +605,10 @@ where
 
     fn is_owned(&self) -> bool {
         self.scope == Scope::Owned
+    }
+
+    fn take_quarantined(&self) -> Vec<(Record, String)> {
+        Store::take_quarantined(self)
     }
 
     fn enqueue_current(&self, out: &Outgoing, enqueue: &mut dyn FnMut(&Outgoing)) -> bool {

@@ -164,6 +164,16 @@ async fn a_corrupt_changelog_record_is_quarantined_and_its_key_keeps_its_previou
         "{metrics}"
     );
     assert!(monitor.not_ready().is_empty(), "the store is ready");
+    // Kept for the owner to dead-letter, with their place and why, once.
+    let quarantined = store.take_quarantined();
+    let offsets: Vec<i64> = quarantined.iter().map(|(r, _)| r.offset).collect();
+    assert_eq!(offsets, [1, 3]);
+    assert!(
+        quarantined[0].1.contains("expected"),
+        "{:?}",
+        quarantined[0].1
+    );
+    assert!(store.take_quarantined().is_empty(), "taken once");
 }
 
 /// Counts inputs per key in a store; hangs on `hang_at` (a member dying mid-transaction).

@@ -17,7 +17,7 @@ use common::{Dev, WAIT, finished, post};
 use reqwest::StatusCode;
 use sagashop_kit::reader::read_settled;
 use sagashop_kit::{Outgoing, Publisher};
-use sagashop_testkit::{TestKafka, unique_name};
+use sagashop_testkit::{TestKafka, eventually, unique_name};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -159,7 +159,7 @@ async fn hostile_bodies_get_clear_refusals_and_the_edge_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupt_idempotency_record_is_quarantined_and_the_edge_starts_and_keeps_its_keys() {
+async fn corrupt_state_records_are_quarantined_and_dead_lettered_and_every_service_starts() {
     let kafka = TestKafka::connect().await;
     let prefix = format!("{}.", unique_name("edge-corrupt"));
     let dev = Dev::start(&kafka, &prefix, &[]).await;
@@ -175,13 +175,20 @@ async fn a_corrupt_idempotency_record_is_quarantined_and_the_edge_starts_and_kee
         payload: Some(b"{not json".to_vec()),
         headers: vec![],
     };
+    // And into payment's payments, a store its processor restores per partition.
+    let payments = Outgoing {
+        topic: format!("{prefix}payment.payments.v1"),
+        key: Some(b"some-saga".to_vec()),
+        payload: Some(b"[1, 2".to_vec()),
+        ..garbage.clone()
+    };
     Publisher::new(&kafka.config, "test")
         .unwrap()
-        .send(&garbage)
+        .send_all(&[garbage.clone(), payments.clone()])
         .await
         .unwrap();
 
-    // The edge starts anyway, says what it skipped, and still knows the good key.
+    // Every service starts anyway; the edge says what it skipped and still knows the good key.
     let dev = Dev::start(&kafka, &prefix, &[]).await;
     let metrics = reqwest::get(format!("{}/metrics", dev.base))
         .await
@@ -203,6 +210,46 @@ async fn a_corrupt_idempotency_record_is_quarantined_and_the_edge_starts_and_kee
         dev.logs()
             .contains("unreadable changelog record quarantined")
     );
+    // And its bytes and place are in the edge's dead letters.
+    let dead = read_settled(&kafka.config, "test", &dev.topic("order.dlq.v1"), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "one letter for the one bad record");
+    assert_eq!(dead[0].payload.as_deref(), Some(&b"{not json"[..]));
+    let header = |name: &str| {
+        dead[0]
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(header("dlq-original-topic"), garbage.topic);
+    assert!(
+        header("dlq-error").contains("quarantined on restore"),
+        "{}",
+        header("dlq-error")
+    );
+    // Payment's processor dead-lettered its bad record once it restored the partition (just
+    // after it reported ready).
+    let payment_dlq = dev.topic("payment.dlq.v1");
+    let letters = eventually("payment's bad record to be dead-lettered", WAIT, || {
+        let (config, topic) = (kafka.config.clone(), payment_dlq.clone());
+        let bad = payments.payload.clone();
+        async move {
+            let dead = read_settled(&config, "test", &topic, WAIT).await.ok()?;
+            let n = dead.iter().filter(|l| l.payload == bad).count();
+            (n > 0).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(letters, 1, "payment's bad record dead-lettered once");
+    // Orders still go through the whole saga.
+    let (status, placed) = post(&dev.base, &good_order("c-after"), None).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let order = finished(&dev.base, placed["orderId"].as_str().unwrap()).await;
+    assert_eq!(order["status"], "COMPLETED", "{order}");
     dev.terminate();
 }
 

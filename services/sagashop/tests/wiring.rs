@@ -170,5 +170,39 @@ async fn a_change_to_the_saga_reaches_the_running_services_consumer() {
         said.contains("wiring of `inventory`, not `payment`"),
         "{said}"
     );
+
+    // So is one whose in-place retries can outlast the 10 s transaction timeout: a record
+    // retried that long would have its transaction aborted under it, again and again.
+    let long = saga_with_payment_retry(6).replace("maxBackoff: 40ms", "maxBackoff: 5s");
+    let long = long.replace("initialBackoff: 10ms", "initialBackoff: 2s");
+    write_config(&dir, &long, &prefix);
+    let mut started = std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
+        .arg("payment")
+        .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.config.bootstrap_servers)
+        .env("SAGASHOP_WIRING", &dir)
+        .env("SAGASHOP_SAGA", dir.join("saga.yaml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A refusal is immediate; a service that starts instead is stopped and the test fails.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let exited = loop {
+        if let Some(status) = started.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            started.kill().unwrap();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let refused = started.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(exited, Some(64), "{said}");
+    assert!(
+        said.contains("reaches the 10s transaction timeout"),
+        "{said}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
