@@ -648,5 +648,5 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests_and_the_chart_ships_them()
     )
     .unwrap();
     assert_eq!(rendered["spec"]["groups"], file["groups"]);
-    assert_eq!(file["groups"][0]["rules"].as_array().map(Vec::len), Some(5));
+    assert_eq!(file["groups"][0]["rules"].as_array().map(Vec::len), Some(6));
 }
