@@ -173,12 +173,27 @@ impl Proc {
     /// Waits for `/readyz` (at most `timeout`).
     pub(crate) async fn ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
-        let url = format!("http://{}/readyz", self.address);
+        let mut url = format!("http://{}/readyz", self.address);
         let deadline = Instant::now() + timeout;
+        let mut rebound = 0;
         loop {
             if let Some(child) = &mut self.child
                 && let Some(status) = child.try_wait()?
             {
+                // The port was free when picked, but an outgoing connection of another process
+                // (a Kafka client's ephemeral port) can take it before the child binds it: pick
+                // another and start again, a few times.
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                if rebound < 3 && log.contains("Address already in use") {
+                    rebound += 1;
+                    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                        .local_addr()?
+                        .port();
+                    self.address = format!("127.0.0.1:{port}");
+                    url = format!("http://{}/readyz", self.address);
+                    self.spawn()?;
+                    continue;
+                }
                 bail!(
                     "{} exited ({status}); see {}",
                     self.name,
