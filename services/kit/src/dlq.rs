@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::kafka::KafkaConfig;
+use crate::publisher::Publisher;
 use crate::reader::read_to_end;
 use crate::record::Outgoing;
 use crate::record::Record;
+use crate::store::Reload;
 
 /// Header names the runtime adds to a dead letter.
 pub mod header {
@@ -31,17 +33,31 @@ pub mod header {
     pub const CONSUMER_GROUP: &str = "dlq-consumer-group";
 }
 
-/// Dead letters for changelog records a store quarantined on restore
-/// ([`crate::Store::take_quarantined`]), bound for `topic` in the name of `group`: their bytes
-/// and place kept where people look.
-pub fn quarantined(records: &[(Record, String)], topic: &str, group: &str) -> Vec<Outgoing> {
-    records
+/// Dead-letters the changelog records `store`'s restores quarantined since the last call
+/// ([`crate::Store::take_quarantined`]) to `topic` in the name of `group`, so their bytes and
+/// place are where people look (`sagashop dlq list`). Published outside any transaction; a
+/// failed publish is logged, and the record, still in its changelog, is quarantined again by
+/// the next restore.
+pub async fn dead_letter_quarantined(
+    store: &dyn Reload,
+    publisher: &Publisher,
+    topic: &str,
+    group: &str,
+) {
+    let letters: Vec<Outgoing> = store
+        .take_quarantined()
         .iter()
         .map(|(record, why)| {
             let error = format!("unreadable changelog record, quarantined on restore: {why}");
             dead_letter(record, topic, group, &error, 0)
         })
-        .collect()
+        .collect();
+    if letters.is_empty() {
+        return;
+    }
+    if let Err(e) = publisher.send_all(&letters).await {
+        tracing::warn!(error = %e, letters = letters.len(), "could not dead-letter quarantined changelog records");
+    }
 }
 
 /// The dead letter for `record`: original key, payload and headers, then the `dlq-*` headers.

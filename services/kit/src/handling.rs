@@ -399,24 +399,18 @@ async fn handle_in_span(shared: &Shared, record: &Record) -> Disposition {
     Disposition::DeadLetter(letter(shared, record, &error, attempts))
 }
 
-/// Dead-letters the changelog records the stores' restores quarantined, so their bytes and
-/// place are where people look (`sagashop dlq list`); called after every restore of an
-/// assignment. Published outside any transaction; a failed publish is logged, and the record,
-/// still in its changelog, is quarantined again by the next restore.
+/// Dead-letters what the stores' restores quarantined (see
+/// [`crate::dlq::dead_letter_quarantined`]); called after every restore of an assignment.
 pub(crate) async fn dead_letter_quarantined(shared: &Shared, stores: &[Arc<dyn Reload>]) {
     let config = &shared.config;
     for store in stores {
-        let letters = crate::dlq::quarantined(
-            &store.take_quarantined(),
+        crate::dlq::dead_letter_quarantined(
+            store.as_ref(),
+            &shared.publisher,
             &config.dead_letter_topic,
             &config.group_id,
-        );
-        if letters.is_empty() {
-            continue;
-        }
-        if let Err(e) = shared.publisher.send_all(&letters).await {
-            tracing::warn!(error = %e, letters = letters.len(), "could not dead-letter quarantined changelog records");
-        }
+        )
+        .await;
     }
 }
 

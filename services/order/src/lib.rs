@@ -113,17 +113,13 @@ pub async fn start(
     let view = Arc::new(View::with_retention(retention));
     let publisher = context.publisher(&wiring)?;
     // Key records the restore could not read were skipped: their bytes go where people look.
-    let unreadable = idempotency.take_quarantined();
-    if !unreadable.is_empty() {
-        let letters = sagashop_kit::dlq::quarantined(
-            &unreadable,
-            &wiring.dead_letter_topic,
-            &wiring.group_id,
-        );
-        if let Err(e) = publisher.send_all(&letters).await {
-            tracing::warn!(error = %e, "could not dead-letter unreadable idempotency records");
-        }
-    }
+    sagashop_kit::dlq::dead_letter_quarantined(
+        &idempotency,
+        &publisher,
+        &wiring.dead_letter_topic,
+        &wiring.group_id,
+    )
+    .await;
     let processor = view_processor(context, &wiring, &view, publisher.clone()).await?;
     let stats = processor.stats();
     let shutdown = context.shutdown.clone();
