@@ -326,10 +326,30 @@ pub async fn start(
         })
         .collect::<Result<_, Error>>()?;
     if !seeds.is_empty() {
-        publisher
-            .send_all(&seeds)
-            .await
-            .map_err(|e| Error::Internal(format!("seeding the stock: {e}")))?;
+        // In a fresh install the slips topic may not exist yet (the operator is making it) and
+        // the broker may still be starting: the seeds are sent until they are taken, and the
+        // process is not ready before.
+        let seeded = context.monitor.component("inventory-seed");
+        let (publisher, shutdown) = (publisher.clone(), context.shutdown.clone());
+        tokio::spawn(async move {
+            let mut wait = std::time::Duration::from_millis(500);
+            loop {
+                match publisher.send_all(&seeds).await {
+                    Ok(_) => {
+                        seeded.set(true);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?wait, "the stock seeds were not taken; sending them again");
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+        });
     }
     let inventory = Arc::new(Inventory {
         stock: stock.clone(),

@@ -70,6 +70,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error for a topic Kafka does not have (yet: the operator or `sagashop dev` makes
+    /// topics, possibly after a service starts).
+    pub fn missing_topic(topic: &str) -> Self {
+        Self::InvalidConfig {
+            setting: "--topic",
+            reason: format!("topic `{topic}` does not exist"),
+        }
+    }
+
+    /// Whether it is [`Error::missing_topic`]'s: worth waiting for while topics are being made.
+    pub fn is_missing_topic(&self) -> bool {
+        matches!(self, Self::InvalidConfig { setting: "--topic", reason } if reason.ends_with("does not exist"))
+    }
+
     /// Whether Kafka being away or slow explains it, so that the same call can work later: the
     /// broker unreachable, a connection lost, a request timed out, a leader or coordinator
     /// moving. Settings, refusals and bugs are not.

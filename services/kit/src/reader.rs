@@ -286,12 +286,35 @@ fn partitions(
         }
     };
     if partitions.is_empty() {
-        return Err(Error::InvalidConfig {
-            setting: "--topic",
-            reason: format!("topic `{topic}` does not exist"),
-        });
+        return Err(Error::missing_topic(topic));
     }
     Ok(partitions)
+}
+
+/// How long a service starting up waits for a topic that does not exist yet: in a fresh
+/// install the operator makes the topics while the services start.
+pub const TOPIC_WAIT: Duration = Duration::from_secs(120);
+
+/// Like [`partitions`], waiting up to [`TOPIC_WAIT`] for a topic that does not exist yet.
+fn partitions_once_made(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, Error> {
+    let until = Instant::now() + TOPIC_WAIT;
+    let mut told = false;
+    loop {
+        match partitions(consumer, topic, timeout, Instant::now() + timeout) {
+            Err(e) if e.is_missing_topic() && Instant::now() < until => {
+                if !told {
+                    tracing::warn!(%topic, "the topic does not exist yet; waiting for it (the operator makes it)");
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The low and high watermarks of one partition (the high one as the consumer's isolation level
@@ -436,15 +459,15 @@ pub async fn start_group_at(
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || -> Result<(), Error> {
         let consumer: BaseConsumer = config.create().map_err(client)?;
-        let deadline = Instant::now() + timeout;
         let mut wanted = TopicPartitionList::new();
         for topic in &topics {
-            for partition in partitions(&consumer, topic, timeout, deadline)? {
+            for partition in partitions_once_made(&consumer, topic, timeout)? {
                 wanted
                     .add_partition_offset(topic, partition, Offset::Offset(since))
                     .map_err(client)?;
             }
         }
+        let deadline = Instant::now() + timeout;
         let found = loop {
             match consumer.offsets_for_times(wanted.clone(), timeout) {
                 Err(e) if settling(&e, deadline) => {

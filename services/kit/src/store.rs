@@ -200,8 +200,10 @@ where
     }
 
     /// A global store: declares the component `store:<name>` on `monitor`, replays every
-    /// partition of `topic` into memory and then marks it ready. Fails when the topic is
-    /// missing or a record does not decode as `V`.
+    /// partition of `topic` into memory and then marks it ready. A topic that does not exist
+    /// yet is waited for, up to [`Store::TOPIC_WAIT`] (in a fresh install the operator makes it
+    /// while the services start; the component stays not ready meanwhile); then, or when Kafka
+    /// cannot be read, it fails.
     pub async fn open(
         kafka: &KafkaConfig,
         name: &str,
@@ -209,9 +211,29 @@ where
         monitor: &Monitor,
     ) -> Result<Self, Error> {
         let store = Self::new(kafka, name, topic, monitor, Scope::Global);
-        store.reload().await?;
+        let deadline = tokio::time::Instant::now() + Self::TOPIC_WAIT;
+        let mut told = false;
+        loop {
+            match store.reload().await {
+                Ok(()) => break,
+                Err(e) if e.is_missing_topic() && tokio::time::Instant::now() < deadline => {
+                    if !told {
+                        tracing::warn!(store = name, %topic, "the store's topic does not exist yet; waiting for it (the operator makes it)");
+                        told = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if told {
+            tracing::info!(store = name, %topic, "the store's topic exists now; restored");
+        }
         Ok(store)
     }
+
+    /// How long [`Store::open`] waits for its topic to be made.
+    pub const TOPIC_WAIT: Duration = crate::reader::TOPIC_WAIT;
 
     /// An owned store: empty and not ready until the processor that [reloads](crate::processor::Processor::reloads)
     /// it is assigned partitions and restores them. Its changelog must have as many partitions

@@ -588,3 +588,35 @@ async fn changelog_records_enqueued_out_of_order_still_end_with_the_latest_value
         .unwrap();
     assert_eq!(restored.get("sku-1"), Some(8));
 }
+
+/// In a fresh install the services start while the operator is still making their topics: a
+/// global store waits for its topic (not ready meanwhile) instead of failing the process.
+#[tokio::test]
+async fn a_store_waits_for_a_topic_that_is_made_after_it_starts() {
+    let kafka = TestKafka::connect().await;
+    let name = unique_name("late-store");
+    let monitor = Monitor::new();
+    let opening = tokio::spawn({
+        let (config, name, monitor) = (kafka.config.clone(), name.clone(), monitor.clone());
+        async move { Store::<u32>::open(&config, "late", &name, &monitor).await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !opening.is_finished(),
+        "the store gave up on a missing topic at once"
+    );
+    assert!(
+        !monitor.not_ready().is_empty(),
+        "a store waiting for its topic reports ready"
+    );
+    kafka
+        .create(TopicSpec::new(&name, 1).with_config("cleanup.policy", "compact"))
+        .await;
+    let store = tokio::time::timeout(WAIT, opening)
+        .await
+        .expect("the store did not open once its topic existed")
+        .unwrap()
+        .unwrap();
+    assert!(store.is_empty());
+    assert!(monitor.not_ready().is_empty(), "an opened store is ready");
+}

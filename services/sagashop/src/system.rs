@@ -48,6 +48,11 @@ pub(crate) struct SystemArgs {
     /// Where the HTTP API (order service) and `/healthz` `/readyz` `/metrics` listen.
     #[arg(long, env = "SAGASHOP_HTTP", default_value = "127.0.0.1:8080")]
     pub(crate) http: SocketAddr,
+    /// How long a start waits for Kafka to answer before giving up (exit 69). In a fresh
+    /// install the broker may start after the services; meanwhile `/healthz` answers and
+    /// `/readyz` says what is awaited.
+    #[arg(long, env = "SAGASHOP_KAFKA_WAIT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub(crate) kafka_wait: Duration,
     /// Create the topics the services need before starting (what the operator does in a
     /// cluster). On for `sagashop dev`.
     #[arg(long, env = "SAGASHOP_CREATE_TOPICS")]
@@ -331,10 +336,20 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
             .fits_transaction(transaction_timeout)
             .map_err(|e| fail(EX_USAGE)(e.into()))?;
     }
-    args.kafka
-        .probe(Duration::from_secs(15))
-        .await
-        .map_err(unavailable)?;
+    let monitor = Monitor::new();
+    // `/healthz` and `/readyz` answer from here on: a start that waits (for the broker, for
+    // topics the operator is still making) is alive and says it is not ready, rather than
+    // being killed by its startup probe. The full API takes the socket over once every service
+    // has started.
+    let socket = std::net::TcpListener::bind(args.http)
+        .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
+        .with_context(|| format!("listening on {}", args.http))
+        .map_err(fail(EX_UNAVAILABLE))?;
+    let starting = CancellationToken::new();
+    // Not ready until every service has started (and then, until each one's own parts are).
+    let started = monitor.component("services");
+    let early = early_health(&socket, &monitor, starting.clone()).map_err(fail(EX_UNAVAILABLE))?;
+    wait_for_kafka(&args, &monitor).await?;
     if args.create_topics {
         create_topics(&args.kafka, &topology)
             .await
@@ -342,15 +357,11 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
     }
     let context = Context {
         kafka: args.kafka.clone(),
-        monitor: Monitor::new(),
+        monitor,
         shutdown: CancellationToken::new(),
         instance: format!("{}{}", topology.prefix(), args.instance),
         retention: args.retention,
     };
-    let listener = tokio::net::TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("listening on {}", args.http))
-        .map_err(fail(EX_UNAVAILABLE))?;
     let mut running = Vec::new();
     for (&service, wiring) in services.iter().zip(wirings) {
         let started = start(service, &context, wiring, &topology, &args)
@@ -366,6 +377,12 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
     } else {
         None
     };
+    starting.cancel();
+    let _ = early.await;
+    started.set(true);
+    let listener = tokio::net::TcpListener::from_std(socket)
+        .with_context(|| format!("listening on {}", args.http))
+        .map_err(fail(EX_UNAVAILABLE))?;
     let server = tokio::spawn(serve(listener, &context, &running, console, &args));
     tracing::info!(address = %args.http, "serving HTTP: /api/orders, /api/sagas, /console, /healthz, /readyz, /metrics, /wiring");
     let summary = (!args.summary_every.is_zero()).then(|| {
@@ -392,6 +409,68 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
         tracing::warn!(error = %e, "the HTTP server panicked");
     }
     result
+}
+
+/// Serves `/healthz` `/readyz` `/metrics` on a copy of `socket` until `starting` is cancelled.
+fn early_health(
+    socket: &std::net::TcpListener,
+    monitor: &Monitor,
+    starting: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::from_std(socket.try_clone()?)?;
+    // The API is not there yet: a 503 with Retry-After says so (a 404 would say it never is).
+    let app = sagashop_kit::ops_router(monitor.clone()).fallback(|| async {
+        let mut answer = sagashop_kit::http::problem(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "Starting",
+            "this sagashop is starting: its services are not ready yet (GET /readyz says what is awaited)",
+            None,
+        );
+        answer
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("2"));
+        answer
+    });
+    let limits = sagashop_kit::http::ServeLimits {
+        drain_timeout: Duration::from_secs(1),
+        ..sagashop_kit::http::ServeLimits::default()
+    };
+    Ok(tokio::spawn(sagashop_kit::http::serve(
+        listener, app, limits, starting,
+    )))
+}
+
+/// Waits up to `--kafka-wait` for the broker to answer; a broker that answers but refuses
+/// (credentials, TLS) fails at once.
+async fn wait_for_kafka(args: &SystemArgs, monitor: &Monitor) -> Result<(), Failure> {
+    let kafka = monitor.component("kafka");
+    let deadline = tokio::time::Instant::now() + args.kafka_wait;
+    let mut told = false;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match args
+            .kafka
+            .probe(left.clamp(Duration::from_secs(1), Duration::from_secs(15)))
+            .await
+        {
+            Ok(_) => break,
+            Err(e @ sagashop_kit::Error::Unreachable { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                if !told {
+                    tracing::warn!(error = %e, wait = ?args.kafka_wait, "Kafka does not answer yet; waiting for it");
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    if told {
+        tracing::info!("Kafka answers");
+    }
+    kafka.set(true);
+    Ok(())
 }
 
 /// Creates every topic of the topology that is missing and waits for their leaders (what the

@@ -206,3 +206,141 @@ async fn a_change_to_the_saga_reaches_the_running_services_consumer() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A fresh install starts every service at once while the operator makes the topics: the
+/// services that need their topics at start (inventory seeds its stock, the order edge restores
+/// its keys) wait for them, not ready meanwhile, instead of exiting and being restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_started_before_their_topics_exist_wait_for_them_and_become_ready() {
+    let kafka = TestKafka::connect().await;
+    let prefix = format!("{}.", unique_name("late-topics"));
+    let early = ["inventory", "order"].map(|service| {
+        let (kafka, prefix) = (kafka.clone(), prefix.clone());
+        tokio::spawn(async move { Dev::service(&kafka, service, &prefix, &[]).await })
+    });
+    // Longer than a record waits for its topic before the producer gives up (10 s).
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    for started in &early {
+        assert!(
+            !started.is_finished(),
+            "a service was ready (or gave up) before its topics existed"
+        );
+    }
+    // Now the topics appear, a few at a time, as the operator makes them: first the edge's
+    // key store alone (the edge must then wait for the topics its read model follows).
+    kafka
+        .create(
+            sagashop_kit::admin::TopicSpec::new(format!("{prefix}orders.idempotency.v1"), 4)
+                .with_config("cleanup.policy", "compact"),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for started in &early {
+        assert!(
+            !started.is_finished(),
+            "a service gave up on a topic still missing"
+        );
+    }
+    let maker = Dev::service(&kafka, "notification", &prefix, &["--create-topics"]).await;
+    for started in early {
+        let dev = tokio::time::timeout(WAIT, started)
+            .await
+            .expect("a service did not become ready once its topics existed")
+            .expect("a service exited while waiting for its topics");
+        dev.terminate();
+    }
+    maker.terminate();
+}
+
+/// A broker that starts after the services (the chart's bundled Kafka beside them): a start
+/// waits for it up to `SAGASHOP_KAFKA_WAIT`, alive meanwhile (`/healthz` 200), not ready
+/// (`/readyz` 503 naming kafka) and refusing orders with a 503 and Retry-After, then starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_waits_for_a_broker_that_comes_later_answering_health_meanwhile() {
+    let kafka = TestKafka::connect().await;
+    let free = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let (broker_port, http_port) = (free(), free());
+    let prefix = format!("{}.", unique_name("late-broker"));
+    let log = std::env::temp_dir().join(format!("{prefix}log"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
+        .args(["dev", "--topic-prefix", &prefix, "--summary-every", "0s"])
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .env(
+            "KAFKA_BOOTSTRAP_SERVERS",
+            format!("127.0.0.1:{broker_port}"),
+        )
+        .env("SAGASHOP_KAFKA_WAIT", "90s")
+        .env("RUST_LOG", "warn")
+        .env("LOG_FORMAT", "text")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{http_port}");
+    let client = reqwest::Client::new();
+    let readyz = eventually("/readyz to answer while Kafka is away", WAIT, || {
+        let request = client.get(format!("{base}/readyz")).send();
+        async move {
+            let response = request.await.ok()?;
+            Some((response.status(), response.text().await.ok()?))
+        }
+    })
+    .await;
+    assert_eq!(
+        readyz.0,
+        reqwest::StatusCode::SERVICE_UNAVAILABLE,
+        "{readyz:?}"
+    );
+    assert!(readyz.1.contains("kafka"), "{readyz:?}");
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+    let order = client
+        .post(format!("{base}/api/orders"))
+        .json(&common::order("c-late", "sku-1", 1, 100))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(order.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(order.headers().contains_key("retry-after"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(child.try_wait().unwrap().is_none(), "it gave up on Kafka");
+
+    // The broker "comes up": its address now leads to the real one.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", broker_port))
+        .await
+        .unwrap();
+    let upstream = kafka.config.bootstrap_servers.clone();
+    let relay = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    eventually(
+        "the process to become ready once Kafka answers",
+        WAIT,
+        || {
+            let request = client.get(format!("{base}/readyz")).send();
+            async move { (request.await.ok()?.status() == reqwest::StatusCode::OK).then_some(()) }
+        },
+    )
+    .await;
+    let (status, body) = common::post(&base, &common::order("c-late", "sku-1", 1, 100), None)
+        .await
+        .unwrap();
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+    relay.abort();
+    let _ = std::fs::remove_file(&log);
+}
