@@ -251,7 +251,32 @@ EOF
   wait_for coredns 30 node_dns_answers
   wait_for kube-proxy 30 curl -sf "http://127.0.0.1:$proxy_health/healthz"
   node_fence
+  node_storage
   say "node $node_name Ready and schedulable after $((SECONDS - started))s (pods $pod_cidr, services $service_cidr, DNS $gateway)"
+}
+
+# node_storage: what minikube's storage-provisioner gives a chart: a default StorageClass
+# `standard` whose claims bind to volumes in a folder of the node, writable by any pod user (a
+# hostPath volume is not chowned to the pod's fsGroup). There is no dynamic provisioner here, so
+# KUBE_VOLUMES (default 6) volumes of KUBE_VOLUME_SIZE (default 20Gi) are made up front; `down`
+# deletes them with the rest of the cluster.
+node_storage() {
+  local count=${KUBE_VOLUMES:-6} size=${KUBE_VOLUME_SIZE:-20Gi} i manifest
+  manifest='apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: kubernetes.io/no-provisioner
+reclaimPolicy: Retain
+volumeBindingMode: Immediate'
+  for ((i = 1; i <= count; i++)); do
+    mkdir -p "$node_dir/volumes/pv-$i"
+    chmod 1777 "$node_dir/volumes/pv-$i"
+    manifest+=$(printf '\n---\napiVersion: v1\nkind: PersistentVolume\nmetadata: {name: local-pv-%s, labels: {sagashop.dev/local-volume: "true"}}\nspec:\n  storageClassName: standard\n  capacity: {storage: %s}\n  accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  hostPath: {path: %s, type: Directory}\n' "$i" "$size" "$node_dir/volumes/pv-$i")
+  done
+  "$bin/kubectl" --kubeconfig "$run/kubeconfig" apply -f - <<<"$manifest" >/dev/null ||
+    die "could not create the node's StorageClass and volumes"
 }
 
 node_schedulable() {
