@@ -1,9 +1,9 @@
 # syntax=docker/dockerfile:1
 # One image for every sagashop service and the operator.
 #
-#   docker build -t sagashop:dev .
-#   docker run --rm sagashop:dev --help                      # sagashop <service>|dev|dlq|doctor
-#   docker run --rm --entrypoint /usr/local/bin/sagashop-operator sagashop:dev crds
+#   docker build -t sagashop:0.1.0 .
+#   docker run --rm sagashop:0.1.0 --help                      # sagashop <service>|dev|dlq|doctor
+#   docker run --rm --entrypoint /usr/local/bin/sagashop-operator sagashop:0.1.0 crds
 #
 # Stages: `planner` reduces the workspace to a dependency recipe (cargo-chef), `builder` builds
 # the dependencies from that recipe alone (a cached layer that changes only with Cargo.lock or

@@ -51,6 +51,20 @@ export function waitFinished(orderId, timeoutSeconds) {
 }
 
 /** Completed plus cancelled orders in the analytics summary (the last hour), or -1. */
+// Waits (up to `timeoutSeconds`) until the order service answers /readyz: a Job applied with the
+// rest of a release starts before the edge is up. Returns whether it became ready.
+export function waitReady(timeoutSeconds) {
+  const deadline = Date.now() + timeoutSeconds * 1000;
+  while (Date.now() < deadline) {
+    const res = http.get(`${BASE_URL}/readyz`, { tags: { name: 'ready' }, timeout: '5s' });
+    if (res.status === 200) {
+      return true;
+    }
+    sleep(2);
+  }
+  return false;
+}
+
 export function finishedSoFar() {
   const res = http.get(`${ANALYTICS_URL}/api/analytics/summary`, { tags: { name: 'summary' } });
   if (res.status !== 200) {

@@ -6,9 +6,11 @@
 //   BASE_URL=http://sagashop-order:8080 k6 run k6/smoke.js
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';
-import { orderBody, place, waitFinished, summaryOutputs, TREND_STATS } from './lib.js';
+import { orderBody, place, waitFinished, waitReady, summaryOutputs, TREND_STATS } from './lib.js';
 
 const ORDERS = parseInt(__ENV.SMOKE_ORDERS || '5', 10);
+// How long to wait for the order service first (a Job applied with the release starts early).
+const READY_WAIT = parseInt(__ENV.READY_WAIT_SECONDS || '180', 10);
 const accepted = new Counter('orders_accepted');
 const rejected = new Counter('orders_rejected');
 const finished = new Counter('orders_finished');
@@ -18,6 +20,7 @@ export const options = {
     smoke: { executor: 'shared-iterations', vus: 1, iterations: ORDERS + 1, maxDuration: '2m' },
   },
   summaryTrendStats: TREND_STATS,
+  setupTimeout: `${READY_WAIT + 10}s`,
   thresholds: {
     checks: ['rate==1'],
     // Generous: the smoke test checks behaviour, not speed (and makes p99 of POST reported).
@@ -25,6 +28,12 @@ export const options = {
     orders_finished: [`count==${ORDERS + 1}`],
   },
 };
+
+export function setup() {
+  if (!waitReady(READY_WAIT)) {
+    throw new Error(`${READY_WAIT}s passed and the order service is not ready`);
+  }
+}
 
 export default function () {
   const n = __ITER;

@@ -59,14 +59,18 @@ mod topic {
         Retain,
     }
 
-    /// A Kafka topic, managed by the operator. Field names follow Strimzi's `KafkaTopic`.
+    /// A Kafka topic, managed by the operator. Field names follow Strimzi's `KafkaTopic`; the
+    /// resource's names do not (`sagashoptopics`, short `sst`), so both CRDs can be installed
+    /// side by side and `kubectl get kafkatopics` stays Strimzi's.
     #[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[kube(
         group = "sagashop.dev",
         version = "v1alpha1",
         kind = "KafkaTopic",
         namespaced,
-        shortname = "kt",
+        plural = "sagashoptopics",
+        singular = "sagashoptopic",
+        shortname = "sst",
         status = "KafkaTopicStatus",
         printcolumn = r#"{"name":"Topic","type":"string","jsonPath":".status.topicName"}"#,
         printcolumn = r#"{"name":"Partitions","type":"integer","jsonPath":".spec.partitions"}"#,
@@ -139,7 +143,10 @@ pub fn crds() -> Vec<(&'static str, String)> {
         })
     };
     vec![
-        ("kafkatopics.sagashop.dev.yaml", render(KafkaTopic::crd())),
+        (
+            "sagashoptopics.sagashop.dev.yaml",
+            render(KafkaTopic::crd()),
+        ),
         ("sagas.sagashop.dev.yaml", render(Saga::crd())),
     ]
 }

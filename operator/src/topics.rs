@@ -519,8 +519,8 @@ mod tests {
         assert_eq!(
             calls.summary(),
             [
-                "PATCH /apis/sagashop.dev/v1alpha1/namespaces/shop/kafkatopics/orders",
-                "PATCH /apis/sagashop.dev/v1alpha1/namespaces/shop/kafkatopics/orders/status",
+                "PATCH /apis/sagashop.dev/v1alpha1/namespaces/shop/sagashoptopics/orders",
+                "PATCH /apis/sagashop.dev/v1alpha1/namespaces/shop/sagashoptopics/orders/status",
             ]
         );
         let all = calls.all();
@@ -538,7 +538,7 @@ mod tests {
         let calls = reconciled(Scope::only(["payments"]), resource(json!({}), &[])).await;
         assert_eq!(
             calls.summary(),
-            ["PATCH /apis/sagashop.dev/v1alpha1/namespaces/shop/kafkatopics/orders/status"]
+            ["PATCH /apis/sagashop.dev/v1alpha1/namespaces/shop/sagashoptopics/orders/status"]
         );
         let status = &calls.all()[0].body;
         assert!(

@@ -29,8 +29,23 @@ fn render(kube: &TestKube, namespace: &str, sets: &[&str]) -> (String, Vec<Value
     let chart = chart();
     let mut args = vec!["template", "sagashop", &chart, "-n", namespace];
     for set in sets {
-        args.extend(["--set", set]);
+        // `values-*.yaml` is a values file of the chart; anything else a --set.
+        match set.strip_prefix("values-") {
+            Some(_) => args.extend(["-f", set]),
+            None => args.extend(["--set", set]),
+        }
     }
+    let files: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.starts_with("values-") {
+                format!("{chart}/{a}")
+            } else {
+                (*a).to_owned()
+            }
+        })
+        .collect();
+    let args: Vec<&str> = files.iter().map(String::as_str).collect();
     let yaml = helm(kube, &args);
     let objects = serde_saphyr::from_multiple::<Option<Value>>(&yaml)
         .unwrap()
@@ -57,22 +72,47 @@ const EVERY_OPTION: &[&str] = &[
     "metrics.grafanaDashboard.enabled=true",
     "metrics.prometheusRule.enabled=true",
     "networkPolicy.enabled=true",
+    "metrics.podMonitoring.enabled=true",
+    "metrics.gmpRules.enabled=true",
+    "ingress.enabled=true",
+    "ingress.console=true",
+    "gateway.enabled=true",
+    "gateway.parentRefs[0].name=external-http",
     "loadTest.enabled=true",
     "otel.endpoint=http://otel-collector:4318",
     "kafka.existingSecret=kafka-credentials",
 ];
 
-/// What prometheus-operator installs for `kind`, reduced to what lets the API server accept
-/// one: the test cluster has no prometheus-operator.
-fn monitoring_crd(kind: &str) -> String {
-    let plural = format!("{}s", kind.to_lowercase());
+/// The CRDs the optional features' objects need (prometheus-operator's, Google Managed
+/// Prometheus's, the Gateway API's), as (group, kind, plural).
+const FOREIGN_KINDS: &[(&str, &str, &str)] = &[
+    ("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
+    ("monitoring.coreos.com", "PrometheusRule", "prometheusrules"),
+    (
+        "monitoring.googleapis.com",
+        "PodMonitoring",
+        "podmonitorings",
+    ),
+    ("monitoring.googleapis.com", "Rules", "rules"),
+    ("gateway.networking.k8s.io", "HTTPRoute", "httproutes"),
+];
+
+/// What the owner of `kind` installs, reduced to what lets the API server accept one: the test
+/// cluster has no prometheus-operator, GMP or Gateway controller.
+fn foreign_crd(group: &str, kind: &str, plural: &str) -> String {
     format!(
         r#"{{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
-"metadata":{{"name":"{plural}.monitoring.coreos.com"}},
-"spec":{{"group":"monitoring.coreos.com","scope":"Namespaced",
+"metadata":{{"name":"{plural}.{group}"{approval}}},
+"spec":{{"group":"{group}","scope":"Namespaced",
 "names":{{"kind":"{kind}","plural":"{plural}","singular":"{singular}","listKind":"{kind}List"}},
 "versions":[{{"name":"v1","served":true,"storage":true,"schema":{{"openAPIV3Schema":{{"type":"object","x-kubernetes-preserve-unknown-fields":true}}}}}}]}}}}"#,
-        singular = kind.to_lowercase()
+        singular = kind.to_lowercase(),
+        // The Gateway API is a Kubernetes group: its CRDs carry their approval.
+        approval = if group.ends_with(".k8s.io") {
+            r#","annotations":{"api-approved.kubernetes.io":"https://github.com/kubernetes-sigs/gateway-api/pull/3328"}"#
+        } else {
+            ""
+        }
     )
 }
 
@@ -104,23 +144,22 @@ fn apply_stdin(kube: &TestKube, args: &[&str], input: &str) {
 async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_option() {
     let kube = TestKube::connect().await;
     install_crds(&kube);
-    for kind in ["ServiceMonitor", "PrometheusRule"] {
+    for (group, kind, plural) in FOREIGN_KINDS {
         apply_stdin(
             &kube,
             &["apply", "--server-side", "-f", "-"],
-            &monitoring_crd(kind),
+            &foreign_crd(group, kind, plural),
+        );
+        kubectl(
+            &kube,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{plural}.{group}"),
+            ],
         );
     }
-    kubectl(
-        &kube,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/servicemonitors.monitoring.coreos.com",
-            "crd/prometheusrules.monitoring.coreos.com",
-        ],
-    );
     helm(&kube, &["lint", &chart()]);
     helm(
         &kube,
@@ -147,8 +186,20 @@ async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_o
             "operator.watchNamespaces={a,b}",
         ],
     ];
-    variants.extend(EVERY_OPTION.iter().map(|o| vec![*o]));
+    variants.extend(
+        EVERY_OPTION
+            .iter()
+            .filter(|o| !o.starts_with("gateway."))
+            .map(|o| vec![*o]),
+    );
+    variants.push(vec![
+        "gateway.enabled=true",
+        "gateway.parentRefs[0].name=external-http",
+    ]);
     variants.push(EVERY_OPTION.to_vec());
+    // The documented values files for GKE and for a Strimzi-run Kafka.
+    variants.push(vec!["values-gke.yaml"]);
+    variants.push(vec!["values-strimzi.yaml"]);
     variants.push(SECURED_KAFKA.to_vec());
     for sets in &variants {
         let (yaml, objects) = render(&kube, &ns, sets);
@@ -293,7 +344,7 @@ async fn every_container_runs_non_root_with_resources_and_every_service_is_the_o
  {
     let kube = TestKube::connect().await;
     let (_, objects) = render(&kube, "shop", EVERY_OPTION);
-    let image = "ghcr.io/sagashop/sagashop:0.1.0";
+    let image = "sagashop:0.1.0";
     let mut deployments = BTreeSet::new();
     let mut checked = 0;
     for object in &objects {
@@ -380,12 +431,12 @@ async fn the_operators_role_grants_only_what_it_uses() {
         }
     }
     let expected: BTreeSet<String> = [
-        "sagashop.dev/kafkatopics get",
-        "sagashop.dev/kafkatopics list",
-        "sagashop.dev/kafkatopics watch",
-        "sagashop.dev/kafkatopics create",
-        "sagashop.dev/kafkatopics patch",
-        "sagashop.dev/kafkatopics/status patch",
+        "sagashop.dev/sagashoptopics get",
+        "sagashop.dev/sagashoptopics list",
+        "sagashop.dev/sagashoptopics watch",
+        "sagashop.dev/sagashoptopics create",
+        "sagashop.dev/sagashoptopics patch",
+        "sagashop.dev/sagashoptopics/status patch",
         "sagashop.dev/sagas/status patch",
         "sagashop.dev/sagas get",
         "sagashop.dev/sagas list",
@@ -649,4 +700,94 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests_and_the_chart_ships_them()
     .unwrap();
     assert_eq!(rendered["spec"]["groups"], file["groups"]);
     assert_eq!(file["groups"][0]["rules"].as_array().map(Vec::len), Some(6));
+}
+
+/// The image is named one way: the chart's default (`image.repository` at the chart's
+/// appVersion) is what the Dockerfile's, the README's and the deploy guide's build lines tag, so
+/// an install that follows them finds the image it built instead of pulling one nobody publishes.
+#[test]
+fn the_charts_default_image_is_the_one_the_docs_build() {
+    let chart_dir = std::path::PathBuf::from(chart());
+    let values = std::fs::read_to_string(chart_dir.join("values.yaml")).unwrap();
+    let values: Value = serde_saphyr::from_str(&values).unwrap();
+    let meta = std::fs::read_to_string(chart_dir.join("Chart.yaml")).unwrap();
+    let meta: Value = serde_saphyr::from_str(&meta).unwrap();
+    assert_eq!(
+        values["image"]["tag"], "",
+        "the tag should follow appVersion"
+    );
+    let image = format!(
+        "{}:{}",
+        values["image"]["repository"].as_str().unwrap(),
+        meta["appVersion"].as_str().unwrap()
+    );
+    let root = chart_dir.join("../..");
+    for file in ["Dockerfile", "README.md", "docs/deploy.md"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let builds: Vec<&str> = text
+            .lines()
+            .filter_map(|l| {
+                l.split("image build -t ")
+                    .nth(1)
+                    .or_else(|| l.split("docker build -t ").nth(1))
+            })
+            .map(|rest| rest.split_whitespace().next().unwrap_or_default())
+            .filter(|tag| !tag.contains("pkg.dev") && !tag.contains("REGION"))
+            .collect();
+        assert!(!builds.is_empty(), "{file} shows no build line");
+        for tag in builds {
+            assert_eq!(tag, image, "{file} builds {tag}, the chart runs {image}");
+        }
+    }
+}
+
+/// `k8s/README.md`'s block, line by line, against the API server: the CRDs and the namespace
+/// for real, every other `apply` and `create` with `--dry-run=server` (nothing runs), the chart
+/// rendered as it says. Every object lands in the namespace the block made, in that order.
+#[tokio::test]
+async fn the_plain_manifests_apply_into_their_namespace_in_the_documented_order() {
+    let kube = TestKube::connect().await;
+    let readme = std::fs::read_to_string(root().join("k8s/README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("k8s/README.md has no ```sh block");
+    let rendered = std::env::temp_dir().join(format!("plain-{}.yaml", std::process::id()));
+    let tools = tool("kubectl").parent().unwrap().display().to_string();
+    let mut ran = 0;
+    for line in block.lines() {
+        let command = line.split(" #").next().unwrap().trim();
+        if command.is_empty() {
+            continue;
+        }
+        let real =
+            command.contains("charts/sagashop/crds/") || command.contains("k8s/namespace.yaml");
+        let mut command = command.replace("/tmp/sagashop.yaml", rendered.to_str().unwrap());
+        if !real && command.starts_with("kubectl ") {
+            command.push_str(" --dry-run=server");
+        }
+        let output = Command::new("bash")
+            .args(["-c", &command])
+            .current_dir(root())
+            .env("KUBECONFIG", &kube.kubeconfig)
+            .env(
+                "PATH",
+                format!("{tools}:{}", std::env::var("PATH").unwrap_or_default()),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "k8s/README.md: `{command}` failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        ran += 1;
+    }
+    assert_eq!(
+        ran, 9,
+        "k8s/README.md's block changed: teach this test its new lines"
+    );
+    let _ = std::fs::remove_file(&rendered);
+    kube.delete_namespace("sagashop").await;
 }

@@ -306,7 +306,7 @@ impl Drop for Release {
             .status();
         // Without the operator, the KafkaTopics' finalizers would hold the namespace forever.
         let script = format!(
-            "for t in $(kubectl get kafkatopics -n {ns} -o name); do \
+            "for t in $(kubectl get sagashoptopics -n {ns} -o name); do \
                kubectl patch -n {ns} $t --type merge -p '{{\"metadata\":{{\"finalizers\":[]}}}}'; \
              done; kubectl delete namespace {ns} --wait=false",
             ns = self.namespace
@@ -319,8 +319,12 @@ impl Drop for Release {
     }
 }
 
+/// One release on the node at a time: two on two cores would time each other out.
+static ONE_RELEASE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_runs_in_pods_on_a_real_node_from_install_to_uninstall() {
+    let _one = ONE_RELEASE.lock().await;
     let kube = TestKube::connect().await;
     let k6_image = require_node(&kube).await;
     let bootstrap = pods_bootstrap();
@@ -711,4 +715,222 @@ async fn the_chart_runs_in_pods_on_a_real_node_from_install_to_uninstall() {
     }
     delete_namespace(&kube, &ns).await;
     let _ = std::fs::remove_dir_all(changed_chart.parent().unwrap());
+}
+
+/// The `--set`s of the README's minikube install (`helm install sagashop charts/sagashop …` in
+/// its "Install on minikube" block), so this test runs the command a newcomer copies.
+fn readme_install_sets() -> Vec<String> {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Install on minikube"))
+        .expect("README.md has no \"## Install on minikube\" section");
+    // The command's line and its continuation lines (ending in a backslash).
+    let lines = section
+        .lines()
+        .skip_while(|l| !l.starts_with("helm install sagashop charts/sagashop"));
+    let mut command = String::new();
+    for line in lines {
+        let line = line.split(" #").next().unwrap().trim_end();
+        command.push_str(line.trim_end_matches('\\'));
+        command.push(' ');
+        if !line.ends_with('\\') {
+            break;
+        }
+    }
+    assert!(
+        command.contains("-n sagashop --create-namespace"),
+        "the README's minikube install is not `helm install sagashop charts/sagashop -n sagashop \
+         --create-namespace …`: {command:?}"
+    );
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let sets: Vec<String> = words
+        .windows(2)
+        .filter(|w| w[0] == "--set")
+        .map(|w| w[1].to_owned())
+        .collect();
+    let flags: Vec<&&str> = words
+        .iter()
+        .filter(|w| w.starts_with("--") && !matches!(**w, "--set" | "--create-namespace"))
+        .collect();
+    assert!(
+        flags.is_empty(),
+        "the README's install has flags this test does not run: {flags:?}"
+    );
+    sets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_install_runs_as_the_readme_says_with_its_bundled_kafka() {
+    let _one = ONE_RELEASE.lock().await;
+    let kube = TestKube::connect().await;
+    let k6_image = require_node(&kube).await;
+    let kafka_image = node_images(&kube)
+        .into_iter()
+        .find(|n| n.starts_with("localhost/kafka:"))
+        .expect("the node lacks localhost/kafka: run scripts/image kafka");
+    install_crds(&kube);
+    let ns = kube.namespace("default").await;
+    let _release = Release {
+        kubeconfig: kube.kubeconfig.clone(),
+        namespace: ns.clone(),
+    };
+    // The README's command, word for word, with only the images pointed at what this node holds
+    // (minikube would hold sagashop:0.1.0 from `minikube image build`, and pull apache/kafka and
+    // grafana/k6; nothing is pulled here).
+    let mut sets = readme_install_sets();
+    assert!(
+        sets.iter().any(|s| s == "loadTest.enabled=true"),
+        "the README's install does not turn on the k6 CronJob: {sets:?}"
+    );
+    sets.extend([
+        format!("image.repository={IMAGE_REPOSITORY}"),
+        format!("image.tag={IMAGE_TAG}"),
+        format!("kafka.image={kafka_image}"),
+        format!("loadTest.image={k6_image}"),
+    ]);
+    let chart_dir = chart();
+    let mut install = vec!["install", "sagashop", &chart_dir, "-n", &ns];
+    for set in &sets {
+        install.extend(["--set", set]);
+    }
+    let started = Instant::now();
+    helm(&kube, &install);
+    // Waited for here rather than by helm, so that a release that never gets Ready says why.
+    loop {
+        if rolled_out(&kube, &ns).await.is_some() {
+            break;
+        }
+        if started.elapsed() > SLOW {
+            let state = kubectl(&kube, &["get", "pods,pvc,events", "-n", &ns, "-o", "wide"]);
+            panic!("the default install was not Ready after {SLOW:?}:\n{state}");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    eprintln!(
+        "node: the default install (bundled Kafka) to every pod Ready in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "{}",
+        kubectl(&kube, &["get", "pods,pvc", "-n", &ns, "-o", "wide"])
+    );
+
+    // The broker runs in its pod, on a claimed volume, and nothing restarted on the way.
+    let pods = deployment_pods(&kube, &ns).await;
+    assert!(
+        pods.iter()
+            .any(|(name, ready, _)| name == "sagashop-kafka-0" && *ready),
+        "no Ready broker pod: {pods:?}"
+    );
+    for (name, ready, restarts) in &pods {
+        assert!(ready, "{name} is not Running and Ready: {pods:?}");
+        assert_eq!(*restarts, 0, "{name} restarted: {pods:?}");
+    }
+    let claim = kubectl(
+        &kube,
+        &[
+            "get",
+            "pvc",
+            "data-sagashop-kafka-0",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.phase} {.spec.volumeName}",
+        ],
+    );
+    assert!(claim.starts_with("Bound "), "the broker's claim: {claim:?}");
+    let volume = claim.trim_start_matches("Bound ").to_owned();
+
+    // The operator made every topic in the bundled broker.
+    let topics: Api<KafkaTopic> = Api::namespaced(kube.client.clone(), &ns);
+    let listed = topics.list(&ListParams::default()).await.unwrap().items;
+    assert!(
+        listed.len() >= 26
+            && listed
+                .iter()
+                .all(|t| ready(t.status.as_ref().map(|s| &s.conditions))),
+        "{} topics, not all Ready",
+        listed.len()
+    );
+
+    let base = order_service(&kube, &ns).await;
+    let order = place_and_complete(&base).await;
+    assert_eq!(order["status"], "COMPLETED", "{order}");
+
+    // The k6 CronJob, run now as the docs say, passes its default thresholds.
+    kubectl(
+        &kube,
+        &[
+            "create",
+            "job",
+            "-n",
+            &ns,
+            "--from=cronjob/sagashop-loadtest",
+            "k6-now",
+        ],
+    );
+    let jobs: Api<Job> = Api::namespaced(kube.client.clone(), &ns);
+    let job = eventually("the k6 Job to finish", SLOW, || {
+        let jobs = jobs.clone();
+        async move {
+            let job = jobs.get("k6-now").await.ok()?;
+            let s = job.status.clone().unwrap_or_default();
+            (s.succeeded.unwrap_or(0) + s.failed.unwrap_or(0) > 0).then_some(job)
+        }
+    })
+    .await;
+    let summary = kubectl(&kube, &["logs", "-n", &ns, "job/k6-now"]);
+    eprintln!("node: the default install's k6 run:\n{summary}");
+    assert_eq!(
+        job.status.and_then(|s| s.succeeded),
+        Some(1),
+        "the k6 Job failed:\n{summary}"
+    );
+    assert!(
+        summary.contains("sagashop load at 20 orders/s against http://sagashop-order:8080")
+            && summary.contains("thresholds          all passed"),
+        "no passing k6 summary at the chart's defaults:\n{summary}"
+    );
+
+    helm(&kube, &["uninstall", "sagashop", "-n", &ns, "--wait"]);
+    delete_namespace(&kube, &ns).await;
+    recycle(&kube, &volume).await;
+}
+
+/// What a recycler does for the node's volumes (scripts/kube makes a few, Retain): once the
+/// claim is gone, empty the folder and make the volume Available for the next claim.
+async fn recycle(kube: &TestKube, volume: &str) {
+    eventually(&format!("{volume} to be released"), SLOW, || async {
+        let phase = kubectl(
+            kube,
+            &["get", "pv", volume, "-o", "jsonpath={.status.phase}"],
+        );
+        (phase == "Released").then_some(())
+    })
+    .await;
+    let path = kubectl(
+        kube,
+        &["get", "pv", volume, "-o", "jsonpath={.spec.hostPath.path}"],
+    );
+    for entry in std::fs::read_dir(&path).unwrap() {
+        let entry = entry.unwrap().path();
+        if entry.is_dir() {
+            std::fs::remove_dir_all(&entry).unwrap();
+        } else {
+            std::fs::remove_file(&entry).unwrap();
+        }
+    }
+    kubectl(
+        kube,
+        &[
+            "patch",
+            "pv",
+            volume,
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/claimRef"}]"#,
+        ],
+    );
 }

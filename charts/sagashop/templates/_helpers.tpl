@@ -92,9 +92,17 @@ capabilities:
 - name: KAFKA_SSL_CA_LOCATION
   value: /etc/sagashop/kafka-ca/ca.crt
 {{- end }}
-{{- with .Values.kafka.clientProperties }}
+{{- $properties := list }}
+{{- with $k.clientProperties }}{{ $properties = append $properties . }}{{ end }}
+{{- if $k.tls.clientSecret }}
+{{- if not (has $k.securityProtocol (list "SSL" "SASL_SSL")) }}
+{{- fail (printf "kafka.tls.clientSecret: a client certificate needs TLS; kafka.securityProtocol is %s (use SSL or SASL_SSL)" $k.securityProtocol) }}
+{{- end }}
+{{- $properties = append $properties "ssl.certificate.location=/etc/sagashop/kafka-client/tls.crt,ssl.key.location=/etc/sagashop/kafka-client/tls.key" }}
+{{- end }}
+{{- with $properties }}
 - name: KAFKA_CLIENT_PROPERTIES
-  value: {{ . | quote }}
+  value: {{ join "," . | quote }}
 {{- end }}
 - name: LOG_FORMAT
   value: json
@@ -121,6 +129,11 @@ envFrom:
   mountPath: /etc/sagashop/kafka-ca
   readOnly: true
 {{- end }}
+{{- if .Values.kafka.tls.clientSecret }}
+- name: kafka-client
+  mountPath: /etc/sagashop/kafka-client
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{- define "sagashop.kafkaCaVolume" -}}
@@ -131,6 +144,14 @@ envFrom:
     items:
       - key: {{ $.Values.kafka.tls.caKey }}
         path: ca.crt
+{{- end }}
+{{- with .Values.kafka.tls.clientSecret }}
+- name: kafka-client
+  secret:
+    secretName: {{ . }}
+    items:
+      - {key: {{ $.Values.kafka.tls.clientCertKey }}, path: tls.crt}
+      - {key: {{ $.Values.kafka.tls.clientKeyKey }}, path: tls.key}
 {{- end }}
 {{- end -}}
 

@@ -88,7 +88,7 @@ pub fn install_crds(kube: &TestKube) {
             "wait",
             "--for=condition=Established",
             "--timeout=60s",
-            "crd/kafkatopics.sagashop.dev",
+            "crd/sagashoptopics.sagashop.dev",
             "crd/sagas.sagashop.dev",
         ],
     );
