@@ -279,7 +279,8 @@ mod tests {
             "self.replicas == oldSelf.replicas",
             "\"minimum\":1",
             "\"Retain\"",
-            "\"shortNames\":[\"kt\"]",
+            "\"shortNames\":[\"sst\"]",
+            "\"plural\":\"sagashoptopics\"",
             "\"subresources\":{\"status\":{}}",
         ] {
             assert!(crd.contains(needle), "missing {needle}");
