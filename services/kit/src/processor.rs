@@ -91,6 +91,10 @@ impl Processor {
             // are eager: every member restores its partitions' state after each.
             consumer_config.set("partition.assignment.strategy", "range");
         }
+        // A subscribed topic that does not exist yet (a fresh install: the operator makes
+        // topics while the services start) is only picked up at the next metadata refresh,
+        // librdkafka's 5 minutes by default: look every 5 s instead.
+        consumer_config.set("topic.metadata.refresh.interval.ms", "5000");
         consumer_config.set(
             "statistics.interval.ms",
             config.lag_interval.as_millis().max(1).to_string(),

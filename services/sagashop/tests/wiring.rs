@@ -209,12 +209,13 @@ async fn a_change_to_the_saga_reaches_the_running_services_consumer() {
 
 /// A fresh install starts every service at once while the operator makes the topics: the
 /// services that need their topics at start (inventory seeds its stock, the order edge restores
-/// its keys) wait for them, not ready meanwhile, instead of exiting and being restarted.
+/// its keys) wait for them, not ready meanwhile, instead of exiting and being restarted; and
+/// every consumer picks up the topics made after it subscribed, so an order then completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_started_before_their_topics_exist_wait_for_them_and_become_ready() {
     let kafka = TestKafka::connect().await;
     let prefix = format!("{}.", unique_name("late-topics"));
-    let early = ["inventory", "order"].map(|service| {
+    let early = ["inventory", "order", "orchestrator", "payment", "shipping"].map(|service| {
         let (kafka, prefix) = (kafka.clone(), prefix.clone());
         tokio::spawn(async move { Dev::service(&kafka, service, &prefix, &[]).await })
     });
@@ -242,11 +243,31 @@ async fn services_started_before_their_topics_exist_wait_for_them_and_become_rea
         );
     }
     let maker = Dev::service(&kafka, "notification", &prefix, &["--create-topics"]).await;
+    let mut running = Vec::new();
     for started in early {
-        let dev = tokio::time::timeout(WAIT, started)
-            .await
-            .expect("a service did not become ready once its topics existed")
-            .expect("a service exited while waiting for its topics");
+        running.push(
+            tokio::time::timeout(WAIT, started)
+                .await
+                .expect("a service did not become ready once its topics existed")
+                .expect("a service exited while waiting for its topics"),
+        );
+    }
+    // And they consume from the topics made after they subscribed: an order goes through
+    // (librdkafka alone would notice the new topics only at its 5-minute metadata refresh).
+    let (status, body) = common::post(
+        &running[1].base,
+        &common::order("c-late", "sku-1", 1, 100),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    let id = body["orderId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        common::finished(&running[1].base, &id).await["status"],
+        "COMPLETED"
+    );
+    for dev in running {
         dev.terminate();
     }
     maker.terminate();
