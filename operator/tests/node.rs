@@ -156,6 +156,42 @@ async fn rolled_out(kube: &TestKube, ns: &str) -> Option<Vec<Deployment>> {
     (done && list.len() == 8).then_some(list)
 }
 
+/// What a stuck release looks like: its pods, claims and events, each Deployment's readiness
+/// and the end of its logs (of every container ever started, the previous one too).
+fn diagnosis(kube: &TestKube, ns: &str) -> String {
+    let run = |args: &[&str]| {
+        let output = kube.kubectl().args(args).output().unwrap();
+        format!(
+            "$ kubectl {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    let mut report = run(&["get", "pods,pvc,events", "-n", ns, "-o", "wide"]);
+    let pods = run(&["get", "pods", "-n", ns, "-o", "name"]);
+    for pod in pods.lines().filter(|l| l.starts_with("pod/")) {
+        report.push_str(&run(&[
+            "logs",
+            "-n",
+            ns,
+            pod,
+            "--all-containers",
+            "--tail=40",
+        ]));
+        report.push_str(&run(&[
+            "logs",
+            "-n",
+            ns,
+            pod,
+            "--all-containers",
+            "--tail=20",
+            "--previous",
+        ]));
+    }
+    report
+}
+
 fn ready(conditions: Option<&Vec<sagashop_operator::Condition>>) -> bool {
     conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
@@ -802,7 +838,7 @@ async fn the_default_install_runs_as_the_readme_says_with_its_bundled_kafka() {
             break;
         }
         if started.elapsed() > SLOW {
-            let state = kubectl(&kube, &["get", "pods,pvc,events", "-n", &ns, "-o", "wide"]);
+            let state = diagnosis(&kube, &ns);
             panic!("the default install was not Ready after {SLOW:?}:\n{state}");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -825,7 +861,12 @@ async fn the_default_install_runs_as_the_readme_says_with_its_bundled_kafka() {
     );
     for (name, ready, restarts) in &pods {
         assert!(ready, "{name} is not Running and Ready: {pods:?}");
-        assert_eq!(*restarts, 0, "{name} restarted: {pods:?}");
+        assert_eq!(
+            *restarts,
+            0,
+            "{name} restarted: {pods:?}\n{}",
+            diagnosis(&kube, &ns)
+        );
     }
     let claim = kubectl(
         &kube,
@@ -855,7 +896,12 @@ async fn the_default_install_runs_as_the_readme_says_with_its_bundled_kafka() {
     );
 
     let base = order_service(&kube, &ns).await;
-    let order = place_and_complete(&base).await;
+    let Ok(order) = tokio::spawn(async move { place_and_complete(&base).await }).await else {
+        panic!(
+            "an order in the default install did not finish:\n{}",
+            diagnosis(&kube, &ns)
+        );
+    };
     assert_eq!(order["status"], "COMPLETED", "{order}");
 
     // The k6 CronJob, run now as the docs say, passes its default thresholds.

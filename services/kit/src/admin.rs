@@ -127,37 +127,11 @@ pub async fn wait_for_leaders(
     names: Vec<String>,
     timeout: Duration,
 ) -> Result<(), Error> {
-    let client: BaseProducer =
-        kafka
-            .admin("topic-metadata")
-            .create()
-            .map_err(|cause| Error::Client {
-                what: "metadata client",
-                cause,
-            })?;
+    let client = metadata_client(kafka)?;
     let waiting = tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let metadata = client
-                .client()
-                .fetch_metadata(None, timeout)
-                .map_err(|cause| Error::Admin {
-                    action: "read topic metadata",
-                    cause,
-                })?;
-            let missing: Vec<&String> = names
-                .iter()
-                .filter(|name| {
-                    !metadata.topics().iter().any(|t| {
-                        t.name() == name.as_str()
-                            && t.error().is_none()
-                            && !t.partitions().is_empty()
-                            && t.partitions()
-                                .iter()
-                                .all(|p| p.leader() >= 0 && p.error().is_none())
-                    })
-                })
-                .collect();
+            let missing = unusable(&client, &names, timeout)?;
             if missing.is_empty() {
                 return Ok(());
             }
@@ -172,6 +146,88 @@ pub async fn wait_for_leaders(
     waiting
         .await
         .map_err(|e| Error::Internal(format!("waiting for topic leaders panicked: {e}")))?
+}
+
+/// Waits up to `wait` until every topic in `names` exists with a leader for each partition,
+/// saying once which ones it waits for: in a fresh install the operator makes the topics while
+/// the services start. Past `wait` it is [`Error::missing_topic`] for the first one missing.
+pub async fn wait_for_topics(
+    kafka: &KafkaConfig,
+    names: Vec<String>,
+    wait: Duration,
+) -> Result<(), Error> {
+    let client = metadata_client(kafka)?;
+    let waiting = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut told = false;
+        loop {
+            let missing = match unusable(&client, &names, Duration::from_secs(10)) {
+                Ok(missing) => missing,
+                // Kafka away or slow: the same as a topic not there yet, within the wait.
+                Err(e) if e.is_transient() && started.elapsed() < wait => names.clone(),
+                Err(e) => return Err(e),
+            };
+            let Some(first) = missing.first() else {
+                if told {
+                    tracing::info!(waited = ?started.elapsed(), "the topics exist now");
+                }
+                return Ok(());
+            };
+            if started.elapsed() >= wait {
+                return Err(Error::missing_topic(first));
+            }
+            if !told {
+                tracing::warn!(
+                    ?missing,
+                    "waiting for topics that do not exist yet (the operator makes them)"
+                );
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    waiting
+        .await
+        .map_err(|e| Error::Internal(format!("waiting for topics panicked: {e}")))?
+}
+
+fn metadata_client(kafka: &KafkaConfig) -> Result<BaseProducer, Error> {
+    kafka
+        .admin("topic-metadata")
+        .create()
+        .map_err(|cause| Error::Client {
+            what: "metadata client",
+            cause,
+        })
+}
+
+/// Which of `names` are not in the cluster metadata, or have a partition without a leader.
+fn unusable(
+    client: &BaseProducer,
+    names: &[String],
+    timeout: Duration,
+) -> Result<Vec<String>, Error> {
+    let metadata = client
+        .client()
+        .fetch_metadata(None, timeout)
+        .map_err(|cause| Error::Admin {
+            action: "read topic metadata",
+            cause,
+        })?;
+    Ok(names
+        .iter()
+        .filter(|name| {
+            !metadata.topics().iter().any(|t| {
+                t.name() == name.as_str()
+                    && t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions()
+                        .iter()
+                        .all(|p| p.leader() >= 0 && p.error().is_none())
+            })
+        })
+        .cloned()
+        .collect())
 }
 
 /// A topic as it is in Kafka.

@@ -241,6 +241,10 @@ mod tests {
     }
 
     impl Reload for Failing {
+        fn changelog(&self) -> &str {
+            "failing"
+        }
+
         fn reload(&self) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>> {
             Box::pin(async { Ok(()) })
         }

@@ -54,12 +54,16 @@ pub struct Processor {
     assigned: Arc<AtomicBool>,
     /// How the stores forget finished work (the dedupe store's rule is added here).
     expiry: crate::expiry::Expiry,
+    /// Where the topics are waited for before subscribing.
+    kafka: KafkaConfig,
+    /// What the consumer subscribes to when it runs: the router's topics and the retry topic.
+    topics: Vec<String>,
 }
 
 impl Processor {
-    /// Creates the consumer and subscribes to every topic the router handles. It reports to
-    /// `monitor` and declares the component `consumer:<group>`, ready once the group has
-    /// assigned it partitions.
+    /// Creates the consumer of every topic the router handles (it subscribes when it
+    /// [runs](Self::run)). It reports to `monitor` and declares the component
+    /// `consumer:<group>`, ready once the group has assigned it partitions.
     pub fn new(
         kafka: &KafkaConfig,
         config: ProcessorConfig,
@@ -91,10 +95,6 @@ impl Processor {
             // are eager: every member restores its partitions' state after each.
             consumer_config.set("partition.assignment.strategy", "range");
         }
-        // A subscribed topic that does not exist yet (a fresh install: the operator makes
-        // topics while the services start) is only picked up at the next metadata refresh,
-        // librdkafka's 5 minutes by default: look every 5 s instead.
-        consumer_config.set("topic.metadata.refresh.interval.ms", "5000");
         consumer_config.set(
             "statistics.interval.ms",
             config.lag_interval.as_millis().max(1).to_string(),
@@ -110,7 +110,10 @@ impl Processor {
             what: "consumer",
             cause,
         })?;
-        subscribe(&consumer, &router, &config)?;
+        let mut topics = router.topics();
+        if let Some(retry) = &config.retry_topic {
+            topics.push(retry.topic.clone());
+        }
         let permits = Semaphore::new(config.concurrency);
         let mut stores: Vec<Arc<dyn Reload>> = Vec::new();
         let mut expiry = crate::expiry::Expiry::new();
@@ -140,6 +143,8 @@ impl Processor {
             partitions,
             assigned,
             expiry,
+            kafka: kafka.clone(),
+            topics,
         })
     }
 
@@ -179,6 +184,9 @@ impl Processor {
     }
 
     async fn consume(self, shutdown: CancellationToken) -> Result<(), Error> {
+        if !self.subscribe(&shutdown).await? {
+            return Ok(());
+        }
         // Set once, here: `run` consumes the processor.
         let _ = self.shared.stores.set(self.stores.clone());
         if let Some(producer) = self.transactional_producer.clone() {
@@ -229,6 +237,32 @@ impl Processor {
             }
         }
         self.drain(&queues, tasks).await
+    }
+
+    /// Waits (up to [`crate::reader::TOPIC_WAIT`]) until every topic it consumes and every
+    /// store's changelog exists, then subscribes; `false` when `shutdown` came first.
+    ///
+    /// In a fresh install the operator makes the topics while the services start. A member
+    /// that joined its group knowing only some of them would be assigned partitions of those
+    /// alone, whatever its peers knew: input topics assigned out of step (not co-partitioned),
+    /// and state restored from a changelog that is not there yet.
+    async fn subscribe(&self, shutdown: &CancellationToken) -> Result<bool, Error> {
+        let mut needed = self.topics.clone();
+        needed.extend(self.stores.iter().map(|s| s.changelog().to_owned()));
+        needed.sort();
+        needed.dedup();
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(false),
+            made = crate::admin::wait_for_topics(&self.kafka, needed, crate::reader::TOPIC_WAIT) => made?,
+        }
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.consumer
+            .subscribe(&topics)
+            .map_err(|cause| Error::Client {
+                what: "consumer",
+                cause,
+            })?;
+        Ok(true)
     }
 
     /// Drops queued records of revoked partitions (their next owner reads them from the
@@ -348,25 +382,6 @@ fn check(config: &ProcessorConfig) -> Result<(), Error> {
         });
     }
     Ok(())
-}
-
-/// Subscribes to every topic the router handles, and the retry topic.
-fn subscribe(
-    consumer: &StreamConsumer<GroupContext>,
-    router: &Router,
-    config: &ProcessorConfig,
-) -> Result<(), Error> {
-    let mut topics = router.topics();
-    if let Some(retry) = &config.retry_topic {
-        topics.push(retry.topic.clone());
-    }
-    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topic_refs)
-        .map_err(|cause| Error::Client {
-            what: "consumer",
-            cause,
-        })
 }
 
 /// `process` catches handler panics, so a failed join is a bug in the runtime itself; without

@@ -384,16 +384,25 @@ pub fn follow(
             }
             Ok((assignment, ends))
         };
+        let mut told = false;
         let (assignment, ends) = loop {
             match start() {
                 Ok(started) => break started,
                 Err(_) if shutdown.is_cancelled() => return Ok(()),
+                Err(e) if told => {
+                    tracing::debug!(%topic, error = %e, "following: cannot read the topic yet; trying again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
                 Err(e) => {
-                    tracing::warn!(%topic, error = %e, "following: cannot read the topic yet; trying again");
+                    tracing::warn!(%topic, error = %e, "following: cannot read the topic yet; trying again every second");
+                    told = true;
                     std::thread::sleep(Duration::from_secs(1));
                 }
             }
         };
+        if told {
+            tracing::info!(%topic, "following: the topic can be read now");
+        }
         consumer.assign(&assignment).map_err(client)?;
         let mut caught_up = Some(caught_up);
         while !shutdown.is_cancelled() {

@@ -594,6 +594,9 @@ pub trait Reload: Send + Sync {
     /// Whether the store holds only its processor's partitions.
     fn is_owned(&self) -> bool;
 
+    /// The topic it is restored from.
+    fn changelog(&self) -> &str;
+
     /// The unreadable changelog records its restores skipped since the last call, and why.
     fn take_quarantined(&self) -> Vec<(Record, String)> {
         Vec::new()
@@ -627,6 +630,10 @@ where
 
     fn is_owned(&self) -> bool {
         self.scope == Scope::Owned
+    }
+
+    fn changelog(&self) -> &str {
+        &self.topic
     }
 
     fn take_quarantined(&self) -> Vec<(Record, String)> {

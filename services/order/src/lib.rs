@@ -134,9 +134,8 @@ pub async fn start(
         });
     tokio::spawn(expiry.run(publisher, shutdown.clone()));
     let task = Task::spawn("the order service", async move {
-        let read_model = processor.run(shutdown).await;
-        let written = writer.stopped().await;
-        read_model.and(written)
+        // Both run until shutdown; the first to fail ends the service at once.
+        tokio::try_join!(processor.run(shutdown), writer.stopped()).map(drop)
     });
     let edge = Arc::new(Edge {
         committer,

@@ -528,14 +528,16 @@ pub async fn start(
     let versioning = follow_versions(context, versions, publisher);
     let shutdown = shutdown.clone();
     let task = Task::spawn("the orchestrator", async move {
-        let result = processor.run(shutdown).await;
+        let followed = async move {
+            following
+                .await
+                .map_err(|e| Error::Internal(format!("the saga view panicked: {e}")))?
+        };
+        // Both run until shutdown; the first to fail ends the service at once.
+        let result = tokio::try_join!(processor.run(shutdown), followed).map(drop);
         ticker.abort();
         versioning.abort();
-        let followed = following
-            .await
-            .map_err(|e| Error::Internal(format!("the saga view panicked: {e}")))
-            .and_then(|r| r);
-        result.and(followed)
+        result
     });
     let api = crate::api::routes(
         view,
@@ -597,8 +599,7 @@ fn routes(orchestrator: &Arc<Orchestrator>, d: &Definition) -> Router {
 }
 
 /// Follows the state topic into `view` (every instance, whichever member owns it) until
-/// shutdown. If following fails the orchestrator goes on; the API answers from what the view
-/// has, and readiness stays false until a restart reads the topic again.
+/// shutdown. If following fails, so does the orchestrator (and its process, to be restarted).
 fn follow_state(
     context: &Context,
     d: &Definition,

@@ -392,17 +392,43 @@ pub(crate) async fn run(services: &[Service], args: SystemArgs) -> Result<(), Fa
             context.shutdown.clone(),
         ))
     });
-    wait_for_signal().await;
-    tracing::info!("shutting down");
+    let mut tasks = tokio::task::JoinSet::new();
+    for service in running {
+        let name = service.wiring.service.clone();
+        tasks.spawn(async move { (name, service.task.stopped().await) });
+    }
+    // A service's work runs until shutdown: one that ends before (a processor that gave up)
+    // stops the whole process, non-zero and with its cause in the log, so that its supervisor
+    // (Kubernetes, systemd, a terminal) sees it and starts it again, instead of a process that
+    // looks alive and no longer works.
+    let mut result = Ok(());
+    tokio::select! {
+        () = wait_for_signal() => tracing::info!("shutting down"),
+        Some(ended) = tasks.join_next() => {
+            let (service, outcome) = ended.unwrap_or_else(|e| {
+                ("?".into(), Err(sagashop_kit::Error::Internal(format!("a service panicked: {e}"))))
+            });
+            let e = outcome.err().unwrap_or_else(|| {
+                sagashop_kit::Error::Internal("its work ended without being asked to".into())
+            });
+            tracing::error!(%service, error = %e, "a service stopped before shutdown; stopping the process so that it is started again");
+            result = Err(fail(EX_SOFTWARE)(e.into()));
+        }
+    }
     context.shutdown.cancel();
     if let Some(summary) = summary {
         summary.abort();
     }
-    let mut result = Ok(());
-    for service in running {
-        if let Err(e) = service.task.stopped().await {
-            tracing::error!(service = %service.wiring.service, error = %e, "a service stopped with an error");
-            result = Err(fail(EX_SOFTWARE)(e.into()));
+    while let Some(ended) = tasks.join_next().await {
+        match ended {
+            Ok((_, Ok(()))) => {}
+            Ok((service, Err(e))) => {
+                tracing::error!(%service, error = %e, "a service stopped with an error");
+                if result.is_ok() {
+                    result = Err(fail(EX_SOFTWARE)(e.into()));
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "a service panicked while stopping"),
         }
     }
     if let Err(e) = server.await {

@@ -207,42 +207,70 @@ async fn a_change_to_the_saga_reaches_the_running_services_consumer() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A fresh install starts every service at once while the operator makes the topics: the
-/// services that need their topics at start (inventory seeds its stock, the order edge restores
-/// its keys) wait for them, not ready meanwhile, instead of exiting and being restarted; and
-/// every consumer picks up the topics made after it subscribed, so an order then completes.
+/// A fresh install starts every service at once while the operator makes the topics one by
+/// one: every service waits for all of its topics, not ready meanwhile, instead of exiting or
+/// joining its group with some of them. Two orchestrators, as the chart runs: a member that
+/// joined knowing only the input topics was assigned them and then failed restoring state from
+/// a changelog that was not there yet (which, before it stopped the process, left it running and
+/// never ready).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn services_started_before_their_topics_exist_wait_for_them_and_become_ready() {
+async fn services_started_before_their_topics_exist_wait_for_all_of_them_and_work() {
     let kafka = TestKafka::connect().await;
     let prefix = format!("{}.", unique_name("late-topics"));
-    let early = ["inventory", "order", "orchestrator", "payment", "shipping"].map(|service| {
+    let services = [
+        "inventory",
+        "order",
+        "orchestrator",
+        "orchestrator",
+        "payment",
+        "shipping",
+    ];
+    let early = services.map(|service| {
         let (kafka, prefix) = (kafka.clone(), prefix.clone());
         tokio::spawn(async move { Dev::service(&kafka, service, &prefix, &[]).await })
     });
     // Longer than a record waits for its topic before the producer gives up (10 s).
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
     for started in &early {
         assert!(
             !started.is_finished(),
             "a service was ready (or gave up) before its topics existed"
         );
     }
-    // Now the topics appear, a few at a time, as the operator makes them: first the edge's
-    // key store alone (the edge must then wait for the topics its read model follows).
-    kafka
-        .create(
-            sagashop_kit::admin::TopicSpec::new(format!("{prefix}orders.idempotency.v1"), 4)
-                .with_config("cleanup.policy", "compact"),
+    // The topics appear one at a time, as the operator reconciles them: the inputs in an order
+    // of this run's own, the compacted state changelogs last (the worst case above).
+    let mut specs: Vec<_> = Topology::load(None, &prefix)
+        .unwrap()
+        .topics()
+        .into_iter()
+        .map(|(spec, _)| spec)
+        .collect();
+    let seed = prefix.bytes().fold(7_usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    });
+    specs.sort_by_key(|spec| {
+        let state = spec
+            .config
+            .get("cleanup.policy")
+            .is_some_and(|p| p == "compact");
+        (
+            state,
+            spec.name.bytes().fold(seed, |h, b| {
+                h.wrapping_mul(131).wrapping_add(usize::from(b))
+            }),
         )
-        .await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    for started in &early {
-        assert!(
-            !started.is_finished(),
-            "a service gave up on a topic still missing"
-        );
+    });
+    eprintln!(
+        "creating, in this order: {:?}",
+        specs.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    let admin = kafka.config.admin_client("test").unwrap();
+    for spec in &specs {
+        sagashop_kit::admin::create_topics(&admin, std::slice::from_ref(spec), WAIT)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let maker = Dev::service(&kafka, "notification", &prefix, &["--create-topics"]).await;
     let mut running = Vec::new();
     for started in early {
         running.push(
@@ -252,8 +280,6 @@ async fn services_started_before_their_topics_exist_wait_for_them_and_become_rea
                 .expect("a service exited while waiting for its topics"),
         );
     }
-    // And they consume from the topics made after they subscribed: an order goes through
-    // (librdkafka alone would notice the new topics only at its 5-minute metadata refresh).
     let (status, body) = common::post(
         &running[1].base,
         &common::order("c-late", "sku-1", 1, 100),
@@ -270,7 +296,60 @@ async fn services_started_before_their_topics_exist_wait_for_them_and_become_rea
     for dev in running {
         dev.terminate();
     }
-    maker.terminate();
+}
+
+/// A service whose work ends while the process runs (here the orchestrator, whose state
+/// changelog has fewer partitions than its inputs, which it finds at its first assignment)
+/// stops the process, non-zero and saying why, so that its supervisor starts it again rather
+/// than leaving a process that answers `/healthz` and does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_work_ends_stops_the_process_saying_why() {
+    let kafka = TestKafka::connect().await;
+    let prefix = format!("{}.", unique_name("work-ends"));
+    let state = format!("{prefix}saga.order-fulfilment.state");
+    let specs: Vec<_> = Topology::load(None, &prefix)
+        .unwrap()
+        .topics()
+        .into_iter()
+        .map(|(mut spec, _)| {
+            if spec.name == state {
+                spec.partitions = 1;
+            }
+            spec
+        })
+        .collect();
+    let admin = kafka.config.admin_client("test").unwrap();
+    sagashop_kit::admin::create_topics(&admin, &specs, WAIT)
+        .await
+        .unwrap();
+    let log = std::env::temp_dir().join(format!("{prefix}log"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sagashop"))
+        .args([
+            "orchestrator",
+            "--topic-prefix",
+            &prefix,
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.config.bootstrap_servers)
+        .env("RUST_LOG", "warn")
+        .env("LOG_FORMAT", "text")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let status = eventually("the process to stop", WAIT, || {
+        std::future::ready(child.try_wait().unwrap())
+    })
+    .await;
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(70), "{logged}");
+    assert!(
+        logged.contains("a service stopped before shutdown")
+            && logged.contains(&format!("`{state}` has 1 partitions")),
+        "{logged}"
+    );
+    let _ = std::fs::remove_file(&log);
 }
 
 /// A broker that starts after the services (the chart's bundled Kafka beside them): a start
