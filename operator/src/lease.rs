@@ -29,6 +29,21 @@ pub struct LeaseConfig {
     pub duration: Duration,
     /// How often the leader renews (and a standby retries).
     pub renew_every: Duration,
+    /// The installer makes the Lease (the chart does, so that `helm uninstall` removes it):
+    /// wait for it rather than create it. Creating it first would fail the install that
+    /// creates it a moment later ("already exists").
+    pub provided: bool,
+}
+
+/// What one attempt at the Lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// This replica holds it now.
+    Held,
+    /// Another replica does.
+    Other,
+    /// It does not exist, and the installer is to make it.
+    Missing,
 }
 
 /// Held leadership: `lost` is cancelled when the Lease could not be renewed in time.
@@ -61,9 +76,12 @@ pub fn takeable(spec: Option<&LeaseSpec>, identity: &str, at: Timestamp) -> bool
     renewed.is_none_or(|t| t.0 + lasts < at)
 }
 
-/// Tries once to take or keep the Lease; `Ok(false)` when another replica holds it.
-async fn try_hold(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, kube::Error> {
+/// Tries once to take or keep the Lease.
+async fn try_hold(api: &Api<Lease>, config: &LeaseConfig) -> Result<Hold, kube::Error> {
     let Some(mut lease) = api.get_opt(&config.name).await? else {
+        if config.provided {
+            return Ok(Hold::Missing);
+        }
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(config.name.clone()),
@@ -80,13 +98,13 @@ async fn try_hold(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, kube::
             }),
         };
         return match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Ok(_) => Ok(Hold::Held),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Hold::Other),
             Err(e) => Err(e),
         };
     };
     if !takeable(lease.spec.as_ref(), &config.identity, Timestamp::now()) {
-        return Ok(false);
+        return Ok(Hold::Other);
     }
     let mut spec = lease.spec.take().unwrap_or_default();
     let ours = spec.holder_identity.as_deref() == Some(config.identity.as_str());
@@ -103,8 +121,8 @@ async fn try_hold(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, kube::
         .replace(&config.name, &PostParams::default(), &lease)
         .await
     {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Ok(_) => Ok(Hold::Held),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Hold::Other),
         Err(e) => Err(e),
     }
 }
@@ -116,15 +134,19 @@ pub async fn acquire(
     shutdown: &CancellationToken,
 ) -> Option<Leadership> {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-    let mut said = false;
+    let mut said = None;
     loop {
         match try_hold(&api, &config).await {
-            Ok(true) => break,
-            Ok(false) if !said => {
+            Ok(Hold::Held) => break,
+            Ok(found) if said == Some(found) => {}
+            Ok(Hold::Other) => {
                 tracing::info!(lease = %config.name, "another replica leads; standing by");
-                said = true;
+                said = Some(Hold::Other);
             }
-            Ok(false) => {}
+            Ok(found) => {
+                tracing::info!(lease = %config.name, namespace = %config.namespace, "waiting for the Lease, which the installer makes (the chart does)");
+                said = Some(found);
+            }
             Err(e) => {
                 tracing::warn!(lease = %config.name, error = %e, "could not read or take the lease");
             }
@@ -165,9 +187,9 @@ async fn renew(
             () = tokio::time::sleep(config.renew_every) => {}
         }
         match try_hold(&api, &config).await {
-            Ok(true) => last = tokio::time::Instant::now(),
-            Ok(false) => {
-                tracing::error!(lease = %config.name, "another replica took the lease; stopping");
+            Ok(Hold::Held) => last = tokio::time::Instant::now(),
+            Ok(Hold::Other | Hold::Missing) => {
+                tracing::error!(lease = %config.name, "another replica took the lease (or it was deleted); stopping");
                 lost.cancel();
                 return;
             }

@@ -75,6 +75,9 @@ struct RunArgs {
     /// This replica's name in the Lease and in events (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// The installer makes the Lease (the chart does): wait for it, never create it.
+    #[arg(long, env = "LEADER_ELECTION_LEASE_PROVIDED", default_value_t = false, action = clap::ArgAction::Set)]
+    lease_provided: bool,
     /// How long a Lease lasts unrenewed before a standby takes over.
     #[arg(long, env = "LEADER_ELECTION_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
@@ -175,6 +178,7 @@ fn config(args: RunArgs) -> OperatorConfig {
             identity: identity.clone(),
             duration: args.lease_duration,
             renew_every: args.lease_duration / 3,
+            provided: args.lease_provided,
         }),
         instance: Some(identity),
     }

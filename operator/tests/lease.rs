@@ -23,6 +23,7 @@ fn config(namespace: &str, identity: &str) -> LeaseConfig {
         identity: identity.into(),
         duration: Duration::from_secs(6),
         renew_every: Duration::from_millis(500),
+        provided: false,
     }
 }
 
@@ -82,5 +83,47 @@ async fn one_replica_leads_and_the_standby_takes_over_when_it_lets_go() {
     .await;
     second.release().await;
     assert_eq!(holder(&api).await.as_deref(), Some("third"));
+    kube.delete_namespace(&ns).await;
+}
+
+/// The chart makes the Lease, after the operator's Deployment (helm creates kinds it does not
+/// know last): an operator told so waits for it instead of creating it, which would fail the
+/// install with "already exists", and leads once it is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_told_the_installer_makes_the_lease_waits_for_it() {
+    let kube = TestKube::connect().await;
+    let ns = kube.namespace("lease").await;
+    let api: Api<Lease> = Api::namespaced(kube.client.clone(), &ns);
+    let shutdown = CancellationToken::new();
+    let waiting = tokio::spawn({
+        let (client, ns, shutdown) = (kube.client.clone(), ns.clone(), shutdown.clone());
+        let config = LeaseConfig {
+            provided: true,
+            ..config(&ns, "first")
+        };
+        async move { acquire(client, config, &shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!waiting.is_finished(), "it led without a Lease");
+    assert!(
+        api.get_opt("sagashop-operator").await.unwrap().is_none(),
+        "it created the Lease the installer makes"
+    );
+    // What helm applies: the chart's Lease, with no holder.
+    let made: Lease = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sagashop-operator"},
+        "spec": {}
+    }))
+    .unwrap();
+    api.create(&kube::api::PostParams::default(), &made)
+        .await
+        .unwrap();
+    let leading = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("it did not take the Lease once it was made")
+        .unwrap()
+        .unwrap();
+    assert_eq!(holder(&api).await.as_deref(), Some("first"));
+    leading.release().await;
     kube.delete_namespace(&ns).await;
 }
