@@ -108,9 +108,7 @@ async fn start_system(
     instance: &str,
     extra: &[&str],
 ) -> anyhow::Result<(Child, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = crate::fleet::free_port()?;
     let out = system.out;
     let log = std::fs::OpenOptions::new()
         .create(true)

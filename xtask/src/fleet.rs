@@ -122,6 +122,16 @@ pub(crate) struct Proc {
     log: PathBuf,
     pub(crate) address: String,
     child: Option<Child>,
+    /// Where the current child's output starts in the (appended) log.
+    log_from: u64,
+}
+
+/// A loopback port free when asked. Another process can take it before it is bound (see
+/// [`Proc::ready`]).
+pub(crate) fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl Proc {
@@ -133,9 +143,7 @@ impl Proc {
         args: Vec<String>,
         bootstrap: &str,
     ) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         let mut proc = Self {
             name: name.to_owned(),
             args,
@@ -144,6 +152,7 @@ impl Proc {
             log: dir.join(format!("{name}.log")),
             address: format!("127.0.0.1:{port}"),
             child: None,
+            log_from: 0,
         };
         proc.spawn()?;
         Ok(proc)
@@ -154,6 +163,7 @@ impl Proc {
             .create(true)
             .append(true)
             .open(&self.log)?;
+        self.log_from = log.metadata()?.len();
         let child = Command::new(&self.sagashop)
             .args(&self.args)
             .args(["--http", &self.address, "--summary-every", "0s"])
@@ -183,12 +193,14 @@ impl Proc {
                 // The port was free when picked, but an outgoing connection of another process
                 // (a Kafka client's ephemeral port) can take it before the child binds it: pick
                 // another and start again, a few times.
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                if rebound < 3 && log.contains("Address already in use") {
+                // Only this child's output: an earlier clash in the same log is not this exit.
+                let log = std::fs::read(&self.log).unwrap_or_default();
+                let own = log
+                    .get(usize::try_from(self.log_from).unwrap_or(usize::MAX)..)
+                    .unwrap_or_default();
+                if rebound < 3 && String::from_utf8_lossy(own).contains("Address already in use") {
                     rebound += 1;
-                    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                        .local_addr()?
-                        .port();
+                    let port = free_port()?;
                     self.address = format!("127.0.0.1:{port}");
                     url = format!("http://{}/readyz", self.address);
                     self.spawn()?;
@@ -764,6 +776,55 @@ pub(crate) async fn latest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in for `sagashop` in `dir`: a shell script of `body`.
+    fn fake_sagashop(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("sagashop");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fleet-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_child_whose_port_was_taken_starts_again_on_another_port() {
+        let dir = scratch("clash");
+        let mark = dir.join("started-once");
+        let body = format!(
+            "if [ ! -e {m} ]; then touch {m}; echo 'Address already in use' >&2; exit 1; fi\nexit 2",
+            m = mark.display()
+        );
+        let sagashop = fake_sagashop(&dir, &body);
+        let mut proc = Proc::start(&sagashop, &dir, "p", Vec::new(), "127.0.0.1:9").unwrap();
+        let first = proc.address.clone();
+        let failed = proc.ready(Duration::from_secs(10)).await.unwrap_err();
+        assert!(failed.to_string().contains("exited"), "{failed}");
+        assert_ne!(proc.address, first, "not started again after the clash");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_exit_is_not_taken_for_a_port_clash_an_earlier_child_logged() {
+        let dir = scratch("earlier-clash");
+        std::fs::write(dir.join("p.log"), "Address already in use\n").unwrap();
+        let sagashop = fake_sagashop(&dir, "exit 2");
+        let mut proc = Proc::start(&sagashop, &dir, "p", Vec::new(), "127.0.0.1:9").unwrap();
+        let first = proc.address.clone();
+        let failed = proc.ready(Duration::from_secs(10)).await.unwrap_err();
+        assert!(failed.to_string().contains("exited"), "{failed}");
+        assert_eq!(
+            proc.address, first,
+            "started again for a clash it did not have"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn debug_durations_parse_in_every_unit() {
