@@ -34,7 +34,7 @@ use crate::record::Record;
 use crate::retry::RetryPolicy;
 use crate::store::Reload;
 use crate::transaction::{
-    SHUTDOWN_GRACE, TxnError, abort, blocking, commit_now, grace_after, producer,
+    SHUTDOWN_GRACE, TxnError, abort, blocking, commit_now, grace_after, producer_when_reachable,
 };
 
 /// Transactions failed in a row after which the producer is replaced even when aborting worked.
@@ -50,7 +50,9 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let timeout = shared.config.transaction_timeout;
-    let mut txn = producer(&producer_config, timeout).await?;
+    let Some(mut txn) = producer_when_reachable(&producer_config, timeout, &shutdown).await? else {
+        return Ok(());
+    };
     let failures = RetryPolicy::unbounded(Duration::from_millis(200), Duration::from_secs(10));
     let mut failed_in_a_row = 0;
     let mut owned = HashSet::new();
@@ -107,9 +109,16 @@ pub(crate) async fn run(
                         failed_in_a_row,
                         "replacing the transactional producer"
                     );
-                    txn = producer(&producer_config, timeout).await?;
+                    txn = match producer_when_reachable(&producer_config, timeout, &shutdown)
+                        .await?
+                    {
+                        Some(txn) => txn,
+                        None => break,
+                    };
                 }
-                forget_batch(&consumer, &stores, &assigned, timeout).await?;
+                if !forget_batch(&consumer, &stores, &assigned, timeout, &shutdown).await? {
+                    break;
+                }
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(failures.backoff(failed_in_a_row)) => {}
@@ -131,13 +140,15 @@ fn count_abort(shared: &Shared) {
 
 /// Forgets an aborted batch: handlers changed their stores in memory for it, so reload them
 /// (after a rebalance the next batch restores the new assignment instead), and rewind the
-/// consumer to the committed offsets.
+/// consumer to the committed offsets, trying again while Kafka is away: no record is read
+/// until it is back where the last commit left it. `false` when `shutdown` came first.
 async fn forget_batch(
     consumer: &Arc<StreamConsumer<GroupContext>>,
     stores: &[Arc<dyn Reload>],
     assigned: &AtomicBool,
     timeout: Duration,
-) -> Result<(), Error> {
+    shutdown: &CancellationToken,
+) -> Result<bool, Error> {
     if !assigned.load(Ordering::SeqCst) {
         for store in stores {
             match store.reload().await {
@@ -153,7 +164,22 @@ async fn forget_batch(
             }
         }
     }
-    rewind(consumer, timeout).await
+    let backoff = RetryPolicy::unbounded(Duration::from_millis(200), Duration::from_secs(10));
+    let mut failed = 0;
+    loop {
+        match rewind(consumer, timeout).await {
+            Ok(()) => return Ok(true),
+            Err(e) if e.is_transient() => {
+                failed += 1;
+                tracing::warn!(error = %e, attempt = failed, "cannot rewind to the committed offsets while Kafka is away; trying again");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(false),
+                    () = tokio::time::sleep(backoff.backoff(failed)) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Seeks every assigned partition back to its committed offset (or to the beginning where
@@ -185,7 +211,7 @@ async fn rewind(
         Ok(())
     })
     .await
-    .map_err(|e| Error::Internal(format!("could not rewind to the committed offsets: {e}")))
+    .map_err(|e| e.into_error("consumer (rewinding to the committed offsets)"))
 }
 
 /// How long an idle member waits for a record before looking at its assignment again.

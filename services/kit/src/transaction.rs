@@ -26,6 +26,15 @@ pub(crate) enum TxnError {
 }
 
 impl TxnError {
+    /// As a runtime error from the `what` client, keeping librdkafka's code, so that
+    /// [`Error::is_transient`] tells an outage from a fault.
+    pub(crate) fn into_error(self, what: &'static str) -> Error {
+        match self {
+            Self::Kafka(_, cause) => Error::Client { what, cause },
+            other => Error::Internal(format!("{what}: {other}")),
+        }
+    }
+
     /// Whether the producer can no longer be used (fenced by a newer instance, or broken).
     pub(crate) fn is_fatal(&self) -> bool {
         match self {
@@ -70,8 +79,40 @@ pub(crate) async fn producer(
         init.init_transactions(timeout)
     })
     .await
-    .map_err(|e| Error::Internal(format!("could not start transactions: {e}")))?;
+    .map_err(|e| e.into_error("transactional producer (init_transactions)"))?;
     Ok(producer)
+}
+
+/// [`producer`], tried again with backoff for as long as Kafka is away (an outage outlasts
+/// any one `init_transactions`); `None` when `shutdown` comes first. Other errors (settings, a
+/// call that hung past the watchdog) end the service.
+pub(crate) async fn producer_when_reachable(
+    config: &ClientConfig,
+    timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Option<FutureProducer>, Error> {
+    let backoff =
+        crate::retry::RetryPolicy::unbounded(Duration::from_millis(200), Duration::from_secs(10));
+    let mut failed = 0;
+    loop {
+        match producer(config, timeout).await {
+            Ok(producer) => {
+                if failed > 0 {
+                    tracing::info!(attempts = failed + 1, "transactional producer started");
+                }
+                return Ok(Some(producer));
+            }
+            Err(e) if e.is_transient() => {
+                failed += 1;
+                tracing::warn!(error = %e, attempt = failed, "cannot start a transactional producer while Kafka is away; trying again");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(backoff.backoff(failed)) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// How long fencing a transactional id may take before the service gives up starting.

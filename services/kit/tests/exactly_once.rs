@@ -13,7 +13,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use sagashop_contracts::Envelope;
 use sagashop_contracts::events::SagaStepChanged;
 use sagashop_kit::{Monitor, Outgoing, Processor, ProcessorConfig, Publisher, Router};
-use sagashop_testkit::{TestKafka, sequenced, unique_name};
+use sagashop_testkit::{OwnBroker, TestKafka, sequenced, unique_name};
 use tokio_util::sync::CancellationToken;
 
 mod common;
@@ -241,6 +241,93 @@ async fn two_members_split_the_partitions_and_one_leaving_hands_over_without_los
 
     b_stop.cancel();
     tokio::time::timeout(WAIT, b_task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// Kafka away for longer than a transaction may stay open (a node upgrade, a long blip): the
+/// batch open when it went fails, and while the broker is gone the member can neither abort,
+/// nor start a new transactional producer, nor rewind to its committed offsets. It keeps
+/// trying, and once the broker is back every input leaves exactly one committed output,
+/// without the member having stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_kafka_longer_than_a_transaction_carries_on_when_it_is_back() {
+    let broker = OwnBroker::up();
+    let kafka = broker.kafka.clone();
+    let input = kafka.topic("away-in", 1).await;
+    let output = kafka.topic("away-out", 1).await;
+    let dlq = kafka.topic("away-dlq", 1).await;
+    common::publish_sequenced(&kafka, &input, 40, 4).await;
+    // Slow handling: the broker goes while a batch's transaction is open.
+    let router = {
+        let output = output.clone();
+        Router::new().on(&input, move |env: Envelope<SagaStepChanged>| {
+            let output = output.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let reply = Envelope::caused_by(&env.metadata, env.key.clone(), env.payload);
+                Ok(vec![Outgoing::event(&output, &reply).unwrap()])
+            }
+        })
+    };
+    let config = ProcessorConfig {
+        transactional_id: Some(unique_name("away-member")),
+        batch_size: 4,
+        ..ProcessorConfig::new(unique_name("away"), &dlq)
+    };
+    let monitor = Monitor::new();
+    let publisher = Publisher::new(&kafka.config, "test").unwrap();
+    let processor = Processor::new(&kafka.config, config, router, publisher, &monitor).unwrap();
+    let shutdown = CancellationToken::new();
+    let member = tokio::spawn(processor.run(shutdown.clone()));
+
+    let committed = kafka.consumer(&unique_name("away-committed"));
+    committed.subscribe(&[&output]).unwrap();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.len() < 8 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {seen:?} handled"
+        );
+        seen.extend(read_available(&committed, Duration::from_millis(100)).await);
+    }
+    assert!(
+        seen.len() < 40,
+        "all handled before the broker went: {seen:?}"
+    );
+    broker.stop(true);
+    // Six transaction timeouts: long enough that aborting, a new producer's start and the
+    // rewind all meet the outage (at 25 s the old loop still got through).
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        !member.is_finished(),
+        "the member stopped while Kafka was away: {:?}",
+        member.await
+    );
+    broker.start();
+    read_at_least(&committed, 40, &mut seen).await;
+    assert!(
+        !member.is_finished(),
+        "the member stopped: {:?}",
+        member.await
+    );
+    // What the topic holds, read afresh: the reader above may have been handed records again
+    // after the broker's restart (its own offsets were not committed), the topic may not.
+    let fresh = kafka.consumer(&unique_name("away-afresh"));
+    fresh.subscribe(&[&output]).unwrap();
+    let mut sorted = Vec::new();
+    read_at_least(&fresh, 40, &mut sorted).await;
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (0..40).collect::<Vec<_>>(),
+        "each input exactly once"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, member)
         .await
         .unwrap()
         .unwrap()

@@ -78,3 +78,72 @@ fn scripts_kafka_bootstrap() -> Option<String> {
     let port = std::fs::read_to_string(cache_dir()?.join("kafka-run/port")).ok()?;
     Some(format!("127.0.0.1:{}", port.trim()))
 }
+
+/// A broker of the test's own (`scripts/kafka` in a state directory of its own), which it may
+/// stop and start, never the shared one. Deleted with its data when dropped.
+#[derive(Debug)]
+pub struct OwnBroker {
+    run_dir: std::path::PathBuf,
+    /// Clients' view of it.
+    pub kafka: TestKafka,
+}
+
+impl OwnBroker {
+    /// Starts it (a few seconds; the jars are the shared broker's).
+    pub fn up() -> Self {
+        let run_dir = std::env::temp_dir().join(unique_name("own-kafka"));
+        let stdout = Self::script(&run_dir, &["up"]);
+        let bootstrap = stdout
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("KAFKA_BOOTSTRAP_SERVERS="))
+            .unwrap_or_else(|| panic!("scripts/kafka up printed no address: {stdout}"))
+            .to_owned();
+        Self {
+            run_dir,
+            kafka: TestKafka {
+                config: KafkaConfig::new(bootstrap),
+            },
+        }
+    }
+
+    /// Stops it, keeping its data and port: SIGKILL when `kill`, else a clean shutdown.
+    pub fn stop(&self, kill: bool) {
+        let args: &[&str] = if kill { &["stop", "--kill"] } else { &["stop"] };
+        Self::script(&self.run_dir, args);
+    }
+
+    /// Starts it again on the same data and port.
+    pub fn start(&self) {
+        Self::script(&self.run_dir, &["start"]);
+    }
+
+    fn script(run_dir: &std::path::Path, args: &[&str]) -> String {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kafka");
+        let output = std::process::Command::new(script)
+            .args(args)
+            .env("KAFKA_RUN_DIR", run_dir)
+            .env("KAFKA_HEAP", "512m")
+            .env_remove("KAFKA_PODS_ADDRESS")
+            .output()
+            .expect("running scripts/kafka");
+        assert!(
+            output.status.success(),
+            "scripts/kafka {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kafka");
+        let _ = std::process::Command::new(script)
+            .arg("down")
+            .env("KAFKA_RUN_DIR", &self.run_dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}

@@ -20,7 +20,7 @@ pub mod metrics;
 mod wait;
 
 pub use events::sequenced;
-pub use kafka::TestKafka;
+pub use kafka::{OwnBroker, TestKafka};
 pub use kube::{TestKube, tool};
 pub use wait::eventually;
 
