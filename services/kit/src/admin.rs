@@ -11,6 +11,7 @@ use rdkafka::admin::{
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::kafka::KafkaConfig;
@@ -151,16 +152,23 @@ pub async fn wait_for_leaders(
 /// Waits up to `wait` until every topic in `names` exists with a leader for each partition,
 /// saying once which ones it waits for: in a fresh install the operator makes the topics while
 /// the services start. Past `wait` it is [`Error::missing_topic`] for the first one missing.
+/// `false` when `shutdown` came first: the wait runs on a blocking thread, which would
+/// otherwise hold the process's exit until it ends.
 pub async fn wait_for_topics(
     kafka: &KafkaConfig,
     names: Vec<String>,
     wait: Duration,
-) -> Result<(), Error> {
+    shutdown: &CancellationToken,
+) -> Result<bool, Error> {
     let client = metadata_client(kafka)?;
+    let shutdown = shutdown.clone();
     let waiting = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         let mut told = false;
         loop {
+            if shutdown.is_cancelled() {
+                return Ok(false);
+            }
             let missing = match unusable(&client, &names, Duration::from_secs(10)) {
                 Ok(missing) => missing,
                 // Kafka away or slow: the same as a topic not there yet, within the wait.
@@ -171,7 +179,7 @@ pub async fn wait_for_topics(
                 if told {
                     tracing::info!(waited = ?started.elapsed(), "the topics exist now");
                 }
-                return Ok(());
+                return Ok(true);
             };
             if started.elapsed() >= wait {
                 return Err(Error::missing_topic(first));

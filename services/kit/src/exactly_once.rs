@@ -164,22 +164,12 @@ async fn forget_batch(
             }
         }
     }
-    let backoff = RetryPolicy::unbounded(Duration::from_millis(200), Duration::from_secs(10));
-    let mut failed = 0;
-    loop {
-        match rewind(consumer, timeout).await {
-            Ok(()) => return Ok(true),
-            Err(e) if e.is_transient() => {
-                failed += 1;
-                tracing::warn!(error = %e, attempt = failed, "cannot rewind to the committed offsets while Kafka is away; trying again");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(false),
-                    () = tokio::time::sleep(backoff.backoff(failed)) => {}
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let rewound =
+        crate::retry::while_kafka_away("rewinding to the committed offsets", shutdown, || {
+            rewind(consumer, timeout)
+        })
+        .await?;
+    Ok(rewound.is_some())
 }
 
 /// Seeks every assigned partition back to its committed offset (or to the beginning where

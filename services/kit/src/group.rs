@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 use crate::monitor::{GroupLabels, Monitor, PartitionLabels, ReadyFlag};
 use crate::partitions::{Partition, Partitions};
-use crate::retry::RetryPolicy;
 use crate::store::Reload;
 
 /// The consumer's view of group membership: ready once the group assigned us partitions.
@@ -175,22 +174,12 @@ pub(crate) async fn assign_when_reachable(
     stores: &[Arc<dyn Reload>],
     shutdown: &CancellationToken,
 ) -> Result<Option<std::collections::HashSet<Partition>>, Error> {
-    let backoff = RetryPolicy::unbounded(Duration::from_millis(200), Duration::from_secs(10));
-    let mut failed = 0;
-    loop {
-        match assign(consumer, stores).await {
-            Ok(owned) => return Ok(Some(owned)),
-            Err(e) if e.is_transient() => {
-                failed += 1;
-                tracing::warn!(error = %e, attempt = failed, "restoring the state of the assigned partitions failed while Kafka is away; trying again");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(None),
-                    () = tokio::time::sleep(backoff.backoff(failed)) => {}
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    crate::retry::while_kafka_away(
+        "restoring the state of the assigned partitions",
+        shutdown,
+        || assign(consumer, stores),
+    )
+    .await
 }
 
 /// Restores every store for the partitions assigned now; returns them.

@@ -251,9 +251,9 @@ impl Processor {
         needed.extend(self.stores.iter().map(|s| s.changelog().to_owned()));
         needed.sort();
         needed.dedup();
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(false),
-            made = crate::admin::wait_for_topics(&self.kafka, needed, crate::reader::TOPIC_WAIT) => made?,
+        let wait = crate::reader::TOPIC_WAIT;
+        if !crate::admin::wait_for_topics(&self.kafka, needed, wait, shutdown).await? {
+            return Ok(false);
         }
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         self.consumer

@@ -1,6 +1,11 @@
 //! How long to wait before trying a failed message again: exponential backoff with full jitter.
 
+use std::future::Future;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
 
 /// In-place retry of transient failures, per handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +70,45 @@ impl RetryPolicy {
     }
 }
 
+/// Runs `attempt` until it succeeds, trying again with backoff (200 ms up to 10 s) for as
+/// long as it fails because Kafka is away ([`Error::is_transient`]): an outage of any length
+/// must not stop a service. Any other error (a setting, a bug) is returned at once. `what`
+/// names the work in the log. `None` when `shutdown` comes first.
+pub(crate) async fn while_kafka_away<T, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Result<Option<T>, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let backoff = RetryPolicy::unbounded(Duration::from_millis(200), Duration::from_secs(10));
+    let mut failed = 0;
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        match attempt().await {
+            Ok(value) => {
+                if failed > 0 {
+                    tracing::info!(attempts = failed + 1, "{what}: done now that Kafka is back");
+                }
+                return Ok(Some(value));
+            }
+            Err(e) if e.is_transient() => {
+                failed += 1;
+                tracing::warn!(error = %e, attempt = failed, "{what} failed while Kafka is away; trying again");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(backoff.backoff(failed)) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +168,61 @@ mod tests {
             ..RetryPolicy::default()
         };
         assert!(thrice.retries_after(2) && !thrice.retries_after(3));
+    }
+
+    fn away() -> Error {
+        Error::Unreachable {
+            bootstrap: "127.0.0.1:1".into(),
+            cause: rdkafka::error::KafkaError::Global(
+                rdkafka::types::RDKafkaErrorCode::AllBrokersDown,
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn kafka_being_away_is_waited_out_and_a_fault_is_not() {
+        let shutdown = CancellationToken::new();
+        let mut calls = 0;
+        let done = while_kafka_away("a call", &shutdown, || {
+            calls += 1;
+            let outcome = if calls < 3 { Err(away()) } else { Ok(calls) };
+            async move { outcome }
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            done,
+            Some(3),
+            "two outages waited out, the third try answered"
+        );
+
+        let mut calls = 0;
+        let fault = while_kafka_away("a call", &shutdown, || {
+            calls += 1;
+            async { Err::<(), _>(Error::Internal("a bug".into())) }
+        })
+        .await;
+        assert!(matches!(fault, Err(Error::Internal(_))), "{fault:?}");
+        assert_eq!(calls, 1, "a fault is not tried again");
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_the_wait_for_kafka() {
+        let shutdown = CancellationToken::new();
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cancel.cancel();
+        });
+        let started = std::time::Instant::now();
+        let outcome = while_kafka_away("a call", &shutdown, || async { Err::<(), _>(away()) })
+            .await
+            .unwrap();
+        assert_eq!(outcome, None);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -91,28 +91,10 @@ pub(crate) async fn producer_when_reachable(
     timeout: Duration,
     shutdown: &CancellationToken,
 ) -> Result<Option<FutureProducer>, Error> {
-    let backoff =
-        crate::retry::RetryPolicy::unbounded(Duration::from_millis(200), Duration::from_secs(10));
-    let mut failed = 0;
-    loop {
-        match producer(config, timeout).await {
-            Ok(producer) => {
-                if failed > 0 {
-                    tracing::info!(attempts = failed + 1, "transactional producer started");
-                }
-                return Ok(Some(producer));
-            }
-            Err(e) if e.is_transient() => {
-                failed += 1;
-                tracing::warn!(error = %e, attempt = failed, "cannot start a transactional producer while Kafka is away; trying again");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(None),
-                    () = tokio::time::sleep(backoff.backoff(failed)) => {}
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    crate::retry::while_kafka_away("starting a transactional producer", shutdown, || {
+        producer(config, timeout)
+    })
+    .await
 }
 
 /// How long fencing a transactional id may take before the service gives up starting.

@@ -200,3 +200,42 @@ async fn probe_lists_the_broker_and_the_topics() {
     assert!(info.topics.contains(&(topic, 3)), "{:?}", info.topics);
     assert!(info.topics.iter().all(|(name, _)| !name.starts_with("__")));
 }
+
+#[tokio::test]
+async fn waiting_for_topics_that_never_come_ends_at_shutdown_not_at_the_wait() {
+    let kafka = TestKafka::connect().await;
+    let made = kafka.topic("made", 1).await;
+    let never = unique_name("never-made");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let cancel = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cancel.cancel();
+    });
+    let started = std::time::Instant::now();
+    let waited = sagashop_kit::admin::wait_for_topics(
+        &kafka.config,
+        vec![made.clone(), never],
+        Duration::from_secs(120),
+        &shutdown,
+    )
+    .await
+    .unwrap();
+    assert!(!waited, "a missing topic cannot have been found");
+    // A SIGTERM during the wait must not hold the process for the whole two minutes.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let present = sagashop_kit::admin::wait_for_topics(
+        &kafka.config,
+        vec![made],
+        Duration::from_secs(30),
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(present, "a topic that exists is found");
+}
