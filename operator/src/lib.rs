@@ -179,6 +179,12 @@ pub enum RunError {
     /// Another replica took over: this one must not go on reconciling.
     #[error("lost the leader lease `{0}`; stopping so that only one replica reconciles")]
     LeaseLost(String),
+    /// A controller's watch ended before shutdown: reconciling half the kinds is worse than
+    /// a restart.
+    #[error(
+        "the {0} controller stopped before shutdown; exiting so that Kubernetes restarts the operator"
+    )]
+    ControllerEnded(&'static str),
 }
 
 /// Runs both reconcilers until `shutdown` (or until leadership is lost), reporting readiness
@@ -232,24 +238,78 @@ pub async fn run(
     }
     tracing::info!(scope = ?config.scope, concurrency = config.concurrency, "reconciling KafkaTopics and Sagas");
     let (a, b) = (stop.clone(), stop.clone());
-    tokio::join!(
-        topics::run(Arc::clone(&shared), config.concurrency, async move {
-            a.cancelled().await;
-        }),
-        sagas::run(Arc::clone(&shared), config.concurrency, async move {
-            b.cancelled().await;
-        }),
-    );
+    let ended = side_by_side(
+        &stop,
+        (
+            "KafkaTopic",
+            topics::run(Arc::clone(&shared), config.concurrency, async move {
+                a.cancelled().await;
+            }),
+        ),
+        (
+            "Saga",
+            sagas::run(Arc::clone(&shared), config.concurrency, async move {
+                b.cancelled().await;
+            }),
+        ),
+    )
+    .await;
     metrics.leader.set(0);
+    ready.set(false);
+    let lost = leadership
+        .as_ref()
+        .is_some_and(|held| held.lost.is_cancelled());
     if let Some(held) = leadership {
-        let lost = held.lost.is_cancelled();
         held.release().await;
-        if lost && !shutdown.is_cancelled() {
-            let name = config.lease.map(|l| l.name).unwrap_or_default();
-            return Err(RunError::LeaseLost(name));
-        }
+    }
+    if let Some(kind) = ended {
+        return Err(RunError::ControllerEnded(kind));
+    }
+    if lost && !shutdown.is_cancelled() {
+        let name = config.lease.map(|l| l.name).unwrap_or_default();
+        return Err(RunError::LeaseLost(name));
     }
     Ok(())
+}
+
+/// Runs both controllers until `stop`; when one ends before `stop` (its watch stream ended:
+/// a bug, or kube-rs giving up), stops the other and names the first, so that the process
+/// exits instead of reconciling one kind and not the other.
+async fn side_by_side(
+    stop: &CancellationToken,
+    (first, a): (&'static str, impl std::future::Future<Output = ()>),
+    (second, b): (&'static str, impl std::future::Future<Output = ()>),
+) -> Option<&'static str> {
+    let ended = std::sync::Mutex::new(None);
+    tokio::join!(
+        watch(first, a, stop, &ended),
+        watch(second, b, stop, &ended)
+    );
+    ended
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs one controller; if it ends before `stop`, records its name (the first one only) and
+/// stops the rest.
+async fn watch(
+    name: &'static str,
+    run: impl std::future::Future<Output = ()>,
+    stop: &CancellationToken,
+    ended: &std::sync::Mutex<Option<&'static str>>,
+) {
+    run.await;
+    if !stop.is_cancelled() {
+        tracing::error!(
+            controller = name,
+            "a controller stopped before shutdown; stopping the other"
+        );
+        ended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert(name);
+        stop.cancel();
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +317,31 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_controller_that_ends_by_itself_stops_the_other_and_is_named() {
+        let stop = CancellationToken::new();
+        let (other_stopped, watched) = (stop.clone(), stop.clone());
+        let ended = side_by_side(
+            &stop,
+            ("KafkaTopic", async {}),
+            ("Saga", async move { watched.cancelled().await }),
+        )
+        .await;
+        assert_eq!(ended, Some("KafkaTopic"));
+        assert!(other_stopped.is_cancelled());
+
+        let stop = CancellationToken::new();
+        let (a, b) = (stop.clone(), stop.clone());
+        stop.cancel();
+        let ended = side_by_side(
+            &stop,
+            ("KafkaTopic", async move { a.cancelled().await }),
+            ("Saga", async move { b.cancelled().await }),
+        )
+        .await;
+        assert_eq!(ended, None, "both stopped as asked");
+    }
 
     #[test]
     fn the_committed_crds_are_current() {

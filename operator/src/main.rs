@@ -156,6 +156,10 @@ async fn run(args: RunArgs, log_format: LogFormat) -> ExitCode {
             tracing::error!("{e}");
             ExitCode::from(EX_TEMPFAIL)
         }
+        Err(e @ RunError::ControllerEnded(_)) => {
+            tracing::error!("{e}");
+            ExitCode::from(EX_SOFTWARE)
+        }
     }
 }
 

@@ -50,7 +50,10 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let timeout = shared.config.transaction_timeout;
-    let Some(mut txn) = producer_when_reachable(&producer_config, timeout, &shutdown).await? else {
+    let alive = &shared.alive;
+    let Some(mut txn) =
+        producer_when_reachable(&producer_config, timeout, &shutdown, alive).await?
+    else {
         return Ok(());
     };
     let failures = RetryPolicy::unbounded(Duration::from_millis(200), Duration::from_secs(10));
@@ -62,10 +65,12 @@ pub(crate) async fn run(
             () = shutdown.cancelled() => break,
             batch = next_batch(&consumer, &shared) => batch,
         };
+        // Back from a batch, or from waiting a moment for one: not stuck.
+        alive.beat();
         // The assignment changed: restore the state of the partitions owned now (another
         // member may have written it) and drop the rest.
         if assigned.swap(false, Ordering::SeqCst) {
-            match crate::group::assign_when_reachable(&consumer, &stores, &shutdown).await? {
+            match crate::group::assign_when_reachable(&consumer, &stores, &shutdown, alive).await? {
                 Some(now) => owned = now,
                 None => break,
             }
@@ -109,14 +114,14 @@ pub(crate) async fn run(
                         failed_in_a_row,
                         "replacing the transactional producer"
                     );
-                    txn = match producer_when_reachable(&producer_config, timeout, &shutdown)
+                    txn = match producer_when_reachable(&producer_config, timeout, &shutdown, alive)
                         .await?
                     {
                         Some(txn) => txn,
                         None => break,
                     };
                 }
-                if !forget_batch(&consumer, &stores, &assigned, timeout, &shutdown).await? {
+                if !forget_batch(&consumer, &stores, &assigned, timeout, &shutdown, alive).await? {
                     break;
                 }
                 tokio::select! {
@@ -148,6 +153,7 @@ async fn forget_batch(
     assigned: &AtomicBool,
     timeout: Duration,
     shutdown: &CancellationToken,
+    alive: &crate::monitor::Heartbeat,
 ) -> Result<bool, Error> {
     if !assigned.load(Ordering::SeqCst) {
         for store in stores {
@@ -164,11 +170,13 @@ async fn forget_batch(
             }
         }
     }
-    let rewound =
-        crate::retry::while_kafka_away("rewinding to the committed offsets", shutdown, || {
-            rewind(consumer, timeout)
-        })
-        .await?;
+    let rewound = crate::retry::while_kafka_away(
+        "rewinding to the committed offsets",
+        shutdown,
+        alive,
+        || rewind(consumer, timeout),
+    )
+    .await?;
     Ok(rewound.is_some())
 }
 

@@ -173,10 +173,12 @@ pub(crate) async fn assign_when_reachable(
     consumer: &StreamConsumer<GroupContext>,
     stores: &[Arc<dyn Reload>],
     shutdown: &CancellationToken,
+    alive: &crate::monitor::Heartbeat,
 ) -> Result<Option<std::collections::HashSet<Partition>>, Error> {
     crate::retry::while_kafka_away(
         "restoring the state of the assigned partitions",
         shutdown,
+        alive,
         || assign(consumer, stores),
     )
     .await
@@ -279,9 +281,14 @@ mod tests {
     async fn a_restore_while_kafka_is_away_is_tried_until_it_works() {
         let store = Failing::new(|n| (n < 3).then(away));
         let stores: Vec<Arc<dyn Reload>> = vec![store.clone()];
-        let restored = assign_when_reachable(&consumer(), &stores, &CancellationToken::new())
-            .await
-            .unwrap();
+        let restored = assign_when_reachable(
+            &consumer(),
+            &stores,
+            &CancellationToken::new(),
+            &crate::monitor::Heartbeat::detached(),
+        )
+        .await
+        .unwrap();
         assert!(restored.is_some());
         assert_eq!(store.tried.load(Ordering::SeqCst), 4);
     }
@@ -295,12 +302,24 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(1)).await;
             stop.cancel();
         });
-        let restored = assign_when_reachable(&consumer(), &stores, &shutdown).await;
+        let restored = assign_when_reachable(
+            &consumer(),
+            &stores,
+            &shutdown,
+            &crate::monitor::Heartbeat::detached(),
+        )
+        .await;
         assert!(matches!(restored, Ok(None)));
 
         let broken = Failing::new(|_| Some(Error::Internal("a bug".into())));
         let stores: Vec<Arc<dyn Reload>> = vec![broken.clone()];
-        let result = assign_when_reachable(&consumer(), &stores, &CancellationToken::new()).await;
+        let result = assign_when_reachable(
+            &consumer(),
+            &stores,
+            &CancellationToken::new(),
+            &crate::monitor::Heartbeat::detached(),
+        )
+        .await;
         assert!(matches!(result, Err(Error::Internal(_))));
         assert_eq!(broken.tried.load(Ordering::SeqCst), 1);
     }

@@ -25,6 +25,10 @@ use crate::store::{Reload, Store};
 use crate::telemetry::{continue_trace, inject_current};
 use tracing::Instrument;
 
+/// The default [`ProcessorConfig::stall_after`]: three minutes, past the two that a state
+/// restore or a wait for topics may take.
+pub(crate) const STALL_AFTER: Duration = Duration::from_secs(180);
+
 /// How a processor consumes.
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
@@ -74,6 +78,10 @@ pub struct ProcessorConfig {
     /// How the consumer reads: read committed unless an at-least-once service chooses
     /// otherwise (exactly-once mode refuses anything else).
     pub isolation_level: IsolationLevel,
+    /// How long the consume loop may go without progress (a record finished, or nothing to
+    /// do) before `/healthz` fails and Kubernetes restarts the process. Longer than any one
+    /// bounded wait inside it: a transaction call, a state restore.
+    pub stall_after: Duration,
 }
 
 impl ProcessorConfig {
@@ -109,6 +117,7 @@ impl ProcessorConfig {
             retry_topic: None,
             lag_interval: Duration::from_secs(5),
             isolation_level: IsolationLevel::ReadCommitted,
+            stall_after: STALL_AFTER,
         }
     }
 }
@@ -225,6 +234,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) monitor: Monitor,
     pub(crate) shutdown: CancellationToken,
+    /// The consume loop's liveness: beaten while it makes progress or waits as it should.
+    pub(crate) alive: crate::monitor::Heartbeat,
     /// Every store the handlers write, set when the processor runs: their changelog records
     /// are written with the store's current value (see `Reload::enqueue_current`).
     pub(crate) stores: std::sync::OnceLock<Vec<Arc<dyn Reload>>>,

@@ -13,14 +13,15 @@ use axum::routing::get;
 use crate::monitor::{Monitor, ResponseLabels, RouteLabels};
 
 /// The operational endpoints:
-/// - `GET /healthz`: 200 while the process runs (liveness);
+/// - `GET /healthz`: 200 while every consume loop is alive and making progress (liveness),
+///   else 503 naming the loops that stopped or stalled (see [`Monitor::heartbeat`]);
 /// - `GET /readyz`: 200 once every declared component is ready, else 503 naming the rest;
 /// - `GET /metrics`: Prometheus/OpenMetrics text;
 /// - `GET /metrics/catalogue`: every metric the process registered, with its type and help,
 ///   including labelled families that have no samples yet (and so are not in `/metrics`).
 pub fn ops_router(monitor: Monitor) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/metrics/catalogue", get(catalogue))
@@ -178,6 +179,18 @@ pub async fn serve(
     }
 }
 
+async fn healthz(State(monitor): State<Monitor>) -> impl IntoResponse {
+    let dead = monitor.not_live();
+    if dead.is_empty() {
+        (StatusCode::OK, "ok\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not live: {}\n", dead.join(", ")),
+        )
+    }
+}
+
 async fn readyz(State(monitor): State<Monitor>) -> impl IntoResponse {
     let waiting = monitor.not_ready();
     if waiting.is_empty() {
@@ -307,10 +320,19 @@ mod tests {
             topic: "orders.v1".into(),
         };
         monitor.runtime.handled.get_or_create(&labels).inc();
+        let alive = monitor.heartbeat("consumer:orders", Duration::from_secs(60));
         let router = ops_router(monitor);
         assert_eq!(
             get(&router, "/healthz").await,
             (StatusCode::OK, "ok\n".into())
+        );
+        alive.stopped();
+        assert_eq!(
+            get(&router, "/healthz").await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not live: consumer:orders stopped\n".into()
+            )
         );
         assert_eq!(
             get(&router, "/readyz").await,

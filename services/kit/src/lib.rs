@@ -55,7 +55,7 @@ pub use expiry::Expiry;
 pub use http::ops_router;
 pub use kafka::{ClusterInfo, IsolationLevel, KafkaConfig};
 pub use locks::KeyLocks;
-pub use monitor::{Monitor, ReadyFlag};
+pub use monitor::{Heartbeat, Monitor, ReadyFlag};
 pub use processor::{DedupeKey, Processor, ProcessorConfig, Stats, StatsSnapshot};
 pub use publisher::{Delivered, PublishError, Publisher};
 pub use record::{Outgoing, Record};

@@ -1,8 +1,10 @@
-//! What a service shows about itself: Prometheus metrics and readiness, served by [`crate::http`].
+//! What a service shows about itself: Prometheus metrics, readiness and liveness, served by
+//! [`crate::http`].
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::MetricType;
@@ -125,6 +127,9 @@ pub struct Monitor {
     declared: Arc<Mutex<BTreeMap<String, (&'static str, String)>>>,
     pub(crate) runtime: RuntimeMetrics,
     components: Arc<Mutex<BTreeMap<String, bool>>>,
+    hearts: Arc<Mutex<BTreeMap<String, Arc<Heart>>>>,
+    /// When the monitor was made: heartbeats count milliseconds from here.
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -174,6 +179,8 @@ impl Monitor {
             declared: Arc::new(Mutex::new(declared)),
             runtime,
             components: Arc::default(),
+            hearts: Arc::default(),
+            epoch: Instant::now(),
         }
     }
 
@@ -237,6 +244,104 @@ impl Monitor {
             .filter(|(_, ready)| !**ready)
             .map(|(name, _)| name.clone())
             .collect()
+    }
+
+    /// Declares a loop that must keep making progress for the process to be live: it fails
+    /// liveness ([`Monitor::not_live`]) when it has not beaten for `bound`, or when its
+    /// loop ended by itself ([`Heartbeat::stopped`]).
+    pub fn heartbeat(&self, name: impl Into<String>, bound: Duration) -> Heartbeat {
+        let name = name.into();
+        let heart = Arc::new(Heart {
+            bound,
+            last: AtomicU64::new(elapsed_ms(self.epoch)),
+            stopped: AtomicBool::new(false),
+        });
+        self.hearts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.clone(), Arc::clone(&heart));
+        Heartbeat {
+            name,
+            heart,
+            epoch: self.epoch,
+            hearts: Arc::downgrade(&self.hearts),
+        }
+    }
+
+    /// Why the process is not live, one line per loop: a loop that ended by itself, or one
+    /// that has not made progress for longer than its bound. Empty means live.
+    pub fn not_live(&self) -> Vec<String> {
+        let now = elapsed_ms(self.epoch);
+        let hearts = self.hearts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut dead = Vec::new();
+        for (name, heart) in hearts.iter() {
+            let silent =
+                Duration::from_millis(now.saturating_sub(heart.last.load(Ordering::SeqCst)));
+            if heart.stopped.load(Ordering::SeqCst) {
+                dead.push(format!("{name} stopped"));
+            } else if silent > heart.bound {
+                dead.push(format!(
+                    "{name} made no progress for {:.1}s (bound {:.1}s)",
+                    silent.as_secs_f64(),
+                    heart.bound.as_secs_f64()
+                ));
+            }
+        }
+        dead
+    }
+}
+
+fn elapsed_ms(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[derive(Debug)]
+struct Heart {
+    bound: Duration,
+    /// Milliseconds from the monitor's epoch to the last beat.
+    last: AtomicU64,
+    stopped: AtomicBool,
+}
+
+/// A loop's proof of life (see [`Monitor::heartbeat`]). Cheap to clone; every clone beats the
+/// same heart.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    name: String,
+    heart: Arc<Heart>,
+    epoch: Instant,
+    hearts: std::sync::Weak<Mutex<BTreeMap<String, Arc<Heart>>>>,
+}
+
+impl Heartbeat {
+    /// A heartbeat nothing watches: for loops run outside a service (tests, tools).
+    pub fn detached() -> Self {
+        Monitor::new().heartbeat("detached", Duration::MAX)
+    }
+
+    /// The loop made progress (or waited, as it should, for work or for Kafka).
+    pub fn beat(&self) {
+        self.heart
+            .last
+            .store(elapsed_ms(self.epoch), Ordering::SeqCst);
+    }
+
+    /// The loop ended by itself: liveness fails until the process exits.
+    pub fn stopped(&self) {
+        self.heart.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// The loop ended as asked (at shutdown): it no longer counts for liveness.
+    pub fn finish(&self) {
+        if let Some(hearts) = self.hearts.upgrade() {
+            let mut hearts = hearts.lock().unwrap_or_else(PoisonError::into_inner);
+            if hearts
+                .get(&self.name)
+                .is_some_and(|h| Arc::ptr_eq(h, &self.heart))
+            {
+                hearts.remove(&self.name);
+            }
+        }
     }
 }
 
@@ -427,6 +532,30 @@ mod tests {
         assert!(monitor.not_ready().is_empty());
         store.set(false);
         assert_eq!(monitor.not_ready(), ["store:balances"]);
+    }
+
+    #[test]
+    fn a_loop_is_live_while_it_beats_and_dead_once_silent_or_stopped() {
+        let monitor = Monitor::new();
+        let consumer = monitor.heartbeat("consumer:payment", Duration::from_millis(200));
+        let other = monitor.heartbeat("consumer:shipping", Duration::from_secs(60));
+        assert!(monitor.not_live().is_empty(), "{:?}", monitor.not_live());
+        std::thread::sleep(Duration::from_millis(300));
+        let dead = monitor.not_live();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert!(
+            dead[0].starts_with("consumer:payment made no progress for 0.")
+                && dead[0].ends_with("(bound 0.2s)"),
+            "{dead:?}"
+        );
+        consumer.beat();
+        assert!(monitor.not_live().is_empty(), "a beat revives it");
+        other.stopped();
+        assert_eq!(monitor.not_live(), ["consumer:shipping stopped"]);
+        other.finish();
+        consumer.finish();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(monitor.not_live().is_empty(), "finished loops do not count");
     }
 
     #[test]

@@ -115,6 +115,7 @@ impl Processor {
             topics.push(retry.topic.clone());
         }
         let permits = Semaphore::new(config.concurrency);
+        let alive = monitor.heartbeat(format!("consumer:{}", config.group_id), config.stall_after);
         let mut stores: Vec<Arc<dyn Reload>> = Vec::new();
         let mut expiry = crate::expiry::Expiry::new();
         // The dedupe store is state like any other: roll it back with aborted batches. Its ids
@@ -136,6 +137,7 @@ impl Processor {
                 stats: Arc::default(),
                 monitor: monitor.clone(),
                 shutdown,
+                alive,
                 stores: std::sync::OnceLock::new(),
             }),
             transactional_producer,
@@ -178,8 +180,14 @@ impl Processor {
                 .clone()
                 .run(self.shared.publisher.clone(), shutdown.clone()),
         );
-        let result = self.consume(shutdown).await;
+        let mut ending = Ending {
+            alive: self.shared.alive.clone(),
+            asked: false,
+        };
+        ending.alive.beat();
+        let result = self.consume(shutdown.clone()).await;
         pruning.abort();
+        ending.asked = result.is_ok() && shutdown.is_cancelled();
         result
     }
 
@@ -210,10 +218,18 @@ impl Processor {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(done) = tasks.join_next() => joined(done)?,
-                () = queues.freed.notified(), if full => {}
+                Some(done) = tasks.join_next() => {
+                    self.shared.alive.beat();
+                    joined(done)?;
+                }
+                () = queues.freed.notified(), if full => self.shared.alive.beat(),
                 // An idle member still restores the state of partitions assigned meanwhile.
                 () = tokio::time::sleep(crate::exactly_once::IDLE_WAKE) => {
+                    // Nothing in flight is nothing stuck; records in flight that never
+                    // finish are a stall.
+                    if queues.in_flight.load(Ordering::SeqCst) == 0 {
+                        self.shared.alive.beat();
+                    }
                     if !self.rebalanced(&queues, &shutdown).await? {
                         break;
                     }
@@ -290,7 +306,9 @@ impl Processor {
                     }
                 }
             }
-            let restored = assign_when_reachable(&self.consumer, &self.stores, shutdown).await?;
+            let restored =
+                assign_when_reachable(&self.consumer, &self.stores, shutdown, &self.shared.alive)
+                    .await?;
             crate::handling::dead_letter_quarantined(&self.shared, &self.stores).await;
             return Ok(restored.is_some());
         }
@@ -386,6 +404,23 @@ fn check(config: &ProcessorConfig) -> Result<(), Error> {
 
 /// `process` catches handler panics, so a failed join is a bug in the runtime itself; without
 /// its offset the partition could never commit again, so stop loudly.
+/// Tells liveness how the consume loop ended, however it did (a panic included): asked to
+/// (at shutdown) or by itself, which fails `/healthz` until the process exits.
+struct Ending {
+    alive: crate::monitor::Heartbeat,
+    asked: bool,
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if self.asked {
+            self.alive.finish();
+        } else {
+            self.alive.stopped();
+        }
+    }
+}
+
 fn joined(done: Result<(), tokio::task::JoinError>) -> Result<(), Error> {
     done.map_err(|e| Error::Internal(format!("a record task failed: {e}")))
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
+use crate::monitor::Heartbeat;
 
 /// In-place retry of transient failures, per handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,10 +74,12 @@ impl RetryPolicy {
 /// Runs `attempt` until it succeeds, trying again with backoff (200 ms up to 10 s) for as
 /// long as it fails because Kafka is away ([`Error::is_transient`]): an outage of any length
 /// must not stop a service. Any other error (a setting, a bug) is returned at once. `what`
-/// names the work in the log. `None` when `shutdown` comes first.
+/// names the work in the log. Each attempt beats `alive`: waiting out an outage is the loop
+/// doing what it should, not a stall. `None` when `shutdown` comes first.
 pub(crate) async fn while_kafka_away<T, F, Fut>(
     what: &str,
     shutdown: &CancellationToken,
+    alive: &Heartbeat,
     mut attempt: F,
 ) -> Result<Option<T>, Error>
 where
@@ -89,6 +92,7 @@ where
         if shutdown.is_cancelled() {
             return Ok(None);
         }
+        alive.beat();
         match attempt().await {
             Ok(value) => {
                 if failed > 0 {
@@ -183,7 +187,7 @@ mod tests {
     async fn kafka_being_away_is_waited_out_and_a_fault_is_not() {
         let shutdown = CancellationToken::new();
         let mut calls = 0;
-        let done = while_kafka_away("a call", &shutdown, || {
+        let done = while_kafka_away("a call", &shutdown, &Heartbeat::detached(), || {
             calls += 1;
             let outcome = if calls < 3 { Err(away()) } else { Ok(calls) };
             async move { outcome }
@@ -197,7 +201,7 @@ mod tests {
         );
 
         let mut calls = 0;
-        let fault = while_kafka_away("a call", &shutdown, || {
+        let fault = while_kafka_away("a call", &shutdown, &Heartbeat::detached(), || {
             calls += 1;
             async { Err::<(), _>(Error::Internal("a bug".into())) }
         })
@@ -215,9 +219,12 @@ mod tests {
             cancel.cancel();
         });
         let started = std::time::Instant::now();
-        let outcome = while_kafka_away("a call", &shutdown, || async { Err::<(), _>(away()) })
-            .await
-            .unwrap();
+        let alive = Heartbeat::detached();
+        let outcome = while_kafka_away("a call", &shutdown, &alive, || async {
+            Err::<(), _>(away())
+        })
+        .await
+        .unwrap();
         assert_eq!(outcome, None);
         assert!(
             started.elapsed() < Duration::from_secs(5),

@@ -90,8 +90,9 @@ pub(crate) async fn producer_when_reachable(
     config: &ClientConfig,
     timeout: Duration,
     shutdown: &CancellationToken,
+    alive: &crate::monitor::Heartbeat,
 ) -> Result<Option<FutureProducer>, Error> {
-    crate::retry::while_kafka_away("starting a transactional producer", shutdown, || {
+    crate::retry::while_kafka_away("starting a transactional producer", shutdown, alive, || {
         producer(config, timeout)
     })
     .await

@@ -492,3 +492,96 @@ async fn consumer_lag_counts_unfinished_records_and_falls_to_zero() {
     .await;
     running.stop().await;
 }
+
+/// What `/healthz` serves: the loops that stopped or stalled.
+fn not_live(monitor: &Monitor) -> Option<String> {
+    let dead = monitor.not_live();
+    (!dead.is_empty()).then(|| dead.join(", "))
+}
+
+#[tokio::test]
+async fn a_loop_stuck_on_a_record_fails_liveness_until_it_moves_and_an_idle_one_does_not() {
+    let kafka = TestKafka::connect().await;
+    let topic = kafka.topic("stall", 1).await;
+    let dlq = kafka.topic("stall-dlq", 1).await;
+    let group = unique_name("stall");
+    let release = Arc::new(Notify::new());
+    let router = {
+        let release = release.clone();
+        Router::new().on(&topic, move |_: Envelope<SagaStepChanged>| {
+            let release = release.clone();
+            async move {
+                release.notified().await;
+                Ok(vec![])
+            }
+        })
+    };
+    let config = ProcessorConfig {
+        stall_after: Duration::from_secs(2),
+        ..ProcessorConfig::new(&group, &dlq)
+    };
+    let running = start(&kafka, config, router);
+    let monitor = running.monitor.clone();
+    // Idle for longer than the bound: waiting for work is not a stall.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(not_live(&monitor), None);
+
+    publish_all(
+        &kafka,
+        &[Outgoing::event(&topic, &sequenced("order-1", 0)).unwrap()],
+    )
+    .await;
+    let stalled = eventually("the stuck loop to fail liveness", WAIT, || {
+        let dead = not_live(&monitor);
+        async move { dead }
+    })
+    .await;
+    assert!(
+        stalled.starts_with(&format!("consumer:{group} made no progress for ")),
+        "{stalled}"
+    );
+    release.notify_one();
+    eventually(
+        "liveness to come back once the record finishes",
+        WAIT,
+        || {
+            let live = not_live(&monitor).is_none();
+            async move { live.then_some(()) }
+        },
+    )
+    .await;
+    running.stop().await;
+    assert_eq!(
+        not_live(&monitor),
+        None,
+        "a loop stopped as asked is not dead"
+    );
+}
+
+#[tokio::test]
+async fn a_loop_that_ends_by_itself_fails_liveness_naming_it() {
+    let kafka = TestKafka::connect().await;
+    // State on one partition for input on two: a fault no retry cures.
+    let topic = kafka.topic("dies", 2).await;
+    let changelog = kafka.topic("dies-state", 1).await;
+    let dlq = kafka.topic("dies-dlq", 1).await;
+    let group = unique_name("dies");
+    let monitor = Monitor::new();
+    let router = Router::new().on(&topic, |_: Envelope<SagaStepChanged>| async { Ok(vec![]) });
+    let publisher = Publisher::new(&kafka.config, "test").unwrap();
+    let config = ProcessorConfig::exactly_once(&group, &dlq, unique_name("dies-txn"));
+    let state: sagashop_kit::Store<u32> =
+        sagashop_kit::Store::owned(&kafka.config, "state", &changelog, &monitor);
+    let processor = Processor::new(&kafka.config, config, router, publisher, &monitor)
+        .unwrap()
+        .reloads(state);
+    let ended = tokio::time::timeout(WAIT, processor.run(CancellationToken::new()))
+        .await
+        .expect("the loop did not end");
+    let error = ended.unwrap_err().to_string();
+    assert!(error.contains("needs as many partitions"), "{error}");
+    assert_eq!(
+        not_live(&monitor),
+        Some(format!("consumer:{group} stopped"))
+    );
+}
