@@ -180,25 +180,21 @@ pub async fn serve(
 }
 
 async fn healthz(State(monitor): State<Monitor>) -> impl IntoResponse {
-    let dead = monitor.not_live();
-    if dead.is_empty() {
-        (StatusCode::OK, "ok\n".to_owned())
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not live: {}\n", dead.join(", ")),
-        )
-    }
+    verdict(&monitor.not_live(), "ok", "not live")
 }
 
 async fn readyz(State(monitor): State<Monitor>) -> impl IntoResponse {
-    let waiting = monitor.not_ready();
-    if waiting.is_empty() {
-        (StatusCode::OK, "ready\n".to_owned())
+    verdict(&monitor.not_ready(), "ready", "not ready")
+}
+
+/// `200 <good>` when nothing is wrong, else `503 <bad>: <every problem>`.
+fn verdict(problems: &[String], good: &str, bad: &str) -> (StatusCode, String) {
+    if problems.is_empty() {
+        (StatusCode::OK, format!("{good}\n"))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", waiting.join(", ")),
+            format!("{bad}: {}\n", problems.join(", ")),
         )
     }
 }
