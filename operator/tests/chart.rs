@@ -170,12 +170,16 @@ async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_o
             "kafka.enabled=false",
             "--set",
             "kafka.bootstrapServers=kafka:9092",
+            "--set",
+            "kafka.allowFewerReplicas=true",
         ],
     );
     let ns = kube.namespace("chart").await;
     let external = [
         "kafka.enabled=false",
         "kafka.bootstrapServers=kafka.example:9092",
+        "saga.replicas=3",
+        "topics.replicas=3",
     ];
     let mut variants: Vec<Vec<&str>> = vec![
         vec![],
@@ -225,7 +229,11 @@ async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_o
     // And state changelogs partitioned unlike the saga's topics they belong to.
     assert!(refused(&["topics.partitions=8"]).contains("saga.partitions"));
     // And Kafka security settings that cannot work, each naming the value to fix.
-    let external = ["kafka.enabled=false", "kafka.bootstrapServers=k:9093"];
+    let external = [
+        "kafka.enabled=false",
+        "kafka.bootstrapServers=k:9093",
+        "kafka.allowFewerReplicas=true",
+    ];
     for (sets, names) in [
         (vec!["kafka.securityProtocol=SASL_SSL"], "kafka.enabled"),
         (
@@ -259,6 +267,8 @@ async fn the_chart_lints_and_the_api_server_accepts_it_with_defaults_and_every_o
 const SECURED_KAFKA: &[&str] = &[
     "kafka.enabled=false",
     "kafka.bootstrapServers=kafka.example:9093",
+    "saga.replicas=3",
+    "topics.replicas=3",
     "kafka.securityProtocol=SASL_SSL",
     "kafka.saslMechanism=SCRAM-SHA-512",
     "kafka.existingSecret=kafka-credentials",
@@ -507,6 +517,8 @@ async fn the_installed_chart_and_plain_topics_are_reconciled_by_the_operator_und
             "kafka.enabled=false",
             "--set",
             &bootstrap,
+            "--set",
+            "kafka.allowFewerReplicas=true",
             "--set",
             "topics.create=false",
         ],
@@ -790,4 +802,69 @@ async fn the_plain_manifests_apply_into_their_namespace_in_the_documented_order(
     );
     let _ = std::fs::remove_file(&rendered);
     kube.delete_namespace("sagashop").await;
+}
+
+/// `(replicas, min.insync.replicas)` of every KafkaTopic the chart renders, and the Saga's
+/// topic replicas (the operator gives its topics `min.insync.replicas=2` from 3 up: the
+/// topology's own test checks that rule).
+fn durability(objects: &[Value]) -> (Vec<(i64, Option<String>)>, i64) {
+    let topics = objects
+        .iter()
+        .filter(|o| o["kind"] == "KafkaTopic")
+        .map(|o| {
+            let spec = &o["spec"];
+            let insync = spec["config"]["min.insync.replicas"]
+                .as_str()
+                .map(str::to_owned);
+            (spec["replicas"].as_i64().unwrap(), insync)
+        })
+        .collect();
+    let saga = objects.iter().find(|o| o["kind"] == "Saga").unwrap();
+    (
+        topics,
+        saga["spec"]["topicDefaults"]["replicas"].as_i64().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn external_kafka_gets_three_replicas_with_two_in_sync_and_fewer_only_when_asked() {
+    let kube = TestKube::connect().await;
+    // The bundled single broker: one replica, the broker's own min.insync.replicas.
+    let (_, objects) = render(&kube, "default", &[]);
+    let (topics, saga) = durability(&objects);
+    assert!(topics.len() > 5, "{topics:?}");
+    assert!(topics.iter().all(|t| *t == (1, None)), "{topics:?}");
+    assert_eq!(saga, 1);
+    // The GKE values: three replicas, a write on two brokers before it is acknowledged.
+    for profile in [
+        &["values-gke.yaml"][..],
+        &["values-strimzi.yaml"][..],
+        SECURED_KAFKA,
+    ] {
+        let (_, objects) = render(&kube, "default", profile);
+        let (topics, saga) = durability(&objects);
+        assert!(
+            topics.iter().all(|t| *t == (3, Some("2".to_owned()))),
+            "{profile:?}: {topics:?}"
+        );
+        assert_eq!(saga, 3, "{profile:?}");
+    }
+    // External Kafka with fewer replicas is refused, naming the way out...
+    let external = ["kafka.enabled=false", "kafka.bootstrapServers=k:9092"];
+    let error = refused(&external);
+    assert!(
+        error.contains("must be at least 3 with an external Kafka")
+            && error.contains("kafka.allowFewerReplicas=true"),
+        "{error}"
+    );
+    assert!(
+        refused(&[&external[..], &["saga.replicas=3"]].concat()).contains("topics.replicas (1)")
+    );
+    // ...and taken when the user says they mean it.
+    let (_, objects) = render(
+        &kube,
+        "default",
+        &[&external[..], &["kafka.allowFewerReplicas=true"]].concat(),
+    );
+    assert!(durability(&objects).0.iter().all(|t| *t == (1, None)));
 }

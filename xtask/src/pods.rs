@@ -79,7 +79,7 @@ fn values(pods_bootstrap: &str, prefix: &str) -> String {
         .collect::<Vec<_>>()
         .join(",");
     format!(
-        r#"kafka: {{enabled: false, bootstrapServers: "{pods_bootstrap}"}}
+        r#"kafka: {{enabled: false, bootstrapServers: "{pods_bootstrap}", allowFewerReplicas: true}}
 image: {{repository: localhost/sagashop, tag: dev, pullPolicy: Never}}
 topics: {{create: false}}
 operator: {{replicas: 1}}

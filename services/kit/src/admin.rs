@@ -19,6 +19,9 @@ use crate::kafka::KafkaConfig;
 /// How often a changelog rolls a segment, and how long it keeps tombstones (a minute).
 pub const CHANGELOG_SEGMENT_MS: &str = "60000";
 
+/// `min.insync.replicas` of a topic with three or more replicas ([`TopicSpec::replicated`]).
+pub const DURABLE_MIN_INSYNC: &str = "2";
+
 /// A topic to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
@@ -54,6 +57,21 @@ impl TopicSpec {
         self.with_config("cleanup.policy", "compact")
             .with_config("segment.ms", CHANGELOG_SEGMENT_MS)
             .with_config("delete.retention.ms", CHANGELOG_SEGMENT_MS)
+    }
+
+    /// With `replicas` replicas; three or more also set `min.insync.replicas=2`, so that a
+    /// write acknowledged (`acks=all`) is on at least two brokers and survives losing any one,
+    /// while one broker may be down (a rolling restart) without refusing writes. Fewer
+    /// replicas keep the broker's default (one broker: a write is on that broker alone).
+    #[must_use]
+    pub fn replicated(mut self, replicas: i32) -> Self {
+        self.replicas = replicas;
+        if replicas >= 3 {
+            self.config
+                .entry("min.insync.replicas".to_owned())
+                .or_insert_with(|| DURABLE_MIN_INSYNC.to_owned());
+        }
+        self
     }
 
     /// Sets one configuration entry.

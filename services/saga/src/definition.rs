@@ -370,9 +370,9 @@ impl Definition {
     /// orchestrator and for each participant. `sagashop dev` creates these; the operator
     /// declares them as `KafkaTopic`s.
     pub fn topic_specs(&self) -> Vec<TopicSpec> {
-        let plain = |name: String| TopicSpec {
-            replicas: self.topic_defaults.replicas,
-            ..TopicSpec::new(name, self.topic_defaults.partitions)
+        let replicas = self.topic_defaults.replicas;
+        let plain = |name: String| {
+            TopicSpec::new(name, self.topic_defaults.partitions).replicated(replicas)
         };
         let mut specs: Vec<TopicSpec> = self
             .topics()
@@ -382,11 +382,7 @@ impl Definition {
                     plain(topic).changelog()
                 } else if topic == self.versions_topic {
                     // A handful of records, read whole by every orchestrator.
-                    TopicSpec {
-                        replicas: self.topic_defaults.replicas,
-                        ..TopicSpec::new(topic, 1)
-                    }
-                    .changelog()
+                    TopicSpec::new(topic, 1).replicated(replicas).changelog()
                 } else {
                     plain(topic)
                 }

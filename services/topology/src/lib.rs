@@ -376,10 +376,8 @@ impl Topology {
     /// [`DeclaredBy::Services`] (the chart and `k8s/topics.yaml`).
     pub fn topics(&self) -> Vec<(TopicSpec, DeclaredBy)> {
         let defaults = &self.definition.topic_defaults;
-        let plain = |name: String| TopicSpec {
-            replicas: defaults.replicas,
-            ..TopicSpec::new(name, defaults.partitions)
-        };
+        let plain =
+            |name: String| TopicSpec::new(name, defaults.partitions).replicated(defaults.replicas);
         let mut specs: Vec<(TopicSpec, DeclaredBy)> = self
             .saga_topics
             .iter()
@@ -484,6 +482,35 @@ mod tests {
             Some("compact,delete")
         );
         assert!(!find("shipping.v1").0.config.contains_key("cleanup.policy"));
+    }
+
+    #[test]
+    fn three_replicas_make_every_topic_keep_a_write_on_two_brokers_and_one_replica_does_not() {
+        let yaml = SHIPPED_SAGA.replace(
+            "  topicDefaults:\n    partitions: 4\n    replicas: 1\n",
+            "  topicDefaults:\n    partitions: 4\n    replicas: 3\n",
+        );
+        assert_ne!(yaml, SHIPPED_SAGA, "the shipped saga's topicDefaults moved");
+        let replicated = Topology::load(Some((&yaml, "replicated.yaml")), "").unwrap();
+        let topics = replicated.topics();
+        assert!(topics.len() > 20, "{}", topics.len());
+        for (spec, by) in &topics {
+            assert_eq!(spec.replicas, 3, "{} ({by:?})", spec.name);
+            assert_eq!(
+                spec.config.get("min.insync.replicas").map(String::as_str),
+                Some("2"),
+                "{} ({by:?})",
+                spec.name
+            );
+        }
+        for (spec, _) in shipped("").topics() {
+            assert_eq!(spec.replicas, 1);
+            assert!(
+                !spec.config.contains_key("min.insync.replicas"),
+                "{}",
+                spec.name
+            );
+        }
     }
 
     #[test]
