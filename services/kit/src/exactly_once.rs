@@ -37,6 +37,14 @@ use crate::transaction::{
     SHUTDOWN_GRACE, TxnError, abort, blocking, commit_now, grace_after, producer_when_reachable,
 };
 
+/// The longest `send_offsets_to_transaction` may take. It takes milliseconds, but when the
+/// group coordinator's broker dies librdkafka 2.12 can wait for it past its own timeout
+/// (confluentinc/librdkafka#5456, #5511): seen in the `broker-failover` fault, a payment member
+/// stalled 35 s under the full transaction timeout, and sagas waiting on it gave up. The
+/// watchdog then abandons the call and the producer is replaced (its `FindCoordinator` is
+/// fresh), so the stall is about this long.
+const OFFSETS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Transactions failed in a row after which the producer is replaced even when aborting worked.
 const STUCK_AFTER: u32 = 3;
 
@@ -381,9 +389,10 @@ async fn run_batch(
     // Two calls, each under its own watchdog: together they may take twice the timeout.
     let send = txn.clone();
     let sending = tokio::time::Instant::now();
+    let offsets_timeout = timeout.min(OFFSETS_TIMEOUT);
     let (offsets_sent, acknowledged) = tokio::join!(
-        blocking("send_offsets_to_transaction", timeout, move || {
-            send.send_offsets_to_transaction(&offsets, &group, timeout)
+        blocking("send_offsets_to_transaction", offsets_timeout, move || {
+            send.send_offsets_to_transaction(&offsets, &group, offsets_timeout)
         }),
         answered(deliveries),
     );
