@@ -31,6 +31,14 @@ use crate::fleet::{
 pub(crate) enum Scenario {
     /// Stop the broker under load, start it again.
     BrokerRestart,
+    /// Stop the broker under load for minutes (`--long-down`), start it again: every service
+    /// waits it out by itself.
+    LongOutage,
+    /// A cluster of three brokers, every topic with three replicas and two in sync: `kill -9`
+    /// of the partition leader of most saga partitions, of the orchestrator's transaction
+    /// coordinator and of its group coordinator, each restarted before the next, then a
+    /// rolling restart of all three.
+    BrokerFailover,
     /// `kill -9` each service in turn under load (every service its own process), restart it.
     ProcessKills,
     /// Duplicate commands and replies, retried requests with one `Idempotency-Key`, and the
@@ -49,6 +57,8 @@ impl Scenario {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::BrokerRestart => "broker-restart",
+            Self::LongOutage => "long-outage",
+            Self::BrokerFailover => "broker-failover",
             Self::ProcessKills => "process-kills",
             Self::Duplicates => "duplicates",
             Self::Scale => "scale",
@@ -65,7 +75,7 @@ pub(crate) struct ChaosArgs {
         long = "scenario",
         value_enum,
         value_delimiter = ',',
-        default_value = "broker-restart,process-kills,duplicates,scale"
+        default_value = "broker-restart,long-outage,broker-failover,process-kills,duplicates,scale"
     )]
     pub(crate) scenarios: Vec<Scenario>,
     /// How long orders are offered in each scenario.
@@ -78,9 +88,21 @@ pub(crate) struct ChaosArgs {
     /// timeout, so some orders are refused).
     #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
     broker_down: Duration,
+    /// How long the broker stays down in `long-outage`: many transaction and session
+    /// timeouts, as a node upgrade or a network partition can take.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    long_down: Duration,
     /// Stop the broker with SIGKILL (no clean shutdown) instead of SIGTERM.
     #[arg(long)]
     kill_broker: bool,
+    /// The faults of `broker-failover`, in order (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "leader,transaction-coordinator,group-coordinator,rolling"
+    )]
+    pub(crate) failover: Vec<crate::failover::Fault>,
     /// How long sagas may take to finish after the load ends.
     #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
     pub(crate) settle: Duration,
@@ -166,7 +188,15 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         ));
         let started = Instant::now();
         let mut row = match scenario {
-            Scenario::BrokerRestart => broker_restart(&args, &broker, &dir, &prefix).await,
+            Scenario::BrokerRestart => {
+                let outage = (Scenario::BrokerRestart, args.broker_down);
+                broker_restart(&args, &broker, &dir, &prefix, outage).await
+            }
+            Scenario::LongOutage => {
+                let outage = (Scenario::LongOutage, args.long_down);
+                broker_restart(&args, &broker, &dir, &prefix, outage).await
+            }
+            Scenario::BrokerFailover => crate::failover::run(&args, &root, &dir, &prefix).await,
             Scenario::ProcessKills => process_kills(&args, &broker, &dir, &prefix).await,
             Scenario::Duplicates => duplicates(&args, &broker, &dir, &prefix).await,
             Scenario::Scale => crate::scale::run(&args, &broker, &dir, &prefix).await,
@@ -362,14 +392,18 @@ pub(crate) async fn dead_letters(
 }
 
 /// `sagashop dev` for one scenario.
-async fn dev(
+pub(crate) async fn dev(
     args: &ChaosArgs,
     broker: &Broker,
     dir: &std::path::Path,
     prefix: &str,
+    saga: Option<&std::path::Path>,
 ) -> anyhow::Result<Proc> {
     let mut command = vec!["dev".to_owned()];
     command.extend(system_args(prefix, &["--queue-timeout", "1s"]));
+    if let Some(saga) = saga {
+        command.extend(["--saga".to_owned(), saga.display().to_string()]);
+    }
     let mut proc = Proc::start(
         &args.sagashop,
         dir,
@@ -381,13 +415,17 @@ async fn dev(
     Ok(proc)
 }
 
+/// `scenario`: the broker stopped for `down` under load, then started; the system heals by
+/// itself.
 async fn broker_restart(
     args: &ChaosArgs,
     broker: &Broker,
     dir: &std::path::Path,
     prefix: &str,
+    (scenario, down): (Scenario, Duration),
 ) -> anyhow::Result<Row> {
-    let mut dev = dev(args, broker, dir, prefix).await?;
+    let name = scenario.name();
+    let mut dev = dev(args, broker, dir, prefix, None).await?;
     let base = dev.address.clone();
     let load_started = Instant::now();
     // The load goes on for a while after the broker is back, however long its restart takes.
@@ -404,31 +442,38 @@ async fn broker_restart(
     } else {
         "SIGTERM"
     };
-    step(&format!(
-        "broker-restart: stopping the broker ({how}) for {:?}",
-        args.broker_down
-    ));
+    step(&format!("{name}: stopping the broker ({how}) for {down:?}"));
     broker.stop(args.kill_broker)?;
     let stopped_at = load_started.elapsed();
-    tokio::time::sleep(args.broker_down).await;
+    tokio::time::sleep(down).await;
     broker.start()?;
     let back_at = load_started.elapsed();
-    step("broker-restart: broker back; load continues");
+    let back_wall = chrono::Utc::now().timestamp_millis();
+    step(&format!("{name}: broker back; load continues"));
     tokio::time::sleep(RECOVERY + args.duration / 4).await;
     recovered.store(true, Ordering::SeqCst);
     let attempts = load.await?;
     let row = Row {
-        scenario: Scenario::BrokerRestart.name(),
+        scenario: name,
         injection: format!(
-            "`scripts/kafka stop{}` for {:?} under {} orders/s, then `start`",
+            "`scripts/kafka stop{}` for {down:?} under {} orders/s, then `start`",
             if args.kill_broker { " --kill" } else { "" },
-            args.broker_down,
             args.rate
         ),
         ..Row::default()
     };
-    let (mut row, _) = conclude(args, broker, prefix, row, &attempts, &[]).await?;
+    let (mut row, ledger) = conclude(args, broker, prefix, row, &attempts, &[]).await?;
     recovery(&mut row, &attempts, stopped_at, back_at);
+    row.notes
+        .push(match first_outcome_after(&ledger, back_wall) {
+            Some(after) => format!("first saga finished {after:.1?} after the broker was back"),
+            None => "BROKEN: no saga finished after the broker was back".to_owned(),
+        });
+    if let Some(status) = dev.exited() {
+        row.notes.push(format!(
+            "BROKEN: sagashop dev exited by itself during the outage ({status}); nothing may need a restart by hand"
+        ));
+    }
     if row.refused == 0 {
         row.notes.push(
             "no request was refused: the outage was shorter than the delivery timeout".into(),
@@ -436,6 +481,14 @@ async fn broker_restart(
     }
     dev.terminate()?;
     Ok(row)
+}
+
+/// How long after `since` (Unix milliseconds) the first saga outcome was written.
+pub(crate) fn first_outcome_after(ledger: &crate::fleet::Ledger, since: i64) -> Option<Duration> {
+    let first = ledger.outcome_times.iter().filter(|t| **t >= since).min()?;
+    Some(Duration::from_millis(
+        u64::try_from(first - since).unwrap_or(0),
+    ))
 }
 
 /// The edge recovers by itself: once the broker is back, orders are accepted again, and
@@ -584,7 +637,7 @@ async fn duplicates(
     prefix: &str,
 ) -> anyhow::Result<Row> {
     let kafka = broker.config();
-    let mut dev = dev(args, broker, dir, prefix).await?;
+    let mut dev = dev(args, broker, dir, prefix, None).await?;
     let mut row = Row {
         scenario: Scenario::Duplicates.name(),
         injection: "every command and reply published twice more; requests retried with one \
@@ -633,7 +686,7 @@ async fn duplicates(
     step(&format!(
         "duplicates: participants rewound to offset 0 ({rewound} commands to read again)"
     ));
-    let mut dev = crate::chaos::dev(args, broker, dir, prefix).await?;
+    let mut dev = crate::chaos::dev(args, broker, dir, prefix, None).await?;
     read_again(&kafka, &dev, prefix, &mut row).await?;
     // Keys outlive the process: the restarted edge answers retries with the first order id.
     let forgotten = forgotten_keys(&dev.address, &load.remembered).await;

@@ -24,10 +24,12 @@ pub(crate) const STOCK: [(&str, i64); 2] = [("sku-1", 300), ("sku-2", 1_000_000)
 /// The opening balance of every customer, in minor units.
 pub(crate) const OPENING_BALANCE: i64 = 200_000;
 
-/// A broker of our own.
+/// A broker of our own, or a cluster of them (`scripts/kafka` with `KAFKA_BROKERS`).
 pub(crate) struct Broker {
     script: PathBuf,
     run_dir: PathBuf,
+    /// How many brokers (node ids 1..=brokers).
+    pub(crate) brokers: u32,
     pub(crate) bootstrap: String,
     /// Where the local node's pods reach it, when it listens for them.
     pub(crate) pods_bootstrap: Option<String>,
@@ -43,10 +45,21 @@ impl Broker {
         run_dir: &Path,
         pods_address: Option<&str>,
     ) -> anyhow::Result<Self> {
+        Self::cluster(root, run_dir, pods_address, 1)
+    }
+
+    /// `scripts/kafka up` of `brokers` brokers on `run_dir` (loopback only when more than one).
+    pub(crate) fn cluster(
+        root: &Path,
+        run_dir: &Path,
+        pods_address: Option<&str>,
+        brokers: u32,
+    ) -> anyhow::Result<Self> {
         let script = root.join("scripts/kafka");
         let mut broker = Self {
             script,
             run_dir: run_dir.to_owned(),
+            brokers,
             bootstrap: String::new(),
             pods_bootstrap: None,
             pods_address: pods_address.map(str::to_owned),
@@ -72,6 +85,7 @@ impl Broker {
         let output = Command::new(&self.script)
             .args(args)
             .env("KAFKA_RUN_DIR", &self.run_dir)
+            .env("KAFKA_BROKERS", self.brokers.to_string())
             .env(
                 "KAFKA_PODS_ADDRESS",
                 self.pods_address.as_deref().unwrap_or(""),
@@ -98,6 +112,22 @@ impl Broker {
     /// Starts it again on the same data and port.
     pub(crate) fn start(&self) -> anyhow::Result<()> {
         self.kafka(&["start"]).map(drop)
+    }
+
+    /// Stops broker `id` of a cluster (SIGTERM, or SIGKILL when `kill`), keeping its data.
+    pub(crate) fn stop_node(&self, id: u32, kill: bool) -> anyhow::Result<()> {
+        let id = id.to_string();
+        let mut args = vec!["stop", "--broker", &id];
+        if kill {
+            args.push("--kill");
+        }
+        self.kafka(&args).map(drop)
+    }
+
+    /// Starts broker `id` of a cluster again, waiting until it answers.
+    pub(crate) fn start_node(&self, id: u32) -> anyhow::Result<()> {
+        self.kafka(&["start", "--broker", &id.to_string()])
+            .map(drop)
     }
 
     pub(crate) fn config(&self) -> KafkaConfig {
@@ -226,6 +256,13 @@ impl Proc {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// How it ended, if it ended (by itself: nothing here stopped it).
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGKILL: no drain, no commit, no goodbye to the group.
@@ -551,6 +588,8 @@ pub(crate) struct Ledger {
     pub(crate) starts: HashMap<String, HashMap<String, usize>>,
     /// Order id → the outcome events seen (`OrderCompleted` / `OrderCancelled`).
     pub(crate) outcomes: HashMap<String, Vec<String>>,
+    /// When each outcome event was written (Kafka's timestamp, Unix milliseconds).
+    pub(crate) outcome_times: Vec<i64>,
 }
 
 impl Ledger {
@@ -640,6 +679,7 @@ impl Ledger {
             if kind != "OrderCompleted" && kind != "OrderCancelled" {
                 continue;
             }
+            ledger.outcome_times.extend(record.timestamp);
             let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
             ledger
                 .outcomes

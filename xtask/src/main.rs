@@ -21,6 +21,7 @@
 mod bench;
 mod chaos;
 mod charts;
+mod failover;
 mod fleet;
 mod names;
 mod pods;

@@ -1,4 +1,5 @@
-//! The fault suite in its short form (`scripts/chaos` runs it longer): a broker restart, `kill -9`
+//! The fault suite in its short form (`scripts/chaos` runs it longer): a broker restart, the
+//! broker away for 75 s, `kill -9` of the partition leader in a cluster of three brokers, `kill -9`
 //! of every service in turn, duplicated commands, replies, requests and a replay, every
 //! service scaled 1 → 3 → 2 → 1 replicas with kills, and the chart in pods on the local node
 //! with a `kubectl delete pod` of every service and the participants scaled 1 → 3 → 1, each
@@ -34,8 +35,12 @@ fn under_every_fault_no_order_is_lost_doubled_or_written_unannounced() {
             "30",
             "--broker-down",
             "6s",
+            "--long-down",
+            "75s",
+            "--failover",
+            "leader",
             "--scenario",
-            "broker-restart,process-kills,duplicates,scale,pod-faults",
+            "broker-restart,long-outage,broker-failover,process-kills,duplicates,scale,pod-faults",
         ])
         .arg("--sagashop")
         .arg(&sagashop)
@@ -54,6 +59,8 @@ fn under_every_fault_no_order_is_lost_doubled_or_written_unannounced() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     for scenario in [
         "| broker-restart |",
+        "| long-outage |",
+        "| broker-failover |",
         "| process-kills |",
         "| duplicates |",
         "| scale |",
