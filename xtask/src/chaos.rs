@@ -51,6 +51,10 @@ pub(crate) enum Scenario {
     /// then the participants scaled 1 → 3 → 1, under load through the order Service. Needs the
     /// node and the images (scripts/image); not in the default list.
     PodFaults,
+    /// The chart in pods on the local node while the suite's broker is away for `--long-down`
+    /// under load: the pods heal by themselves (or their liveness probe restarts them) and
+    /// every order finishes. Needs the node and the images; not in the default list.
+    PodOutage,
 }
 
 impl Scenario {
@@ -63,6 +67,7 @@ impl Scenario {
             Self::Duplicates => "duplicates",
             Self::Scale => "scale",
             Self::PodFaults => "pod-faults",
+            Self::PodOutage => "pod-outage",
         }
     }
 }
@@ -88,13 +93,13 @@ pub(crate) struct ChaosArgs {
     /// timeout, so some orders are refused).
     #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
     broker_down: Duration,
-    /// How long the broker stays down in `long-outage`: many transaction and session
+    /// How long the broker stays down in `long-outage` and `pod-outage`: many transaction and session
     /// timeouts, as a node upgrade or a network partition can take.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-    long_down: Duration,
+    pub(crate) long_down: Duration,
     /// Stop the broker with SIGKILL (no clean shutdown) instead of SIGTERM.
     #[arg(long)]
-    kill_broker: bool,
+    pub(crate) kill_broker: bool,
     /// The faults of `broker-failover`, in order (comma-separated).
     #[arg(
         long,
@@ -172,7 +177,8 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     // Pods reach the host's broker on the node's bridge address (scripts/kube).
     let pods = args
         .scenarios
-        .contains(&Scenario::PodFaults)
+        .iter()
+        .any(|s| matches!(s, Scenario::PodFaults | Scenario::PodOutage))
         .then_some("198.18.0.1");
     let broker = Broker::up(&root, &out.join("kafka"), pods)?;
     let mut rows = Vec::new();
@@ -201,6 +207,7 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             Scenario::Duplicates => duplicates(&args, &broker, &dir, &prefix).await,
             Scenario::Scale => crate::scale::run(&args, &broker, &dir, &prefix).await,
             Scenario::PodFaults => crate::pods::run(&args, &broker, &dir, &prefix).await,
+            Scenario::PodOutage => crate::pods::outage(&args, &broker, &dir, &prefix).await,
         }
         .with_context(|| format!("scenario {}", scenario.name()))?;
         row.elapsed = started.elapsed();

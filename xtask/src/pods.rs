@@ -136,6 +136,36 @@ async fn wait_settled(namespace: &str, log: &Path, timeout: Duration) -> anyhow:
     Ok(())
 }
 
+/// The chart installed into a namespace of its own on the local node, against `broker`: the
+/// release (uninstalled when dropped), the order Service's address and notes.
+async fn release(
+    broker: &Broker,
+    dir: &Path,
+    prefix: &str,
+    log: &Path,
+) -> anyhow::Result<(Release, String, Vec<String>)> {
+    let pods_bootstrap = broker
+        .pods_bootstrap
+        .clone()
+        .context("the suite's broker does not listen for pods")?;
+    let nodes = kubectl(&["get", "nodes", "-o", "name"], log).context(
+        "pod-faults needs the local node: scripts/kube up (and KUBECONFIG), scripts/image, scripts/image k6",
+    )?;
+    if !nodes.contains("node/sagashop-node") {
+        bail!("pod-faults needs the node sagashop-node (scripts/kube up); found: {nodes}");
+    }
+    let namespace = format!("chaos-pods-{}-{prefix}", std::process::id())
+        .replace('.', "")
+        .to_lowercase();
+    kubectl(&["create", "namespace", &namespace], log)?;
+    let release = Release {
+        namespace: namespace.clone(),
+        dir: dir.to_owned(),
+    };
+    let (base, notes) = install(&namespace, dir, &pods_bootstrap, prefix, log).await?;
+    Ok((release, base, notes))
+}
+
 pub(crate) async fn run(
     args: &ChaosArgs,
     broker: &Broker,
@@ -143,23 +173,8 @@ pub(crate) async fn run(
     prefix: &str,
 ) -> anyhow::Result<Row> {
     let log = dir.join("kubectl.log");
-    let pods_bootstrap = broker
-        .pods_bootstrap
-        .clone()
-        .context("the suite's broker does not listen for pods")?;
-    let nodes = kubectl(&["get", "nodes", "-o", "name"], &log).context(
-        "pod-faults needs the local node: scripts/kube up (and KUBECONFIG), scripts/image, scripts/image k6",
-    )?;
-    if !nodes.contains("node/sagashop-node") {
-        bail!("pod-faults needs the node sagashop-node (scripts/kube up); found: {nodes}");
-    }
-    let namespace = format!("chaos-pods-{}", std::process::id());
-    kubectl(&["create", "namespace", &namespace], &log)?;
-    let _release = Release {
-        namespace: namespace.clone(),
-        dir: dir.to_owned(),
-    };
-    let (base, mut notes) = install(&namespace, dir, &pods_bootstrap, prefix, &log).await?;
+    let (release, base, mut notes) = release(broker, dir, prefix, &log).await?;
+    let namespace = release.namespace.clone();
     step(&format!(
         "pod-faults: orders to the order Service at {base}"
     ));
@@ -202,6 +217,100 @@ pub(crate) async fn run(
         ));
     }
     Ok(row)
+}
+
+/// `pod-outage`: the chart in pods, under load through the order Service, while the suite's
+/// broker is away for `--long-down`. Nothing is restarted by hand: the pods wait it out (or
+/// their liveness probe restarts them), every Deployment is Ready again, and every accepted
+/// order finishes.
+pub(crate) async fn outage(
+    args: &ChaosArgs,
+    broker: &Broker,
+    dir: &Path,
+    prefix: &str,
+) -> anyhow::Result<Row> {
+    let name = crate::chaos::Scenario::PodOutage.name();
+    let log = dir.join("kubectl.log");
+    let (release, base, mut notes) = release(broker, dir, prefix, &log).await?;
+    let namespace = release.namespace.clone();
+    step(&format!("{name}: orders to the order Service at {base}"));
+    let done = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(offer(
+        Arc::new(move || base.clone()),
+        args.rate,
+        args.duration,
+        Arc::clone(&done),
+    ));
+    tokio::time::sleep(args.duration / 4).await;
+    let down = args.long_down;
+    step(&format!("{name}: stopping the broker for {down:?}"));
+    broker.stop(args.kill_broker)?;
+    tokio::time::sleep(down).await;
+    broker.start()?;
+    let back = Instant::now();
+    let back_wall = chrono::Utc::now().timestamp_millis();
+    step(&format!(
+        "{name}: broker back; waiting for every pod to be Ready"
+    ));
+    wait_settled(&namespace, &log, Duration::from_secs(300)).await?;
+    notes.push(format!(
+        "every Deployment Ready again {:.1?} after the broker was back",
+        back.elapsed()
+    ));
+    tokio::time::sleep(args.duration / 4).await;
+    done.store(true, Ordering::SeqCst);
+    let attempts = load.await?;
+    notes.push(restarts(&namespace, &log)?);
+    let row = Row {
+        scenario: name,
+        injection: format!(
+            "the chart in pods on the local node; the host's broker stopped for {down:?} under {} orders/s through the order Service, then started",
+            args.rate
+        ),
+        notes,
+        ..Row::default()
+    };
+    let (mut row, ledger) = conclude(args, broker, prefix, row, &attempts, &[]).await?;
+    row.notes.push(
+        match crate::chaos::first_outcome_after(&ledger, back_wall) {
+            Some(after) => format!("first saga finished {after:.1?} after the broker was back"),
+            None => "BROKEN: no saga finished after the broker was back".to_owned(),
+        },
+    );
+    if ledger.unfinished() > 0 {
+        row.notes.push(format!(
+            "BROKEN: {} orders never finished",
+            ledger.unfinished()
+        ));
+    }
+    drop(release);
+    Ok(row)
+}
+
+/// How many times each pod's containers were restarted (by a liveness probe, or an exit).
+fn restarts(namespace: &str, log: &Path) -> anyhow::Result<String> {
+    let pods: Value = serde_json::from_str(&kubectl(
+        &["get", "pods", "-n", namespace, "-o", "json"],
+        log,
+    )?)?;
+    let mut restarted = Vec::new();
+    for pod in pods["items"].as_array().into_iter().flatten() {
+        let count: i64 = pod["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["restartCount"].as_i64())
+            .sum();
+        if count > 0 {
+            let name = pod["metadata"]["name"].as_str().unwrap_or("?");
+            restarted.push(format!("{name} ×{count}"));
+        }
+    }
+    Ok(if restarted.is_empty() {
+        "no pod was restarted: every one waited the outage out".to_owned()
+    } else {
+        format!("restarted by Kubernetes: {}", restarted.join(", "))
+    })
 }
 
 /// `helm install` of the chart into `namespace`, every pod Ready: the order Service's address
