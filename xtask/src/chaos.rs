@@ -436,13 +436,7 @@ async fn broker_restart(
     let base = dev.address.clone();
     let load_started = Instant::now();
     // The load goes on for a while after the broker is back, however long its restart takes.
-    let recovered = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(offer(
-        Arc::new(move || base.clone()),
-        args.rate,
-        args.duration,
-        Arc::clone(&recovered),
-    ));
+    let (recovered, load) = crate::fleet::steady_load(base, args.rate, args.duration);
     tokio::time::sleep(args.duration / 4).await;
     let how = if args.kill_broker {
         "SIGKILL"

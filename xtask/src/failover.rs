@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,7 +18,7 @@ use sagashop_kit::KafkaConfig;
 use sagashop_topology::{SHIPPED_SAGA, Topology};
 
 use crate::chaos::{ChaosArgs, Row, Scenario, conclude, step};
-use crate::fleet::{Answer, Attempt, Broker, offer};
+use crate::fleet::{Answer, Attempt, Broker};
 
 /// How long a killed broker stays down: past the 10 s session timeout, so its groups'
 /// coordinators and its partitions' leadership must move.
@@ -90,13 +90,7 @@ pub(crate) async fn run(
 
     let base = dev.address.clone();
     let load_started = Instant::now();
-    let done = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(offer(
-        Arc::new(move || base.clone()),
-        args.rate,
-        args.duration,
-        Arc::clone(&done),
-    ));
+    let (done, load) = crate::fleet::steady_load(base, args.rate, args.duration);
     tokio::time::sleep(BETWEEN).await;
     let (group, _) = crate::names::orchestrator(prefix);
     let transactional_id = format!("{prefix}dev-orchestrator");

@@ -493,6 +493,23 @@ pub(crate) fn client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// [`offer`] to one address, spawned: the flag that ends it (once `duration` has passed) and
+/// the task that returns every attempt.
+pub(crate) fn steady_load(
+    base: String,
+    rate: u32,
+    duration: Duration,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<Attempt>>) {
+    let until = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(offer(
+        Arc::new(move || base.clone()),
+        rate,
+        duration,
+        Arc::clone(&until),
+    ));
+    (until, load)
+}
+
 /// Offers `rate` orders a second for at least `duration` and until `until` is set, to
 /// whatever `base()` names at the time of each request; returns every attempt once all are
 /// answered.

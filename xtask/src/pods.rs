@@ -7,15 +7,14 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
 use crate::chaos::{ChaosArgs, Row, conclude, services, step};
-use crate::fleet::{Broker, OPENING_BALANCE, STOCK, offer};
+use crate::fleet::{Broker, OPENING_BALANCE, STOCK};
 
 /// The Kubernetes side of one run: a namespace with the release in it.
 struct Release {
@@ -178,13 +177,7 @@ pub(crate) async fn run(
     step(&format!(
         "pod-faults: orders to the order Service at {base}"
     ));
-    let faults_done = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(offer(
-        Arc::new(move || base.clone()),
-        args.rate,
-        args.duration,
-        Arc::clone(&faults_done),
-    ));
+    let (faults_done, load) = crate::fleet::steady_load(base, args.rate, args.duration);
     // Seven deletions and two scalings share the load's duration.
     let gap = args.duration / 10;
     notes.extend(delete_each(&namespace, gap, &log).await?);
@@ -234,13 +227,7 @@ pub(crate) async fn outage(
     let (release, base, mut notes) = release(broker, dir, prefix, &log).await?;
     let namespace = release.namespace.clone();
     step(&format!("{name}: orders to the order Service at {base}"));
-    let done = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(offer(
-        Arc::new(move || base.clone()),
-        args.rate,
-        args.duration,
-        Arc::clone(&done),
-    ));
+    let (done, load) = crate::fleet::steady_load(base, args.rate, args.duration);
     tokio::time::sleep(args.duration / 4).await;
     let down = args.long_down;
     step(&format!("{name}: stopping the broker for {down:?}"));
