@@ -70,13 +70,15 @@ pub(crate) async fn run(
     std::fs::write(&saga, replicated_saga()?)?;
     let topology = Topology::load(Some((&replicated_saga()?, "replicated")), prefix)?;
     let topics: Vec<String> = topology.topics().into_iter().map(|t| t.0.name).collect();
-    let mut dev = crate::chaos::dev(args, &cluster, dir, prefix, Some(&saga)).await?;
+    // The edge's own queue timeout (2 s): a rolling restart should refuse nothing with it.
+    let saga_arg = saga.display().to_string();
+    let mut dev = crate::chaos::dev(args, &cluster, dir, prefix, &["--saga", &saga_arg]).await?;
     let kafka = cluster.config();
     let mut row = Row {
         scenario: name,
         injection: format!(
-            "3 brokers, 3 replicas, min.insync 2; under {} orders/s, in turn: {} (each `kill -9` \
-             down {DOWN:?})",
+            "3 brokers, 3 replicas, min.insync 2, the edge's default 2 s queue timeout; under {} \
+             orders/s, in turn: {} (each `kill -9` down {DOWN:?})",
             args.rate,
             args.failover
                 .iter()

@@ -118,6 +118,9 @@ pub(crate) fn kafka_away(code: Option<RDKafkaErrorCode>) -> bool {
                 | C::OperationTimedOut
                 | C::LeaderNotAvailable
                 | C::NotLeaderForPartition
+                // A broker that left the cluster's metadata (restarting in a cluster) is
+                // decommissioned: a request on its way to it fails with this.
+                | C::DestroyBroker
         )
     )
 }
@@ -142,6 +145,11 @@ mod tests {
                 RDKafkaErrorCode::OperationTimedOut
             ))
             .is_transient()
+        );
+        // What a restore hit while a broker of three restarted (the fault suite's
+        // broker-failover): payment stopped on it before it counted as Kafka being away.
+        assert!(
+            consumer(KafkaError::MetadataFetch(RDKafkaErrorCode::DestroyBroker)).is_transient()
         );
         assert!(
             !consumer(KafkaError::ClientCreation("bad setting".into())).is_transient(),
