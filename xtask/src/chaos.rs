@@ -466,11 +466,7 @@ async fn broker_restart(
     };
     let (mut row, ledger) = conclude(args, broker, prefix, row, &attempts, &[]).await?;
     recovery(&mut row, &attempts, stopped_at, back_at);
-    row.notes
-        .push(match first_outcome_after(&ledger, back_wall) {
-            Some(after) => format!("first saga finished {after:.1?} after the broker was back"),
-            None => "BROKEN: no saga finished after the broker was back".to_owned(),
-        });
+    row.notes.push(first_outcome_note(&ledger, back_wall));
     if let Some(status) = dev.exited() {
         row.notes.push(format!(
             "BROKEN: sagashop dev exited by itself during the outage ({status}); nothing may need a restart by hand"
@@ -485,12 +481,16 @@ async fn broker_restart(
     Ok(row)
 }
 
-/// How long after `since` (Unix milliseconds) the first saga outcome was written.
-pub(crate) fn first_outcome_after(ledger: &crate::fleet::Ledger, since: i64) -> Option<Duration> {
-    let first = ledger.outcome_times.iter().filter(|t| **t >= since).min()?;
-    Some(Duration::from_millis(
-        u64::try_from(first - since).unwrap_or(0),
-    ))
+/// The note on when the first saga finished after the broker came back at `since` (Unix
+/// milliseconds); BROKEN when none did.
+pub(crate) fn first_outcome_note(ledger: &crate::fleet::Ledger, since: i64) -> String {
+    match ledger.outcome_times.iter().filter(|t| **t >= since).min() {
+        Some(first) => {
+            let after = Duration::from_millis(u64::try_from(first - since).unwrap_or(0));
+            format!("first saga finished {after:.1?} after the broker was back")
+        }
+        None => "BROKEN: no saga finished after the broker was back".to_owned(),
+    }
 }
 
 /// The edge recovers by itself: once the broker is back, orders are accepted again, and

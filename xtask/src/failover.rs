@@ -67,8 +67,9 @@ pub(crate) async fn run(
     step(&format!("{name}: starting a cluster of three brokers"));
     let cluster = Broker::cluster(root, &dir.join("kafka"), None, 3)?;
     let saga = dir.join("saga.yaml");
-    std::fs::write(&saga, replicated_saga()?)?;
-    let topology = Topology::load(Some((&replicated_saga()?, "replicated")), prefix)?;
+    let yaml = replicated_saga()?;
+    std::fs::write(&saga, &yaml)?;
+    let topology = Topology::load(Some((&yaml, "replicated")), prefix)?;
     let topics: Vec<String> = topology.topics().into_iter().map(|t| t.0.name).collect();
     // The edge's own queue timeout (2 s): a rolling restart should refuse nothing with it.
     let saga_arg = saga.display().to_string();

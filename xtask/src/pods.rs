@@ -258,12 +258,8 @@ pub(crate) async fn outage(
         ..Row::default()
     };
     let (mut row, ledger) = conclude(args, broker, prefix, row, &attempts, &[]).await?;
-    row.notes.push(
-        match crate::chaos::first_outcome_after(&ledger, back_wall) {
-            Some(after) => format!("first saga finished {after:.1?} after the broker was back"),
-            None => "BROKEN: no saga finished after the broker was back".to_owned(),
-        },
-    );
+    row.notes
+        .push(crate::chaos::first_outcome_note(&ledger, back_wall));
     if ledger.unfinished() > 0 {
         row.notes.push(format!(
             "BROKEN: {} orders never finished",
